@@ -1,0 +1,20 @@
+# brainldm: Takagi & Nishimoto (CVPR 2023) on NSD as a Snakemake workflow.
+#   snakemake --cores N                                 the paper (config/config.yaml)
+#   snakemake --cores 2 --configfile config/toy.yaml    the embedded toy world, offline
+#   snakemake --cores N --config subjects=[1]           one subject
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/toy.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,16 @@
+# The embedded toy world: NSD's layout and formats at a laptop's scale, with planted truth.
+
+
+rule make_toy_nsd:
+    output:
+        expdesign=nsd_file(nsd_layout.expdesign_key()),
+        captions=coco_file(nsd_layout.COCO_CAPTION_FILES[0]),
+        other=toy_world_files(exclude_anchors=True),
+    params:
+        toy=config["toy"],
+    log:
+        "logs/toy/make_toy_nsd.log",
+    conda:
+        "../../envs/toy.yaml"
+    script:
+        "../scripts/make_toy_nsd.py"
