@@ -1,0 +1,59 @@
+"""Shared fixtures: the toy world generated once per test session."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brainldm.config import validate_config
+from brainldm.toy_world import ToyParams, write_toy_world
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def merged_config(*paths: Path, **overrides) -> dict:
+    """The configuration Snakemake builds from ``config/config.yaml`` and further files."""
+    config: dict = {}
+    for path in (REPO / "config" / "config.yaml", *paths):
+        _deep_update(config, yaml.safe_load(Path(path).read_text()))
+    _deep_update(config, overrides)
+    return config
+
+
+def _deep_update(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+@pytest.fixture(scope="session")
+def paper_config() -> dict:
+    """The validated paper configuration (config/config.yaml)."""
+    return validate_config(merged_config())
+
+
+@pytest.fixture(scope="session")
+def toy_config() -> dict:
+    """The validated toy configuration (config/config.yaml + config/toy.yaml)."""
+    return validate_config(merged_config(REPO / "config" / "toy.yaml"))
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory, toy_config) -> dict:
+    """The toy world written once into a temporary directory.
+
+    Returns a dict with ``nsd_root`` and ``coco_root`` (Paths), ``params`` (ToyParams) and
+    ``config`` (the validated toy config with its roots pointing at this directory).
+    """
+    root = tmp_path_factory.mktemp("toy")
+    params = ToyParams.from_config(toy_config["toy"])
+    write_toy_world(root / "nsd", root / "coco", params)
+    config = copy.deepcopy(toy_config)
+    config["nsd"]["root"] = str(root / "nsd")
+    config["coco"]["root"] = str(root / "coco")
+    return {"nsd_root": root / "nsd", "coco_root": root / "coco", "params": params, "config": config}
