@@ -80,6 +80,37 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[name], sub)
 
 
+def _coerce(value: Any, schema: dict) -> Any:
+    """Convert command-line strings to the schema's type.
+
+    Snakemake's ``--config subjects=[1,2]`` yields ``['1', '2']`` and ``sessions={"last": 3}``
+    yields ``{'last': '3'}``; ``--config subjects=1`` yields a scalar where a list is expected.
+    Values that do not convert are left for the validator to report.
+    """
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "array" in kinds and isinstance(value, (str, int, float)):
+        value = [value]
+    if isinstance(value, list) and "items" in schema:
+        return [_coerce(item, schema["items"]) for item in value]
+    if isinstance(value, dict) and "properties" in schema:
+        return {key: _coerce(item, schema["properties"][key]) if key in schema["properties"] else item
+                for key, item in value.items()}
+    if isinstance(value, str) and "null" in kinds and value.strip().lower() in ("null", "none", ""):
+        return None
+    if isinstance(value, str) and "string" not in kinds:
+        text = value.strip()
+        if "boolean" in kinds and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for kind, convert in (("integer", int), ("number", float)):
+            if kind in kinds:
+                try:
+                    return convert(text)
+                except ValueError:
+                    pass
+    return value
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     """Read the configuration schema (YAML)."""
     with open(path) as handle:
@@ -103,7 +134,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
         allowed.
     """
     schema = load_schema() if schema is None else schema
-    config = copy.deepcopy(dict(config))
+    config = _coerce(copy.deepcopy(dict(config)), schema)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:

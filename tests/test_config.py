@@ -1,0 +1,127 @@
+"""Configuration: the paper's defaults, and one-line errors that name the bad key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from brainldm.config import ConfigError, load_schema, validate_config
+from conftest import REPO, merged_config
+
+
+def test_empty_config_gets_the_papers_defaults():
+    config = validate_config({"dataset": "nsd"})
+    assert config["subjects"] == [1, 2, 5, 7]
+    assert (config["sessions"]["first"], config["sessions"]["last"]) == (1, 37)
+    assert config["decoding"]["z_rois"] == ["early"] and config["decoding"]["c_rois"] == ["ventral"]
+    assert config["decoding"]["alphas"] == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert config["decoding"]["n_folds"] == 5 and config["decoding"]["center_targets"] is False
+    assert config["fmri"]["value_scaling"] == "raw"
+    assert config["features"]["z_image_size"] == 320 and config["features"]["posterior"] == "sample"
+    assert config["features"]["seed"] == 42 and config["reconstruction"]["seed"] == 42
+    recon = config["reconstruction"]
+    assert (recon["strength"], recon["ddim_steps"], recon["ddim_eta"], recon["guidance_scale"],
+            recon["n_samples"], recon["image_size"]) == (0.8, 50, 0.0, 5.0, 5, 512)
+    assert config["model"]["id"] == "CompVis/stable-diffusion-v1-4"
+    assert config["nsd"]["accept_terms"] is False
+
+
+def test_config_yaml_equals_the_schema_defaults(paper_config):
+    """config/config.yaml spells out the paper; the schema's defaults must say the same."""
+    assert paper_config == validate_config({"dataset": "nsd"})
+
+
+def test_toy_config_overrides_only_what_differs(toy_config, paper_config):
+    assert toy_config["dataset"] == "toy"
+    assert toy_config["decoding"] == paper_config["decoding"]
+    assert toy_config["nsd"]["root"] == "resources/toy/nsd"
+
+
+def test_validation_does_not_modify_its_input():
+    raw = {"dataset": "nsd", "fmri": {"rois": ["early"]}}
+    before = copy.deepcopy(raw)
+    validate_config(raw)
+    assert raw == before
+
+
+BAD_CONFIGS = [
+    # (change to the paper config, key that the message must name, words it must contain)
+    ({"subjects": {"first": 1}}, "subjects", "type array"),
+    ({"subjects": [1, 9]}, "subjects[1]", "<= 8"),
+    ({"subjects": []}, "subjects", "minItems"),
+    ({"fmri": {"rois": ["early", "fusiform"]}}, "fmri.rois[1]", "'ventral'"),
+    ({"decoding": {"c_rois": ["V9"]}}, "decoding.c_rois[0]", "one of"),
+    ({"sessions": {"first": 0}}, "sessions.first", ">= 1"),
+    ({"sessions": {"first": 10, "last": 3}}, "sessions", "first <= last"),
+    ({"sessions": {"last": 41}}, "sessions.last", "<= 40"),
+    ({"fmri": {"value_scaling": "zscore"}}, "fmri.value_scaling", "'zscore_session'"),
+    ({"decoding": {"alphas": [0.1, -1.0]}}, "decoding.alphas[1]", "> 0"),
+    ({"decoding": {"n_folds": 2.5}}, "decoding.n_folds", "integer"),
+    ({"reconstruction": {"strength": 1.5}}, "reconstruction.strength", "<= 1"),
+    ({"reconstruction": {"methods": ["zc", "xyz"]}}, "reconstruction.methods[1]", "one of"),
+    ({"features": {"z_image_size": 100}}, "features.z_image_size", "multiple of 8"),
+    ({"nsd": {"accept_terms": "yes"}}, "nsd.accept_terms", "boolean"),
+    ({"nsd": {"base_url": "ftp://x"}}, "nsd.base_url", "matching"),
+    ({"model": {"device": "tpu"}}, "model.device", "one of"),
+    ({"decoding": {"alpha": [1.0]}}, "decoding.alpha", "unknown key"),
+    ({"evaluation": {"identification_features": ["pixel"]}}, "evaluation.identification_features[0]", "one of"),
+]
+
+
+@pytest.mark.parametrize("change, key, words", BAD_CONFIGS, ids=[case[1] for case in BAD_CONFIGS])
+def test_each_invalid_value_names_its_key(change, key, words):
+    config = merged_config(**change)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"'{key}'" in message
+    assert words in message
+
+
+def test_missing_dataset_is_named():
+    config = merged_config()
+    del config["dataset"]
+    with pytest.raises(ConfigError, match="'dataset': missing"):
+        validate_config(config)
+
+
+def test_sessions_beyond_a_subjects_scans_are_refused():
+    # Subject 4 completed 30 sessions only.
+    config = merged_config(subjects=[1, 4], sessions={"first": 1, "last": 37})
+    with pytest.raises(ConfigError, match=r"'sessions.last'.*subject 4"):
+        validate_config(config)
+
+
+def test_toy_subject_beyond_the_toy_world_is_refused():
+    config = merged_config(REPO / "config" / "toy.yaml", subjects=[1, 3])
+    with pytest.raises(ConfigError, match=r"'subjects\[1\]'.*toy.n_subjects"):
+        validate_config(config)
+
+
+def test_toy_design_must_match_nsds_three_repeats():
+    config = merged_config(REPO / "config" / "toy.yaml", toy={"trials_per_session": 70})
+    with pytest.raises(ConfigError, match="'toy.trials_per_session'"):
+        validate_config(config)
+
+
+def test_a_bad_default_in_the_schema_is_caught():
+    schema = load_schema()
+    schema["properties"]["fmri"]["properties"]["value_scaling"]["default"] = "bogus"
+    with pytest.raises(ConfigError, match="'fmri.value_scaling'"):
+        validate_config({"dataset": "x"}, schema)
+
+
+def test_command_line_strings_are_converted_to_the_schemas_types():
+    # What `snakemake --config subjects=[1,2] sessions={"first":1,"last":3} ...` hands over.
+    config = validate_config({"dataset": "nsd", "subjects": ["1", "2"],
+                              "sessions": {"first": "1", "last": "3"},
+                              "nsd": {"accept_terms": "true", "root": "null"},
+                              "decoding": {"alphas": ["1e-3", "1"]}})
+    assert config["subjects"] == [1, 2] and config["sessions"] == {"first": 1, "last": 3}
+    assert config["nsd"]["accept_terms"] is True and config["nsd"]["root"] is None
+    assert config["decoding"]["alphas"] == [1e-3, 1.0]
+    assert validate_config({"dataset": "nsd", "subjects": 5})["subjects"] == [5]
+    with pytest.raises(ConfigError, match="'subjects\\[0\\]': value 'one'"):
+        validate_config({"dataset": "nsd", "subjects": ["one"]})
