@@ -5,6 +5,7 @@ from pathlib import Path
 # The library lives beside the rule scripts; rules and helpers import it from the workflow tree.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+from brainldm import download as nsd_download
 from brainldm import nsd as nsd_layout
 from brainldm.config import ConfigError, is_toy, validate_config
 from brainldm.toy_world import ToyParams, toy_nsd_keys
@@ -20,6 +21,11 @@ SESSIONS = list(range(config["sessions"]["first"], config["sessions"]["last"] + 
 TOY = is_toy(config)
 NSD_ROOT = config["nsd"]["root"] or "resources/nsd"
 COCO_ROOT = config["coco"]["root"] or "resources/coco"
+# Downloads (workflow/rules/download.smk) land here when nsd.root / coco.root are null.
+NSD_DOWNLOAD_DIR = "resources/nsd"
+COCO_DOWNLOAD_DIR = "resources/coco"
+# Keys that download_nsd_file may fetch (NSD's three top-level folders, nothing else).
+NSD_KEY_PATTERN = r"nsddata(?:_betas|_stimuli)?/[^\s*?]+"
 
 
 wildcard_constraints:
@@ -58,9 +64,107 @@ def toy_world_files(exclude_anchors=False):
     return files
 
 
+# --------------------------------------------------------------------------- downloads
+
+
+def download_targets():
+    """Files the download rules fetch for this config.
+
+    Every NSD key the configured subjects, sessions, beta format and ROIs need (plus design,
+    stim info and the stimulus brick) under ``resources/nsd`` when ``nsd.root`` is null, and the
+    two COCO caption files under ``resources/coco`` when ``coco.root`` is null.
+    """
+    files = []
+    if config["nsd"]["root"] is None:
+        files += [f"{NSD_DOWNLOAD_DIR}/{key}" for key in nsd_download.needed_keys(config)]
+    if config["coco"]["root"] is None:
+        files += [f"{COCO_DOWNLOAD_DIR}/{name}" for name in nsd_layout.COCO_CAPTION_FILES]
+    return files
+
+
+def missing_nsd_downloads():
+    """Needed NSD keys not yet in ``resources/nsd`` (empty when ``nsd.root`` is set)."""
+    if config["nsd"]["root"] is not None:
+        return []
+    return [key for key in nsd_download.needed_keys(config)
+            if not Path(NSD_DOWNLOAD_DIR, key).exists()]
+
+
+def announce_downloads():
+    """At parse time (main process only, no network): what is missing, roughly how big.
+
+    Shown by dry runs too, with a note when the terms gate would stop a real run.
+    """
+    if not workflow.is_main_process:
+        return
+    keys = missing_nsd_downloads()
+    if not keys:
+        return
+    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=False, show=False)
+    print(f"NSD {plan.summary()}", file=sys.stderr)
+    if not config["nsd"]["accept_terms"]:
+        print(
+            "NSD terms: nsd.accept_terms is false, so a real run stops before any job; a dry run "
+            f"(-n) only plans. Terms and data access form: {nsd_download.NSD_TERMS_URL}",
+            file=sys.stderr,
+        )
+
+
+def scheduled_nsd_downloads():
+    """NSD keys that rule download_nsd_file fetches in this run (the jobs Snakemake will run)."""
+    return sorted(
+        dict(job.wildcards)["key"]
+        for job in workflow.dag.needrun_jobs()
+        if job.rule.name == "download_nsd_file"
+    )
+
+
+def check_downloads_before_run():
+    """The onstart hook: terms gate, then the plan from HEAD requests, before any job runs.
+
+    Snakemake runs onstart after building the DAG and before scheduling, and never in a dry run
+    (``-n``) nor inside spawned jobs, so a dry run plans with no network and no terms, while a
+    real run that would download NSD files stops here unless ``nsd.accept_terms`` is true.
+    Raises WorkflowError also when a needed key is not on the server, or when the exact sizes
+    (HEAD) exceed the free disk space.
+    """
+    import shutil
+
+    from snakemake.logging import logger
+
+    from brainldm.atomic import write_text
+
+    keys = scheduled_nsd_downloads()
+    if not keys:
+        return
+    if not config["nsd"]["accept_terms"]:
+        raise WorkflowError(nsd_download.terms_message(len(keys)))
+    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=True, show=False)
+    logger.info(plan.summary())
+    write_text("logs/download/nsd_plan.tsv", plan.to_tsv())
+    if plan.missing:
+        raise WorkflowError(
+            f"{len(plan.missing)} needed NSD files are not on {config['nsd']['base_url']}:\n"
+            + "\n".join(f"  {entry.key}: {entry.note}" for entry in plan.missing)
+        )
+    folder = Path(NSD_DOWNLOAD_DIR)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if plan.total_bytes > free:
+        message = (
+            f"the planned NSD downloads need {nsd_download.format_bytes(plan.total_bytes)} but "
+            f"only {nsd_download.format_bytes(free)} are free in {folder.resolve()}"
+        )
+        if plan.exact:
+            raise WorkflowError(message + "; free space or set nsd.root to a local copy")
+        logger.warning(message + " (estimated from typical sizes)")
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []
     if TOY:
         targets += toy_world_files()
+    targets += download_targets()
     return targets

@@ -1,0 +1,51 @@
+# Downloads, used when nsd.root / coco.root are null: every NSD key the config needs (one job per
+# file, output resources/nsd/<key>) from nsd.base_url, and COCO's two caption files.
+# The gate and the plan run in the onstart hook, i.e. after the DAG is built and before any job,
+# and never in a dry run (-n): see check_downloads_before_run in common.smk.
+
+# Where a download and the toy world could both make a file (nsd.root null with the toy rule
+# present), the download wins.
+ruleorder: download_nsd_file > make_toy_nsd
+ruleorder: download_coco_annotations > make_toy_nsd
+
+
+# Parse time: the offline plan of what is missing (dry runs show it too).
+announce_downloads()
+
+
+onstart:
+    check_downloads_before_run()
+
+
+rule download_nsd_file:
+    output:
+        f"{NSD_DOWNLOAD_DIR}/{{key}}",
+    wildcard_constraints:
+        key=NSD_KEY_PATTERN,
+    params:
+        base_url=config["nsd"]["base_url"],
+        accept_terms=config["nsd"]["accept_terms"],
+    log:
+        "logs/download/nsd/{key}.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/download.yaml"
+    script:
+        "../scripts/download_nsd_file.py"
+
+
+rule download_coco_annotations:
+    output:
+        train=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[0]}",
+        val=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[1]}",
+    params:
+        url=config["coco"]["annotations_url"],
+    log:
+        "logs/download/coco_annotations.log",
+    retries: 2
+    localrule: True
+    conda:
+        "../../envs/download.yaml"
+    script:
+        "../scripts/download_coco_annotations.py"

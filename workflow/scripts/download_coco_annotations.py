@@ -1,0 +1,18 @@
+"""Rule download_coco_annotations: fetch COCO's annotations zip, keep only the caption files."""
+
+import sys
+
+from brainldm import nsd
+from brainldm.download import DownloadError, download_coco_captions
+from brainldm.logs import setup_logging
+
+if "snakemake" in globals():
+    log = setup_logging(snakemake.log[0])
+    coco_root = nsd.root_of(snakemake.output.train, nsd.COCO_CAPTION_FILES[0])
+    try:
+        written = download_coco_captions(snakemake.params.url, coco_root,
+                                         progress=sys.stderr.isatty())
+    except DownloadError as error:
+        log.error("%s", error)
+        raise
+    log.info("done: %s", ", ".join(map(str, written)))
