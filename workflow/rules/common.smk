@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from brainldm import download as nsd_download
 from brainldm import nsd as nsd_layout
+from brainldm.fmri import output_names as fmri_output_names
 from brainldm.config import ConfigError, is_toy, validate_config
 from brainldm.toy_world import ToyParams, toy_nsd_keys
 
@@ -161,10 +162,66 @@ def check_downloads_before_run():
         logger.warning(message + " (estimated from typical sizes)")
 
 
+# --------------------------------------------------------------------------- fMRI preparation
+
+
+def fmri_dir(subject="{subject}"):
+    """Folder of one subject's prepared fMRI (``subject`` = two digits or the wildcard)."""
+    return f"results/{DATASET}/subj{subject}/fmri"
+
+
+def fmri_roi_outputs(subject="{subject}"):
+    """Per-ROI outputs of prepare_fmri (train, test, voxels of each configured ROI)."""
+    names = fmri_output_names(config["fmri"]["rois"])
+    return [f"{fmri_dir(subject)}/{name}" for name in names if name.endswith((".npy", ".npz"))]
+
+
+def fmri_atlases():
+    """ROI atlases the configured ROIs need, and those of them that have a label table."""
+    atlases = nsd_layout.atlases_for(config["fmri"]["rois"])
+    return atlases, [atlas for atlas in atlases if atlas != "nsdgeneral"]
+
+
+def fmri_inputs(wildcards):
+    """Inputs of prepare_fmri for one subject (betas of every configured session, ROI
+    atlases, label tables, brain mask and the design)."""
+    subject = int(wildcards.subject)
+    atlases, labelled = fmri_atlases()
+    beta_format = config["nsd"]["beta_format"]
+    return {
+        "betas": [nsd_file(nsd_layout.betas_key(subject, s, beta_format)) for s in SESSIONS],
+        "expdesign": nsd_file(nsd_layout.expdesign_key()),
+        "atlases": [nsd_file(nsd_layout.roi_key(subject, atlas)) for atlas in atlases],
+        "label_tables": [nsd_file(nsd_layout.label_table_key(atlas)) for atlas in labelled],
+        "brainmask": nsd_file(nsd_layout.brainmask_key(subject)),
+    }
+
+
+def trials_per_session():
+    """Trials in each betas file: 750 in NSD, the toy's own number in the toy world."""
+    return toy_params().trials_per_session if TOY else nsd_layout.TRIALS_PER_SESSION
+
+
+def fmri_runtime_minutes():
+    """Generous wall time of prepare_fmri in minutes: one per session (inflating takes ~5-10 s)."""
+    return 10 + len(SESSIONS)
+
+
+def fmri_targets():
+    """Every subject's prepared fMRI and the QC summary."""
+    targets = [f"results/{DATASET}/summary/fmri_qc.tsv"]
+    for subject in SUBJECTS:
+        targets += fmri_roi_outputs(subject)
+        targets += [f"{fmri_dir(subject)}/{name}"
+                    for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")]
+    return targets
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []
     if TOY:
         targets += toy_world_files()
     targets += download_targets()
+    targets += fmri_targets()
     return targets
