@@ -1,0 +1,270 @@
+"""Identification metrics against hand-computed cases; feature extractors and their errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainldm import identification as ident
+from brainldm.identification import (
+    ExtractorUnavailable,
+    paper_identification,
+    paper_preprocess,
+    pearson_matrix,
+    two_way_identification,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def features_with_correlations(R: np.ndarray, d: int = 16, seed: int = 0):
+    """Originals (n, d) and samples (n, k, d) whose Pearson r are exactly ``R``.
+
+    ``R[i, j, s]`` = r(original i, sample s of image j). Originals are orthonormal zero-mean
+    vectors e_i; each sample is sum_i R[i, j, s] e_i + (the rest of unit norm) e_extra.
+    """
+    R = np.asarray(R, dtype=float)
+    if R.ndim == 2:
+        R = R[:, :, None]
+    n, _, k = R.shape
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((d, n + 1))
+    basis -= basis.mean(0)
+    q, _ = np.linalg.qr(basis)
+    e = q.T  # (n + 1, d), orthonormal, zero mean
+    originals = e[:n] * 3.0 + 1.0  # scale and shift do not change Pearson r
+    samples = np.zeros((n, k, d))
+    for j in range(n):
+        for s in range(k):
+            coef = R[:, j, s]
+            assert np.sum(coef**2) <= 1, "a unit sample cannot have these correlations"
+            rest = np.sqrt(1.0 - np.sum(coef**2))
+            samples[j, s] = coef @ e[:n] + rest * e[n]
+    return originals, samples
+
+
+def test_constructed_features_have_the_requested_correlations():
+    R = np.array([[0.5, 0.45, 0.1], [0.2, 0.4, 0.3], [0.3, 0.1, 0.2]])
+    originals, samples = features_with_correlations(R)
+    np.testing.assert_allclose(pearson_matrix(originals, samples[:, 0]), R, atol=1e-12)
+
+
+def test_known_correlations_paper_vs_two_way():
+    # rows: original i, columns: reconstruction j
+    R = np.array([[0.5, 0.45, 0.1], [0.2, 0.4, 0.3], [0.3, 0.1, 0.2]])
+    originals, samples = features_with_correlations(R)
+    acc, per_image = paper_identification(originals, samples)
+    # paper, per original i (row): i0: 0.5 > 0.45, 0.1 -> 1; i1: 0.4 > 0.2, 0.3 -> 1;
+    # i2: 0.2 < 0.3, > 0.1 -> 0.5
+    np.testing.assert_allclose(per_image, [1.0, 1.0, 0.5])
+    assert acc == pytest.approx(5 / 6)
+    acc2, per_rec = two_way_identification(originals, samples[:, 0])
+    # two-way, per reconstruction j (column): j0: 0.5 > 0.2, 0.3 -> 1; j1: 0.4 < 0.45, > 0.1
+    # -> 0.5; j2: 0.2 > 0.1, < 0.3 -> 0.5
+    np.testing.assert_allclose(per_rec, [1.0, 0.5, 0.5])
+    assert acc2 == pytest.approx(2 / 3)
+
+
+def test_paper_averages_correlations_over_samples():
+    # image 0's two samples correlate 0.9 and 0.1 with original 0 (mean 0.5); image 1's
+    # samples 0.45 and 0.45: original 0 is correctly identified (0.5 > 0.45)
+    R = np.zeros((2, 2, 2))
+    R[0, 0] = [0.9, 0.1]
+    R[0, 1] = [0.45, 0.45]
+    R[1, 1] = [0.6, 0.6]
+    R[1, 0] = [0.3, 0.6]  # mean 0.45 < 0.6
+    originals, samples = features_with_correlations(R)
+    acc, per_image = paper_identification(originals, samples)
+    np.testing.assert_allclose(per_image, [1.0, 1.0])
+    # with image 1's samples at 0.55 and 0.5 (mean 0.525 > 0.5) original 0 fails, although its
+    # best single sample (0.9) beats both
+    R[0, 1] = [0.55, 0.5]
+    originals, samples = features_with_correlations(R)
+    _, per_image = paper_identification(originals, samples)
+    np.testing.assert_allclose(per_image, [0.0, 1.0])
+
+
+def test_ties_fail_in_both_protocols():
+    originals = np.array([[1.0, 2.0, 3.0, 0.0], [0.0, 1.0, 0.0, 2.0]])
+    same = np.array([1.0, 0.0, 2.0, 5.0])
+    samples = np.stack([same, same])[:, None]  # both images get identical reconstructions
+    acc, per_image = paper_identification(originals, samples)
+    assert acc == 0.0 and per_image.tolist() == [0.0, 0.0]
+    # the two-way protocol compares originals against one reconstruction: identical originals tie
+    twins = np.stack([originals[0], originals[0]])
+    acc2, per_rec = two_way_identification(twins, np.array([[1.0, 2.0, 3.0, 1.0], [0.0, 1.0, 4.0, 2.0]]))
+    assert acc2 == 0.0 and per_rec.tolist() == [0.0, 0.0]
+
+
+def test_n2_perfect_and_reversed():
+    originals = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    good = np.array([[1.0, 2.0, 3.1], [3.0, 1.1, 2.0]])
+    acc, _ = paper_identification(originals, good[:, None])
+    assert acc == 1.0 and two_way_identification(originals, good)[0] == 1.0
+    swapped = good[::-1]
+    assert paper_identification(originals, swapped[:, None])[0] == 0.0
+    assert two_way_identification(originals, swapped)[0] == 0.0
+    with pytest.raises(ValueError, match=">= 2"):
+        paper_identification(originals[:1], good[:1, None])
+
+
+def test_random_features_agree_with_a_loop_and_sit_near_chance():
+    rng = np.random.default_rng(1)
+    n, k, d = 40, 3, 20
+    originals = rng.standard_normal((n, d))
+    samples = rng.standard_normal((n, k, d))
+    acc, per_image = paper_identification(originals, samples)
+    loop = []
+    for i in range(n):
+        m = [np.mean([np.corrcoef(originals[i], samples[j, s])[0, 1] for s in range(k)]) for j in range(n)]
+        loop.append(np.mean([m[i] > m[j] for j in range(n) if j != i]))
+    np.testing.assert_allclose(per_image, loop)
+    assert 0.35 < acc < 0.65
+    noisy = originals[:, None] + 0.8 * rng.standard_normal((n, k, d))
+    assert paper_identification(originals, noisy)[0] > 0.95
+
+
+def test_paper_preprocess_resizes_shorter_side_crops_centre_and_normalises():
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[:, 20:60] = 255  # white centre, black sides (cropped away)
+    batch = paper_preprocess([image])
+    assert batch.shape == (1, 3, 299, 299) and batch.dtype == np.float32
+    white = (1.0 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD
+    np.testing.assert_allclose(batch[0, :, 10:-10, 10:-10].mean(axis=(1, 2)), white, rtol=1e-3)
+    grey = np.full((30, 30, 3), 128, dtype=np.uint8)
+    np.testing.assert_allclose(paper_preprocess([grey])[0, :, 5, 5], (128 / 255 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD, rtol=1e-5)
+
+
+def test_pixel_extractor_and_registry():
+    images = [np.full((64, 64, 3), v, dtype=np.uint8) for v in (0, 255)]
+    feats = ident.get_extractor("pixels", pixel_size=8)(images, batch_size=1)
+    assert feats["pixels"].shape == (2, 8 * 8 * 3)
+    assert feats["pixels"][0].max() == 0 and feats["pixels"][1].min() == 1.0
+    assert set(ident.EXTRACTORS) == {"pixels", "clip", "alexnet", "inception"}
+    with pytest.raises(ValueError, match="unknown"):
+        ident.get_extractor("vgg")
+
+
+def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on this machine: not installed
+    for name, filename in [("alexnet", "alexnet-owt-7be5be79.pth"), ("inception", "inception_v3_google-0cc3c7bd.pth")]:
+        with pytest.raises(ExtractorUnavailable) as info:
+            ident.get_extractor(name)
+        message = str(info.value)
+        assert "torchvision" in message and "TORCH_HOME" in message and filename in message
+    with pytest.raises(ExtractorUnavailable, match="alexnet.*\n.*inception"):
+        ident.check_extractors(["pixels", "alexnet", "inception"])
+
+
+def tiny_alexnet():
+    """torchvision's AlexNet layer layout (features / avgpool / classifier), narrow channels."""
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 4, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(4, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+            )
+            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+            self.classifier = nn.Sequential(
+                nn.Dropout(), nn.Linear(5 * 36, 12), nn.ReLU(), nn.Dropout(), nn.Linear(12, 7),
+                nn.ReLU(), nn.Linear(7, 3),
+            )
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def test_alexnet_extractor_reads_the_three_paper_layers():
+    images = [np.random.default_rng(i).integers(0, 255, (50, 60, 3), dtype=np.uint8) for i in range(3)]
+    extractor = ident.AlexNetExtractor(device="cpu", model=tiny_alexnet())
+    feats = extractor(images, batch_size=2)
+    # 299 px: conv1 -> 74, pool -> 36, pool -> 17 (features.5), pool -> 8 (features.12)
+    assert feats["alexnet.features.5"].shape == (3, 6 * 17 * 17)
+    assert feats["alexnet.features.12"].shape == (3, 5 * 8 * 8)
+    assert feats["alexnet.classifier.5"].shape == (3, 7)
+    assert feats["alexnet.classifier.5"].min() >= 0  # a ReLU output
+    again = extractor(images[:1])
+    np.testing.assert_allclose(again["alexnet.features.12"], feats["alexnet.features.12"][:1], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=56, patch_size=14, projection_dim=16)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    return folder
+
+
+def test_clip_extractor_end_to_end_with_a_tiny_model(tiny_clip_dir):
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    extractor = ident.get_extractor("clip", clip_model=str(tiny_clip_dir), device="cpu")
+    feats = extractor(images, batch_size=3)["clip"]
+    assert feats.shape == (4, 16)
+    model = CLIPVisionModelWithProjection.from_pretrained(tiny_clip_dir).eval()
+    with torch.no_grad():
+        direct = model(pixel_values=torch.from_numpy(paper_preprocess(images)), interpolate_pos_encoding=True).image_embeds
+    np.testing.assert_allclose(feats, direct.numpy(), rtol=1e-4, atol=1e-5)
+    # each image identified among the others by its own copy
+    acc, _ = paper_identification(feats, feats[:, None])
+    assert acc == 1.0
+
+
+def test_clip_missing_offline_gives_a_clear_message(tmp_path):
+    code = (
+        "from brainldm.identification import get_extractor\n"
+        "get_extractor('clip', device='cpu')\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=str(REPO / "workflow" / "scripts"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("brainldm.identification.ExtractorUnavailable")
+    assert "openai/clip-vit-large-patch14" in last and "hf download" in last and "HF_HUB_OFFLINE" in last
+
+
+def test_identify_reconstructions_reads_pngs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    originals = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    ids = [3, 8, 20, 21, 40]
+    for method, k in (("z", 1), ("zc", 2)):
+        for row, nid in enumerate(ids):
+            for s in range(k):
+                noisy = np.clip(originals[row] + rng.normal(0, 20, originals[row].shape), 0, 255).astype(np.uint8)
+                path = ident.reconstruction_path(tmp_path, method, nid, s)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(noisy).save(path)
+    rows = ident.identify_reconstructions(originals, ids, tmp_path, ["z", "zc"], {"z": 1, "zc": 2},
+                                          ["pixels"], pixel_size=16)
+    assert [(r["method"], r["feature"]) for r in rows] == [("z", "pixels"), ("zc", "pixels")]
+    assert all(r["accuracy"] == 1.0 and r["two_way_accuracy"] == 1.0 and r["n_images"] == 5 for r in rows)
+    text = ident.format_rows(rows, ident.IDENTIFICATION_COLUMNS)
+    assert text.splitlines()[1] == "z\tpixels\t1.000000\t5\t1.000000"
+    with pytest.raises(FileNotFoundError, match="reconstruct_images"):
+        ident.identify_reconstructions(originals, [1, 2, 3, 4, 5], tmp_path, ["z"], {"z": 1}, ["pixels"])
