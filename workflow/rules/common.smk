@@ -144,9 +144,9 @@ def check_downloads_before_run():
     logger.info(plan.summary())
     write_text("logs/download/nsd_plan.tsv", plan.to_tsv())
     if plan.missing:
+        lines = "\n".join(f"  {entry.key}: {entry.note}" for entry in plan.missing)
         raise WorkflowError(
-            f"{len(plan.missing)} needed NSD files are not on {config['nsd']['base_url']}:\n"
-            + "\n".join(f"  {entry.key}: {entry.note}" for entry in plan.missing)
+            f"{len(plan.missing)} needed NSD files are not on {config['nsd']['base_url']}:\n{lines}"
         )
     folder = Path(NSD_DOWNLOAD_DIR)
     while not folder.exists():
@@ -158,8 +158,8 @@ def check_downloads_before_run():
             f"only {nsd_download.format_bytes(free)} are free in {folder.resolve()}"
         )
         if plan.exact:
-            raise WorkflowError(message + "; free space or set nsd.root to a local copy")
-        logger.warning(message + " (estimated from typical sizes)")
+            raise WorkflowError(f"{message}; free space or set nsd.root to a local copy")
+        logger.warning(f"{message} (estimated from typical sizes)")
 
 
 # --------------------------------------------------------------------------- fMRI preparation

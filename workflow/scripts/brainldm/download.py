@@ -400,6 +400,9 @@ def _receive(response, part: Path, offset: int, total: int | None, chunk_size: i
     """Append the body to ``part`` (truncated first when ``offset`` is 0); returns bytes read."""
     from tqdm import tqdm
 
+    # read1: one socket read per call, so bytes that arrived before a reset or a stall are
+    # written to the .part (read(n) would wait for n bytes and lose them on error).
+    read = getattr(response, "read1", response.read)
     received = 0
     next_log = 0.1
     started = time.monotonic()
@@ -409,7 +412,7 @@ def _receive(response, part: Path, offset: int, total: int | None, chunk_size: i
     ) as bar:
         while True:
             try:
-                chunk = response.read(chunk_size)
+                chunk = read(chunk_size)
             except http.client.IncompleteRead as error:
                 out.write(error.partial)
                 raise _Retry(f"connection closed early after {offset + received + len(error.partial)} bytes") from None
