@@ -3,10 +3,12 @@
 # The gate and the plan run in the onstart hook, i.e. after the DAG is built and before any job,
 # and never in a dry run (-n): see check_downloads_before_run in common.smk.
 
-# Where a download and the toy world could both make a file (nsd.root null with the toy rule
-# present), the download wins.
-ruleorder: download_nsd_file > make_toy_nsd
-ruleorder: download_coco_annotations > make_toy_nsd
+# Where a download and the toy world could both make a file (the toy's nsd.root with coco.root
+# null), the download wins.
+if TOY:
+
+    ruleorder: download_nsd_file > make_toy_nsd
+    ruleorder: download_coco_annotations > make_toy_nsd
 
 
 # Parse time: the offline plan of what is missing (dry runs show it too).
