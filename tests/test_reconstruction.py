@@ -1,0 +1,195 @@
+"""Reconstruction with a tiny Stable Diffusion (the real diffusers/transformers classes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from brainldm import reconstruction as rec
+from brainldm.reconstruction import ReconstructionSettings, Reconstructor, sample_seed
+
+IMAGE = 32  # px; the tiny VAE downsamples x4 -> latents (4, 8, 8)
+HIDDEN = 16  # text embedding size -> c is (77, 16)
+
+
+def write_tiny_tokenizer(folder):
+    """A CLIP-format byte-level vocabulary without merges (every character is a token)."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer",
+                                                             "model_max_length": 77, **special}))
+    return len(tokens)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and do not stall when the CPU is shared)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny SD in diffusers format, saved and loaded like the real one."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    vocab_size = write_tiny_tokenizer(folder / "tokenizer")
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 8, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1,
+        norm_num_groups=4, sample_size=IMAGE, scaling_factor=0.5,
+    ).save_pretrained(folder / "vae")
+    UNet2DConditionModel(
+        sample_size=IMAGE // 4, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=HIDDEN,
+        attention_head_dim=4, norm_num_groups=4,
+    ).save_pretrained(folder / "unet")
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )).save_pretrained(folder / "text_encoder")
+    DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                  beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
+                  set_alpha_to_one=False).save_pretrained(folder / "scheduler")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model_dir):
+    from brainldm.sd_model import load_stable_diffusion
+
+    return load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def settings(**kw):
+    base = dict(methods=("z", "c", "zc"), n_samples=2, image_size=IMAGE, strength=0.8, ddim_steps=5,
+                ddim_eta=0.0, guidance_scale=5.0, seed=42, batch_size=3)
+    base.update(kw)
+    return ReconstructionSettings(**base)
+
+
+def decoded(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 4, IMAGE // 4, IMAGE // 4)).astype(np.float32)
+    c = rng.standard_normal((n, 77, HIDDEN)).astype(np.float32)
+    return z, c, np.array([5, 17, 230][:n], dtype=np.int64)
+
+
+def read_all(out_dir):
+    manifest = rec.read_manifests([out_dir / "manifest.tsv"])
+    return {key: np.asarray(__import__("PIL.Image").Image.open(path).convert("RGB")) for key, path in manifest.items()}
+
+
+def test_sample_seed_depends_on_each_part_and_is_stable():
+    seeds = {sample_seed(s, n, k) for s in (1, 2) for n in (10, 11) for k in (0, 1)}
+    assert len(seeds) == 8
+    assert sample_seed(42, 10, 0) == sample_seed(42, 10, 0)
+    assert 0 <= sample_seed(42, 73000, 4) < 2**63
+
+
+def test_same_images_whatever_shards_and_batch_size(components, tmp_path):
+    z, c, ids = decoded()
+    one = rec.reconstruct(Reconstructor(components, settings(batch_size=4)), z, c, ids, tmp_path / "one",
+                          progress=False)
+    assert len(one) == 3 * (1 + 2 + 2)
+    whole = read_all(tmp_path / "one")
+    parts = {}
+    for shard in range(2):
+        rows = rec.shard_rows(len(ids), shard, 2)
+        out = tmp_path / f"part{shard}"
+        rec.reconstruct(Reconstructor(components, settings(batch_size=1)), z[rows], c[rows], ids[rows], out,
+                        progress=False)
+        parts.update(read_all(out))
+    assert parts.keys() == whole.keys()
+    for key in whole:
+        diff = np.abs(whole[key].astype(int) - parts[key].astype(int))
+        assert diff.max() <= 1, f"{key}: images differ by up to {diff.max()} levels"
+    # and the run is repeatable exactly
+    again = rec.reconstruct(Reconstructor(components, settings(batch_size=4)), z, c, ids, tmp_path / "again",
+                            progress=False)
+    assert again == one
+    for key, image in read_all(tmp_path / "again").items():
+        np.testing.assert_array_equal(image, whole[key])
+
+
+def test_methods_outputs_and_their_dependence(components, tmp_path):
+    import torch
+
+    z, c, ids = decoded()
+    r = Reconstructor(components, settings())
+    xz = r.decode_z(z)
+    assert xz.shape == (3, IMAGE, IMAGE, 3) and xz.dtype == np.uint8
+    with torch.no_grad():
+        direct = components.vae.decode(torch.from_numpy(z) / 0.5).sample
+    np.testing.assert_array_equal(xz, rec._to_uint8(direct))
+    jobs = [(5, 0), (5, 1), (17, 0)]
+    gen = r.generate_c(c[[0, 0, 1]], jobs)
+    assert gen.shape == (3, IMAGE, IMAGE, 3)
+    assert np.abs(gen[0].astype(int) - gen[1]).mean() > 1  # other sample, other noise
+    zc = r.img2img_zc([xz[0], xz[0], xz[1]], c[[0, 0, 1]], jobs)
+    assert zc.shape == (3, IMAGE, IMAGE, 3)
+    zc_other_c = r.img2img_zc([xz[0]], c[[2]], jobs[:1])
+    assert np.abs(zc_other_c[0].astype(int) - zc[0]).mean() > 0.5  # conditioned on c
+    # the empty-prompt embedding is the text encoder's output for ""
+    assert tuple(r.uncond.shape) == (1, 77, HIDDEN)
+    with pytest.raises(ValueError, match="per-image shape"):
+        r.generate_c(np.zeros((1, 77, 8), np.float32), jobs[:1])
+
+
+def test_shard_files_figure_and_manifests(components, tmp_path):
+    z, c, ids = decoded()
+    dec = tmp_path / "decoding"
+    dec.mkdir()
+    np.save(dec / "z_pred.npy", z)
+    np.save(dec / "c_pred.npy", c)
+    np.save(dec / "z_nsd_ids.npy", ids)
+    np.save(dec / "c_nsd_ids.npy", ids)
+    s = settings(methods=("z", "zc"), n_samples=1)
+    for shard in range(2):
+        rec.reconstruct_shard(components, s, dec, tmp_path / f"part{shard}", shard, 2, progress=False)
+    files = rec.read_manifests([tmp_path / f"part{k}" / "manifest.tsv" for k in range(2)])
+    assert sorted(files) == sorted((int(n), m, 0) for n in ids for m in ("z", "zc"))
+    assert files[(17, "zc", 0)] == tmp_path / "part1" / "zc" / "nsd00017_s0.png"
+    originals = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    rows = rec.figure_rows(3, 2)
+    assert rows.tolist() == [0, 2]
+    rec.plot_reconstructions(originals[rows], ids[rows], files, ["z", "zc"], tmp_path / "fig.png", title="subj01")
+    from PIL import Image
+
+    with Image.open(tmp_path / "fig.png") as fig:
+        assert fig.size[0] > 200 and fig.size[1] > 100
+    np.save(dec / "c_nsd_ids.npy", ids[::-1])
+    with pytest.raises(ValueError, match="different test images"):
+        rec.reconstruct_shard(components, s, dec, tmp_path / "bad", 0, 2, progress=False)
+
+
+def test_settings_from_config(paper_config):
+    s = ReconstructionSettings.from_config(paper_config["reconstruction"])
+    assert (s.n_samples, s.image_size, s.strength, s.ddim_steps, s.ddim_eta, s.guidance_scale, s.seed) == (
+        5, 512, 0.8, 50, 0.0, 5.0, 42)
+    assert s.samples_of("z") == 1 and s.samples_of("zc") == 5

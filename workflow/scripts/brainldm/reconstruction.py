@@ -1,0 +1,400 @@
+"""Images from decoded features: ``z`` (VAE decode), ``c`` (generation) and ``zc`` (img2img).
+
+For each test image, with the decoded latent ``z`` (4, h, w) and text embedding ``c`` (77, d):
+
+- ``z``: ``Xz = VAE.decode(z / scaling_factor)`` (deterministic, one image; 320 px for SD v1.4);
+- ``c``: DDIM generation from Gaussian noise conditioned on ``c``, classifier-free guidance
+  with the empty prompt ``""`` as the unconditional embedding (``image_size`` px);
+- ``zc``: the paper's img2img: ``Xz`` resized to ``image_size`` (Lanczos), re-encoded (a
+  posterior sample), noised to ``strength`` of the DDIM schedule and denoised conditioned on
+  ``c`` with the same guidance.
+
+``c`` and ``zc`` use diffusers' ``StableDiffusionPipeline`` / ``StableDiffusionImg2ImgPipeline``
+with ``prompt_embeds`` / ``negative_prompt_embeds`` and one ``torch.Generator`` per image, seeded
+from ``(seed, nsdId, sample index)`` (:func:`sample_seed`): an image never depends on which other
+images share its batch or its shard. Generators live on the CPU, so a seed gives the same noise
+on any device.
+
+Files: ``<out_dir>/<method>/nsd<nsdId:05d>_s<sample>.png`` (``z`` has one sample, ``s0``) and a
+``manifest.tsv`` (nsdId, method, sample, file) per output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .atomic import atomic_path, write_text
+
+LOGGER = logging.getLogger("brainldm.reconstruction")
+
+METHODS = ("z", "c", "zc")
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """The paper's img2img settings (config section ``reconstruction``)."""
+
+    methods: tuple[str, ...] = METHODS
+    n_samples: int = 5
+    image_size: int = 512
+    strength: float = 0.8
+    ddim_steps: int = 50
+    ddim_eta: float = 0.0
+    guidance_scale: float = 5.0
+    seed: int = 42
+    batch_size: int = 4
+
+    @classmethod
+    def from_config(cls, section: dict) -> "ReconstructionSettings":
+        """Build from the validated ``reconstruction`` config section (extra keys ignored)."""
+        names = cls.__dataclass_fields__
+        values = {key: section[key] for key in names if key in section}
+        if "methods" in values:
+            values["methods"] = tuple(values["methods"])
+        return cls(**values)
+
+    def samples_of(self, method: str) -> int:
+        """Samples per image: ``z`` is deterministic (one), the others ``n_samples``."""
+        return 1 if method == "z" else self.n_samples
+
+
+def sample_seed(seed: int, nsd_id: int, sample: int) -> int:
+    """The torch seed of one sample: a hash of (seed, nsdId, sample index), in [0, 2**63)."""
+    state = np.random.SeedSequence([int(seed), int(nsd_id), int(sample)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def generators_for(jobs: Sequence[tuple[int, int]], seed: int) -> list:
+    """One CPU ``torch.Generator`` per (nsdId, sample) job."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(sample_seed(seed, nid, s)) for nid, s in jobs]
+
+
+def image_path(out_dir: str | Path, method: str, nsd_id: int, sample: int) -> Path:
+    """``<out_dir>/<method>/nsd<nsdId:05d>_s<sample>.png``."""
+    return Path(out_dir) / method / f"nsd{int(nsd_id):05d}_s{int(sample)}.png"
+
+
+def shard_rows(n_images: int, shard: int, n_shards: int) -> np.ndarray:
+    """Rows (of the test set) of shard ``shard`` of ``n_shards``: every ``n_shards``-th row."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
+    return np.arange(shard, n_images, n_shards)
+
+
+class Reconstructor:
+    """Runs the three methods with one set of loaded SD components.
+
+    Parameters
+    ----------
+    components : brainldm.sd_model.SDComponents (or any object with ``vae``, ``text_encoder``,
+        ``tokenizer``, ``unet``, ``scheduler``, ``device``, ``dtype``)
+    settings : ReconstructionSettings
+    """
+
+    def __init__(self, components, settings: ReconstructionSettings):
+        import torch
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        self.torch = torch
+        self.settings = settings
+        self.device = torch.device(getattr(components, "device", "cpu"))
+        self.dtype = getattr(components, "dtype", torch.float32)
+        parts = dict(
+            vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+            unet=components.unet, scheduler=components.scheduler, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        self.txt2img = StableDiffusionPipeline(**parts)
+        self.img2img = StableDiffusionImg2ImgPipeline(**parts)
+        for pipe in (self.txt2img, self.img2img):
+            pipe.set_progress_bar_config(disable=True)
+        self.vae = components.vae
+        self.uncond = self._empty_prompt_embedding()
+
+    def _empty_prompt_embedding(self):
+        """CLIP text encoder's last hidden state of ``""`` padded to the maximum length: (1, L, d)."""
+        tok = self.txt2img.tokenizer
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.device)
+        with self.torch.no_grad():
+            return self.txt2img.text_encoder(ids)[0].to(self.dtype)
+
+    def _check_c(self, c: np.ndarray) -> None:
+        expected = tuple(self.uncond.shape[1:])
+        if tuple(c.shape[1:]) != expected:
+            raise ValueError(
+                f"decoded c has per-image shape {tuple(c.shape[1:])} but this model's text "
+                f"embedding is {expected} (max length, hidden size)"
+            )
+
+    def decode_z(self, z: np.ndarray) -> np.ndarray:
+        """``Xz``: VAE decode of decoded latents.
+
+        Parameters
+        ----------
+        z : (n, 4, h, w) float — decoded latents (scaled, as SD's features)
+
+        Returns
+        -------
+        images : (n, H, W, 3) uint8
+        """
+        torch = self.torch
+        latents = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device, self.dtype)
+        with torch.no_grad():
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return _to_uint8(decoded)
+
+    def generate_c(self, c: np.ndarray, jobs: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``c`` method: DDIM generation conditioned on ``c`` rows (one row per job).
+
+        Parameters
+        ----------
+        c : (n_jobs, L, d) float
+        jobs : (nsdId, sample) per row, for the seeds
+
+        Returns
+        -------
+        images : (n_jobs, image_size, image_size, 3) uint8
+        """
+        s = self.settings
+        self._check_c(c)
+        embeds = self.torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
+        out = self.txt2img(
+            prompt_embeds=embeds, negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
+            height=s.image_size, width=s.image_size, num_inference_steps=s.ddim_steps,
+            guidance_scale=s.guidance_scale, eta=s.ddim_eta, generator=generators_for(jobs, s.seed),
+            output_type="np",
+        ).images
+        return _float_images_to_uint8(out)
+
+    def img2img_zc(self, xz: Sequence[np.ndarray], c: np.ndarray, jobs: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``zc`` method: the paper's img2img from ``Xz`` conditioned on ``c``.
+
+        Parameters
+        ----------
+        xz : n_jobs x (H, W, 3) uint8 — the ``z`` reconstructions (resized here to image_size)
+        c : (n_jobs, L, d) float
+        jobs : (nsdId, sample) per row
+
+        Returns
+        -------
+        images : (n_jobs, image_size, image_size, 3) uint8
+        """
+        from PIL import Image
+
+        s = self.settings
+        self._check_c(c)
+        init = [Image.fromarray(np.asarray(x)).resize((s.image_size, s.image_size), Image.LANCZOS) for x in xz]
+        embeds = self.torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
+        out = self.img2img(
+            prompt_embeds=embeds, negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
+            image=init, strength=s.strength, num_inference_steps=s.ddim_steps,
+            guidance_scale=s.guidance_scale, eta=s.ddim_eta, generator=generators_for(jobs, s.seed),
+            output_type="np",
+        ).images
+        return _float_images_to_uint8(out)
+
+
+def _to_uint8(decoded) -> np.ndarray:
+    """VAE output in [-1, 1], (n, 3, H, W) tensor -> (n, H, W, 3) uint8."""
+    array = ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    return _float_images_to_uint8(array)
+
+
+def _float_images_to_uint8(images: np.ndarray) -> np.ndarray:
+    """(n, H, W, 3) floats in [0, 1] -> uint8 (rounded, as diffusers' numpy_to_pil)."""
+    return (np.clip(np.asarray(images), 0, 1) * 255).round().astype(np.uint8)
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as PNG atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def reconstruct(
+    reconstructor: Reconstructor,
+    z: np.ndarray,
+    c: np.ndarray,
+    nsd_ids: Sequence[int],
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> list[tuple[int, str, int, str]]:
+    """Reconstruct ``nsd_ids`` with every configured method and write the PNGs.
+
+    Parameters
+    ----------
+    z : (n, 4, h, w) float — decoded latents of these images
+    c : (n, L, d) float — decoded text embeddings of these images
+    nsd_ids : (n,) int
+    out_dir : folder receiving ``<method>/nsd<id>_s<k>.png`` and ``manifest.tsv``
+
+    Returns
+    -------
+    manifest : list of (nsdId, method, sample, relative file)
+    """
+    from tqdm import tqdm
+
+    s = reconstructor.settings
+    nsd_ids = [int(n) for n in nsd_ids]
+    if not (len(z) == len(c) == len(nsd_ids)):
+        raise ValueError(f"z ({len(z)}), c ({len(c)}) and nsd_ids ({len(nsd_ids)}) differ in length")
+    out_dir = Path(out_dir)
+    manifest: list[tuple[int, str, int, str]] = []
+
+    def record(nid, method, sample, image):
+        path = image_path(out_dir, method, nid, sample)
+        save_png(path, image)
+        manifest.append((nid, method, sample, str(path.relative_to(out_dir))))
+
+    need_xz = "z" in s.methods or "zc" in s.methods
+    xz: dict[int, np.ndarray] = {}
+    bar = tqdm(total=len(nsd_ids) * sum(s.samples_of(m) for m in s.methods), desc="reconstructions",
+               disable=not progress)
+    if need_xz:
+        for start in range(0, len(nsd_ids), s.batch_size):
+            rows = range(start, min(start + s.batch_size, len(nsd_ids)))
+            images = reconstructor.decode_z(z[rows.start : rows.stop])
+            for row, image in zip(rows, images):
+                xz[row] = image
+                if "z" in s.methods:
+                    record(nsd_ids[row], "z", 0, image)
+                    bar.update(1)
+    for method in ("c", "zc"):
+        if method not in s.methods:
+            continue
+        jobs = [(row, k) for row in range(len(nsd_ids)) for k in range(s.samples_of(method))]
+        for start in range(0, len(jobs), s.batch_size):
+            chunk = jobs[start : start + s.batch_size]
+            rows = [row for row, _ in chunk]
+            seeds = [(nsd_ids[row], k) for row, k in chunk]
+            c_rows = np.asarray(c)[rows]
+            if method == "c":
+                images = reconstructor.generate_c(c_rows, seeds)
+            else:
+                images = reconstructor.img2img_zc([xz[row] for row in rows], c_rows, seeds)
+            for (nid, k), image in zip(seeds, images):
+                record(nid, method, k, image)
+                bar.update(1)
+    bar.close()
+    write_manifest(out_dir / "manifest.tsv", manifest)
+    return manifest
+
+
+def write_manifest(path: str | Path, manifest: Sequence[tuple[int, str, int, str]]) -> None:
+    """``manifest.tsv``: nsdId, method, sample, file (relative to the manifest's folder)."""
+    lines = ["nsdId\tmethod\tsample\tfile"] + [f"{n}\t{m}\t{k}\t{f}" for n, m, k, f in manifest]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_manifests(paths: Sequence[str | Path]) -> dict[tuple[int, str, int], Path]:
+    """Merge shard manifests: ``{(nsdId, method, sample): absolute PNG path}``."""
+    found: dict[tuple[int, str, int], Path] = {}
+    for manifest in paths:
+        manifest = Path(manifest)
+        lines = manifest.read_text().splitlines()
+        if not lines or lines[0].split("\t") != ["nsdId", "method", "sample", "file"]:
+            raise ValueError(f"{manifest}: not a reconstruction manifest (header nsdId, method, sample, file)")
+        for line in lines[1:]:
+            nid, method, sample, rel = line.split("\t")
+            found[(int(nid), method, int(sample))] = manifest.parent / rel
+    return found
+
+
+def load_decoded(decoding_dir: str | Path, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    """A subject's decoded feature ``(pred (n_test, ...) float32, nsd_ids (n_test,) int64)``."""
+    decoding_dir = Path(decoding_dir)
+    pred_path, ids_path = decoding_dir / f"{feature}_pred.npy", decoding_dir / f"{feature}_nsd_ids.npy"
+    for path in (pred_path, ids_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing (an output of rule fit_decoder)")
+    return np.load(pred_path), np.load(ids_path)
+
+
+def reconstruct_shard(
+    components,
+    settings: ReconstructionSettings,
+    decoding_dir: str | Path,
+    out_dir: str | Path,
+    shard: int,
+    n_shards: int,
+    *,
+    progress: bool = True,
+) -> list[tuple[int, str, int, str]]:
+    """Reconstruct the test images of one shard of one subject into ``out_dir``."""
+    z, z_ids = load_decoded(decoding_dir, "z")
+    c, c_ids = load_decoded(decoding_dir, "c")
+    if not np.array_equal(z_ids, c_ids):
+        raise ValueError(f"{decoding_dir}: z and c predictions are for different test images")
+    rows = shard_rows(len(z_ids), shard, n_shards)
+    LOGGER.info("shard %d/%d: %d of %d test images, methods %s", shard, n_shards, len(rows),
+                len(z_ids), ",".join(settings.methods))
+    return reconstruct(Reconstructor(components, settings), z[rows], c[rows], z_ids[rows], out_dir,
+                       progress=progress)
+
+
+def figure_rows(n_images: int, n_figure: int) -> np.ndarray:
+    """Rows of the test images shown in the figure: ``n_figure`` evenly spaced rows."""
+    n_figure = min(n_figure, n_images)
+    return np.unique(np.linspace(0, n_images - 1, n_figure).round().astype(int))
+
+
+def plot_reconstructions(
+    originals: np.ndarray,
+    nsd_ids: Sequence[int],
+    files: dict[tuple[int, str, int], Path],
+    methods: Sequence[str],
+    out_path: str | Path,
+    title: str = "",
+) -> None:
+    """Figure: one row per image, originals beside the first sample of each method.
+
+    Parameters
+    ----------
+    originals : (n, H, W, 3) uint8
+    nsd_ids : (n,) int
+    files : from :func:`read_manifests`
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    columns = ["original", *methods]
+    fig, axes = plt.subplots(len(nsd_ids), len(columns), figsize=(1.8 * len(columns), 1.8 * len(nsd_ids)),
+                             squeeze=False)
+    for r, (nid, original) in enumerate(zip(nsd_ids, originals)):
+        for col, name in enumerate(columns):
+            ax = axes[r, col]
+            if name == "original":
+                image = original
+            else:
+                key = (int(nid), name, 0)
+                if key not in files:
+                    raise KeyError(f"no {name} reconstruction of nsdId {nid} in the manifests")
+                with Image.open(files[key]) as im:
+                    image = np.asarray(im.convert("RGB"))
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"nsd {nid}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
