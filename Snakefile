@@ -14,6 +14,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/fmri.smk"
 include: "workflow/rules/download.smk"
+include: "workflow/rules/decoding.smk"
+include: "workflow/rules/reconstruction.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:

@@ -247,24 +247,33 @@ def test_clip_missing_offline_gives_a_clear_message(tmp_path):
     assert "openai/clip-vit-large-patch14" in last and "hf download" in last and "HF_HUB_OFFLINE" in last
 
 
-def test_identify_reconstructions_reads_pngs(tmp_path):
+def test_identify_reconstructions_reads_pngs_and_summarises(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(3)
     originals = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
     ids = [3, 8, 20, 21, 40]
+    files = {}
     for method, k in (("z", 1), ("zc", 2)):
         for row, nid in enumerate(ids):
             for s in range(k):
                 noisy = np.clip(originals[row] + rng.normal(0, 20, originals[row].shape), 0, 255).astype(np.uint8)
-                path = ident.reconstruction_path(tmp_path, method, nid, s)
+                path = tmp_path / method / f"{nid}_{s}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(noisy).save(path)
-    rows = ident.identify_reconstructions(originals, ids, tmp_path, ["z", "zc"], {"z": 1, "zc": 2},
+                files[(nid, method, s)] = path
+    rows = ident.identify_reconstructions(originals, ids, files, ["z", "zc"], {"z": 1, "zc": 2},
                                           ["pixels"], pixel_size=16)
     assert [(r["method"], r["feature"]) for r in rows] == [("z", "pixels"), ("zc", "pixels")]
     assert all(r["accuracy"] == 1.0 and r["two_way_accuracy"] == 1.0 and r["n_images"] == 5 for r in rows)
     text = ident.format_rows(rows, ident.IDENTIFICATION_COLUMNS)
     assert text.splitlines()[1] == "z\tpixels\t1.000000\t5\t1.000000"
-    with pytest.raises(FileNotFoundError, match="reconstruct_images"):
-        ident.identify_reconstructions(originals, [1, 2, 3, 4, 5], tmp_path, ["z"], {"z": 1}, ["pixels"])
+    (tmp_path / "s1.tsv").write_text(text)
+    (tmp_path / "s2.tsv").write_text(text)
+    ident.summarize_identification([tmp_path / "s1.tsv", tmp_path / "s2.tsv"], [1, 2], tmp_path / "all.tsv")
+    summary = ident.read_rows(tmp_path / "all.tsv")
+    assert [r["subject"] for r in summary] == ["1", "1", "2", "2"]
+    assert list(summary[0]) == ["subject", "method", "feature", "accuracy", "n_images", "two_way_accuracy"]
+    del files[(8, "zc", 1)]
+    with pytest.raises(FileNotFoundError, match="nsdId 8, method zc, sample 1"):
+        ident.identify_reconstructions(originals, ids, files, ["zc"], {"zc": 2}, ["pixels"])

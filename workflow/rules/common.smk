@@ -217,6 +217,109 @@ def fmri_targets():
     return targets
 
 
+# --------------------------------------------------------------------------- decoding, reconstruction, evaluation
+
+DECODED_FEATURES = ("z", "c")
+FEATURES_DIR = f"results/{DATASET}/features"
+RECON_SHARDS = config["reconstruction"]["n_shards"]
+
+for _feature in DECODED_FEATURES:
+    _unprepared = [roi for roi in config["decoding"][f"{_feature}_rois"] if roi not in config["fmri"]["rois"]]
+    if _unprepared:
+        raise WorkflowError(
+            f"config key 'decoding.{_feature}_rois': {_unprepared} are not prepared; add them to "
+            f"fmri.rois (now {config['fmri']['rois']})"
+        )
+
+
+def decoding_dir(subject="{subject}"):
+    """Folder of one subject's decoders (``subject`` = two digits or the wildcard)."""
+    return f"results/{DATASET}/subj{subject}/decoding"
+
+
+def decoder_outputs(subject="{subject}", feature="{feature}"):
+    """Files rule fit_decoder writes for one subject and feature (brainldm.decoding.decode_feature)."""
+    folder = decoding_dir(subject)
+    return {
+        "pred": f"{folder}/{feature}_pred.npy",
+        "nsd_ids": f"{folder}/{feature}_nsd_ids.npy",
+        "alphas": f"{folder}/{feature}_alphas.npy",
+        "cv_scores": f"{folder}/{feature}_cv_scores.npy",
+        "test_r": f"{folder}/{feature}_test_r.tsv",
+        "summary": f"{folder}/{feature}.json",
+    }
+
+
+def decoder_inputs(wildcards):
+    """Inputs of fit_decoder: the decoding ROIs' prepared betas and the feature's table."""
+    rois = config["decoding"][f"{wildcards.feature}_rois"]
+    folder = fmri_dir(wildcards.subject)
+    return {
+        "train": [f"{folder}/{roi}_train.npy" for roi in rois],
+        "test": [f"{folder}/{roi}_test.npy" for roi in rois],
+        "train_trials": f"{folder}/train_trials.tsv",
+        "test_images": f"{folder}/test_images.tsv",
+        "features": f"{FEATURES_DIR}/{wildcards.feature}.npy",
+        "feature_ids": f"{FEATURES_DIR}/{wildcards.feature}_nsd_ids.npy",
+    }
+
+
+def decoder_mem_mb(wildcards):
+    """Memory of fit_decoder: c (59,136 targets) peaks near 12 GB at NSD scale, z far lower."""
+    return 16000 if wildcards.feature == "c" else 8000
+
+
+def decoder_gpus():
+    """1 when decoding.backend asks for CUDA; ``auto`` uses a GPU only if the job lands on one."""
+    return 1 if config["decoding"]["backend"] == "torch_cuda" else 0
+
+
+def reconstruction_dir(subject="{subject}"):
+    return f"results/{DATASET}/subj{subject}/reconstruction"
+
+
+def reconstruction_shard_dir(subject="{subject}", shard="{shard}"):
+    """One reconstruct_images job's folder: ``<method>/nsd<id>_s<k>.png`` and manifest.tsv."""
+    return f"{reconstruction_dir(subject)}/shard{shard}of{RECON_SHARDS}"
+
+
+def reconstruction_shard_dirs(wildcards):
+    return [reconstruction_shard_dir(wildcards.subject, shard) for shard in range(RECON_SHARDS)]
+
+
+def sd_model_inputs():
+    """The Stable Diffusion folder as an input when it is a file path (the toy model, or a
+    pre-staged copy); nothing for a hub id (resolved in the job)."""
+    model_id = config["model"]["id"]
+    return [model_id] if TOY or Path(model_id).is_dir() else []
+
+
+def evaluation_dir(subject="{subject}"):
+    return f"results/{DATASET}/subj{subject}/evaluation"
+
+
+def decoding_targets():
+    targets = [f"results/{DATASET}/summary/decoding.tsv"]
+    for subject in SUBJECTS:
+        for feature in DECODED_FEATURES:
+            targets += list(decoder_outputs(subject, feature).values())
+    return targets
+
+
+def reconstruction_targets():
+    targets = []
+    for subject in SUBJECTS:
+        targets += [reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)]
+        targets.append(f"{reconstruction_dir(subject)}/figure.png")
+    return targets
+
+
+def evaluation_targets():
+    targets = [f"results/{DATASET}/summary/identification.tsv"]
+    targets += [f"{evaluation_dir(subject)}/identification.tsv" for subject in SUBJECTS]
+    return targets
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []

@@ -22,7 +22,6 @@ or weights give :class:`ExtractorUnavailable` with how to stage them.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -279,12 +278,15 @@ def _torchvision_help(name: str) -> str:
 
 
 def _load_torchvision_model(name: str):
+    import importlib
+
+    # torchvision is optional (only these two extractors need it), so it is imported by name:
+    # the evaluation env does not pin it (see README, "Evaluation").
     try:
-        import torchvision  # noqa: F401  (lazy: not installable beside this torch here)
+        models = importlib.import_module("torchvision.models")
     except ImportError:
         raise ExtractorUnavailable(_torchvision_help(name) + " torchvision is not installed.") from None
     import torch
-    import torchvision.models as models
 
     weights_cls, filename = TORCHVISION_WEIGHTS[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -388,11 +390,6 @@ def check_extractors(names: Sequence[str], **options) -> None:
 # --------------------------------------------------------------------------------------------
 # a subject's reconstructions
 # --------------------------------------------------------------------------------------------
-def reconstruction_path(recon_dir: str | Path, method: str, nsd_id: int, sample: int) -> Path:
-    """``<recon_dir>/<method>/nsd<nsdId:05d>_s<sample>.png`` (the reconstruction stage's layout)."""
-    return Path(recon_dir) / method / f"nsd{int(nsd_id):05d}_s{int(sample)}.png"
-
-
 def load_png(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 of a PNG; a clear error when it is missing."""
     from PIL import Image
@@ -409,7 +406,7 @@ IDENTIFICATION_COLUMNS = ("method", "feature", "accuracy", "n_images", "two_way_
 def identify_reconstructions(
     originals: np.ndarray,
     nsd_ids: Sequence[int],
-    recon_dir: str | Path,
+    files: dict[tuple[int, str, int], str | Path],
     methods: Sequence[str],
     samples_per_method: dict[str, int],
     extractor_names: Sequence[str],
@@ -424,22 +421,33 @@ def identify_reconstructions(
     originals : (n_images, H, W, 3) uint8
         The original test images, rows in ``nsd_ids`` order.
     nsd_ids : (n_images,) int
-    recon_dir : folder holding ``<method>/nsd<id>_s<k>.png``
+    files : {(nsdId, method, sample): PNG path}
+        The reconstructions (``brainldm.reconstruction.read_manifests``).
     methods : reconstruction methods to score
     samples_per_method : number of samples per image of each method
     extractor_names : names from :data:`EXTRACTORS`
+    batch_size : images per forward pass
+    options : passed to :func:`get_extractor` (``device``, ``clip_model``, ``pixel_size``)
 
     Returns
     -------
     rows : list of dict with keys :data:`IDENTIFICATION_COLUMNS`
     """
+    nsd_ids = [int(n) for n in nsd_ids]
+    missing = [(n, m, s) for m in methods for n in nsd_ids for s in range(samples_per_method[m])
+               if (n, m, s) not in files]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} reconstructions are missing (first: nsdId {missing[0][0]}, method "
+            f"{missing[0][1]}, sample {missing[0][2]}); they are outputs of rule reconstruct_images"
+        )
     results = []
     for extractor_name in extractor_names:
         extractor = get_extractor(extractor_name, **options)
         original_features = extractor(list(originals), batch_size=batch_size)
         for method in methods:
             k = samples_per_method[method]
-            images = [load_png(reconstruction_path(recon_dir, method, nid, s)) for nid in nsd_ids for s in range(k)]
+            images = [load_png(files[(nid, method, s)]) for nid in nsd_ids for s in range(k)]
             sample_features = extractor(images, batch_size=batch_size)
             for feature, orig in original_features.items():
                 feats = sample_features[feature].reshape(len(nsd_ids), k, -1)
@@ -462,6 +470,27 @@ def format_rows(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(["\t".join(columns)] + ["\t".join(cell(r[c]) for c in columns) for r in rows]) + "\n"
 
 
-def offline_hint() -> str:
-    """One line on the offline switches in effect (for logs)."""
-    return ", ".join(f"{k}={os.environ[k]}" for k in ("HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME") if k in os.environ)
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a TSV written by :func:`format_rows` (all values as strings)."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]
+
+
+SUMMARY_COLUMNS = ("subject",) + IDENTIFICATION_COLUMNS
+
+
+def summarize_identification(paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path) -> None:
+    """Per-subject identification tables into one (columns :data:`SUMMARY_COLUMNS`)."""
+    from .atomic import write_text
+
+    if len(paths) != len(subjects):
+        raise ValueError("summarize_identification needs one subject per table")
+    rows = []
+    for path, subject in zip(paths, subjects):
+        for row in read_rows(path):
+            missing = [c for c in IDENTIFICATION_COLUMNS if c not in row]
+            if missing:
+                raise ValueError(f"{path}: columns {missing} are missing")
+            rows.append({"subject": str(subject), **row})
+    write_text(out_path, format_rows(rows, SUMMARY_COLUMNS))

@@ -1,0 +1,44 @@
+# Evaluation: the paper's identification (anchored on the original, mean r over the samples,
+# against every other test image) and the field's two-way identification, per subject and
+# feature space; then one summary table.
+
+
+rule identify_reconstructions:
+    input:
+        shards=reconstruction_shard_dirs,
+        test_ids=decoder_outputs(feature="z")["nsd_ids"],
+        stimuli=nsd_file(nsd_layout.stimuli_key()),
+    output:
+        table=f"{evaluation_dir()}/identification.tsv",
+    params:
+        settings=config["reconstruction"],
+        features=config["evaluation"]["identification_features"],
+        clip_model=config["evaluation"]["clip_model"],
+        device=config["model"]["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    log:
+        f"logs/{DATASET}/identify_reconstructions/subj{{subject}}.log",
+    conda:
+        "../../envs/evaluation.yaml"
+    script:
+        "../scripts/identify_reconstructions.py"
+
+
+rule summarize_identification:
+    input:
+        tables=expand(f"{evaluation_dir('{subject}')}/identification.tsv", subject=SUBJECTS),
+    output:
+        table=f"results/{DATASET}/summary/identification.tsv",
+    params:
+        subjects=[int(s) for s in SUBJECTS],
+    log:
+        f"logs/{DATASET}/summarize_identification.log",
+    localrule: True
+    conda:
+        "../../envs/evaluation.yaml"
+    script:
+        "../scripts/summarize_identification.py"

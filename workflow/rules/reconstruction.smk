@@ -1,0 +1,50 @@
+# Reconstruction: per subject and shard, every test image with the decoded z and c: z (VAE
+# decode), c (generation) and zc (the paper's img2img), n_samples each; then a figure per subject.
+# Each sample's noise is seeded by (seed, nsdId, sample), so shards and batch size never change
+# an image.
+
+
+rule reconstruct_images:
+    input:
+        z=decoder_outputs(feature="z")["pred"],
+        z_ids=decoder_outputs(feature="z")["nsd_ids"],
+        c=decoder_outputs(feature="c")["pred"],
+        c_ids=decoder_outputs(feature="c")["nsd_ids"],
+        model=sd_model_inputs(),
+    output:
+        shard=directory(reconstruction_shard_dir()),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        model=config["model"],
+        settings=config["reconstruction"],
+        n_shards=RECON_SHARDS,
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    log:
+        f"logs/{DATASET}/reconstruct_images/subj{{subject}}_shard{{shard}}.log",
+    conda:
+        "../../envs/reconstruction.yaml"
+    script:
+        "../scripts/reconstruct_images.py"
+
+
+rule plot_reconstructions:
+    input:
+        shards=reconstruction_shard_dirs,
+        test_ids=decoder_outputs(feature="z")["nsd_ids"],
+        stimuli=nsd_file(nsd_layout.stimuli_key()),
+    output:
+        figure=f"{reconstruction_dir()}/figure.png",
+    params:
+        methods=config["reconstruction"]["methods"],
+        n_images=config["reconstruction"]["figure_images"],
+    log:
+        f"logs/{DATASET}/plot_reconstructions/subj{{subject}}.log",
+    conda:
+        "../../envs/reconstruction.yaml"
+    script:
+        "../scripts/plot_reconstructions.py"

@@ -1,0 +1,9 @@
+"""Rule summarize_identification: every subject's identification table in one."""
+
+from brainldm.identification import summarize_identification
+from brainldm.logs import setup_logging
+
+if "snakemake" in globals():
+    log = setup_logging(snakemake.log[0])
+    summarize_identification(list(snakemake.input.tables), list(snakemake.params.subjects), snakemake.output.table)
+    log.info("identification summary of %d subjects", len(snakemake.input.tables))
