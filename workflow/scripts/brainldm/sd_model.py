@@ -38,7 +38,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CONFIG_FILES = {
     "vae": ["config.json"],
     "text_encoder": ["config.json"],
-    "tokenizer": ["vocab.json", "merges.txt"],
+    "tokenizer": [],  # vocab.json + merges.txt, or tokenizer.json: checked in _missing_files
     "unet": ["config.json"],
     "scheduler": ["scheduler_config.json"],
 }
@@ -147,6 +147,10 @@ def _missing_files(folder: Path, components: Iterable[str]) -> list[str]:
         for fname in _CONFIG_FILES[name]:
             if not (folder / name / fname).is_file():
                 missing.append(f"{name}/{fname}")
+        if name == "tokenizer":
+            slow = all((folder / name / f).is_file() for f in ("vocab.json", "merges.txt"))
+            if not slow and not (folder / name / "tokenizer.json").is_file():
+                missing.append("tokenizer/vocab.json + merges.txt (or tokenizer.json)")
         if name in _WEIGHT_FILES and not any((folder / name / w).is_file() for w in _WEIGHT_FILES[name]):
             missing.append(f"{name}/{' or '.join(_WEIGHT_FILES[name])}")
     return missing
@@ -185,8 +189,10 @@ def resolve_model_dir(
 
     patterns = ["model_index.json"]
     for name in components:
-        patterns += [f"{name}/{f}" for f in _CONFIG_FILES[name]]
-        patterns += [f"{name}/{w}" for w in _WEIGHT_FILES.get(name, [])[:1]]  # safetensors
+        if name in _WEIGHT_FILES:  # configs and safetensors weights (no fp16/flax/onnx copies)
+            patterns += [f"{name}/*.json", f"{name}/{_WEIGHT_FILES[name][0]}"]
+        else:  # small files only
+            patterns += [f"{name}/*"]
     try:
         folder = Path(snapshot_download(model_id, revision=revision, allow_patterns=patterns))
         missing = _missing_files(folder, components)

@@ -1,0 +1,511 @@
+"""A tiny Stable Diffusion in diffusers format for the toy world.
+
+:func:`build_toy_model` writes a folder that :func:`brainldm.sd_model.load_stable_diffusion` and
+``StableDiffusionImg2ImgPipeline.from_pretrained`` read exactly like SD v1.4: the same classes
+(``AutoencoderKL``, ``UNet2DConditionModel``, ``CLIPTextModel``, ``CLIPTokenizer``,
+``DDIMScheduler`` with SD v1.4's scheduler settings), at tiny sizes:
+
+- VAE: 3 blocks (downsampling x4: a 64 px toy image gives a (4, 16, 16) latent), warm-started
+  as an average-pooling encoder / smoothing decoder (:func:`init_vae_as_pooling`), then fitted
+  for a fixed number of seeded Adam steps on the toy images (posterior samples, MSE + a small KL
+  term) so that decode(encode(x)) is recognisably x; its ``scaling_factor`` is 1 / std of the
+  fitted latents, as SD chose 0.18215 for its own VAE.
+- text encoder: a 2-layer CLIP text transformer with hidden size 32 and 77 positions (so c is
+  (77, 32), built by the same code path as SD's (77, 768)); random, seeded weights.
+- tokenizer: a byte-pair vocabulary learnt from the toy captions' words (every word in them is a
+  single token; any other text falls back to characters).
+- U-Net: 2 blocks (CrossAttnDownBlock2D + DownBlock2D, UpBlock2D + CrossAttnUpBlock2D), cross
+  attention on the text hidden size; random, seeded weights (not fitted).
+
+Everything the builder did is recorded in ``brainldm_toy_model.json`` inside the folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .sd_model import sd_v1_4_configs
+
+log = logging.getLogger(__name__)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+#: Same word split as the CLIP tokenizer's pre-tokenizer (letters, single digits, punctuation runs).
+_WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.UNICODE)
+
+#: Default sizes (recorded in the folder).
+TOY_DEFAULTS = {
+    "vae_block_out_channels": [16, 32, 32],
+    "vae_layers_per_block": 1,
+    "vae_norm_num_groups": 4,
+    "latent_channels": 4,
+    "text_hidden_size": 32,
+    "text_layers": 2,
+    "text_heads": 2,
+    "text_intermediate_size": 64,
+    "max_length": 77,
+    "unet_block_out_channels": [32, 64],
+    "unet_layers_per_block": 1,
+    "unet_attention_head_dim": 8,
+    "unet_norm_num_groups": 16,
+}
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def caption_words(captions: Sequence[Sequence[str]]) -> collections.Counter:
+    """Word counts over all captions, split and lower-cased as CLIP's tokenizer does."""
+    counts: collections.Counter = collections.Counter()
+    for image_captions in captions:
+        for caption in image_captions:
+            counts.update(_WORD.findall(" ".join(caption.split()).lower()))
+    return counts
+
+
+def learn_bpe(word_counts: dict[str, int], max_merges: int = 10000) -> list[tuple[str, str]]:
+    """Byte-pair merges that make every word a single token (CLIP style, ``</w>`` word ends).
+
+    Merges the most frequent adjacent pair (ties broken by the pair's text, so the result is
+    deterministic) until no word has two symbols left or ``max_merges`` is reached. Applying the
+    merges in order reproduces the learnt segmentation, as BPE tokenizers do.
+    """
+    words = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in word_counts if w}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges:
+        pairs: collections.Counter = collections.Counter()
+        for word, symbols in words.items():
+            for a, b in zip(symbols, symbols[1:]):
+                pairs[(a, b)] += word_counts[word]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in words.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            words[word] = merged
+    return merges
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The 256 characters of GPT-2/CLIP's byte-level mapping, in byte order."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def toy_vocabulary(captions: Sequence[Sequence[str]]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-format vocabulary and merges for the toy captions.
+
+    Returns
+    -------
+    vocab : dict str -> int
+        256 byte-level characters, the same with ``</w>``, one token per merge, then
+        ``<|startoftext|>`` and ``<|endoftext|>`` last (as in CLIP, the end token has the highest id).
+    merges : list of (str, str)
+    """
+    alphabet = _byte_level_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges = learn_bpe(caption_words(captions))
+    tokens += [a + b for a, b in merges]
+    vocab: dict[str, int] = {}
+    for token in tokens + [BOS, EOS]:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def write_tokenizer_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int) -> None:
+    """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (CLIP format)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, **special}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+# --------------------------------------------------------------------------- VAE fit
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> (n, 3, H, W) float32 in [-1, 1]."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images: expected (n, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """(n, 3, H, W) float in [-1, 1] -> (n, H, W, 3) uint8."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+
+
+def pixcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image Pearson r over all pixels and channels: (n,) float64."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, images: np.ndarray, generator: torch.Generator | None = None, batch_size: int = 32) -> np.ndarray:
+    """decode(sample of encode(x)) for (n, H, W, 3) uint8 images -> (n, H, W, 3) uint8."""
+    out = []
+    param = next(vae.parameters())
+    for start in range(0, len(images), batch_size):
+        x = images_to_tensor(images[start : start + batch_size]).to(param.device, param.dtype)
+        latents = vae.encode(x).latent_dist.sample(generator=generator)
+        out.append(tensor_to_images(vae.decode(latents).sample))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def init_vae_as_pooling(vae, const: float = 4.0, gn_weight: float = 0.25, gn_bias: float = 2.0, logvar: float = -10.0) -> None:
+    """Set ``vae``'s weights so it starts as an average-pooling encoder and smoothing decoder.
+
+    A warm start that the short fit refines (a 2-core machine cannot train a VAE from scratch
+    in a minute): every residual branch and attention output is zeroed (identity blocks), the
+    encoder's downsampling convolutions average 2x2 pixels, the decoder's upsampling convolutions
+    smooth (nearest x2 then a [1, 2, 1]/4 kernel, i.e. about bilinear), and the RGB channels pass
+    through channels 0-2 with a constant channel 3 beside them so that the output GroupNorms act
+    as a (nearly) fixed affine map; the SiLU after them works near-linearly (input ~``gn_bias``).
+    The posterior log-variance starts at ``logvar``. Needs at least 4 channels per norm group in
+    the first and last blocks (RGB and the constant share group 0).
+    """
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    groups = vae.config.norm_num_groups
+    if min(vae.config.block_out_channels) // groups < 4:
+        raise ValueError(
+            f"init_vae_as_pooling: block_out_channels {vae.config.block_out_channels} with "
+            f"{groups} norm groups leave fewer than 4 channels per group"
+        )
+
+    def identity_(conv, n):
+        conv.weight.zero_()
+        k = conv.weight.shape[-1] // 2
+        for c in range(n):
+            conv.weight[c, c, k, k] = 1.0
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+    for module in vae.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.conv2.weight.zero_()
+            module.conv2.bias.zero_()
+            if module.conv_shortcut is not None:
+                identity_(module.conv_shortcut, min(module.conv_shortcut.in_channels, module.conv_shortcut.out_channels))
+        elif isinstance(module, Attention):
+            module.to_out[0].weight.zero_()
+            module.to_out[0].bias.zero_()
+        elif isinstance(module, Downsample2D):  # pad (0, 1, 0, 1), 3x3 stride 2: top-left 2x2
+            module.conv.weight.zero_()
+            module.conv.bias.zero_()
+            for c in range(module.conv.in_channels):
+                module.conv.weight[c, c, 0:2, 0:2] = 0.25
+        elif isinstance(module, Upsample2D):
+            module.conv.weight.zero_()
+            module.conv.bias.zero_()
+            kernel = torch.tensor([0.25, 0.5, 0.25])
+            for c in range(module.conv.in_channels):
+                module.conv.weight[c, c] = kernel[:, None] * kernel[None, :]
+    b = torch.tensor(gn_bias)
+    slope = float(torch.sigmoid(b) * (1 + b * (1 - torch.sigmoid(b))))  # SiLU'(gn_bias)
+    silu_b = float(torch.nn.functional.silu(b))
+    scale = 1.0 / (gn_weight * slope)
+    for part in (vae.encoder, vae.decoder):
+        identity_(part.conv_in, 3)
+        part.conv_in.bias[3] = const
+        part.conv_norm_out.weight.fill_(gn_weight)
+        part.conv_norm_out.bias.fill_(gn_bias)
+        out = part.conv_out
+        out.weight.zero_()
+        out.bias.zero_()
+        k = out.weight.shape[-1] // 2
+        for c in range(3):
+            out.weight[c, c, k, k] = scale
+            out.bias[c] = -scale * silu_b
+    vae.encoder.conv_out.bias[vae.config.latent_channels :] = logvar
+    identity_(vae.quant_conv, 2 * vae.config.latent_channels)
+    identity_(vae.post_quant_conv, vae.config.latent_channels)
+
+
+def fit_vae(
+    vae,
+    images: np.ndarray,
+    seed: int,
+    steps: int = 240,
+    max_seconds: float = 90.0,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+) -> dict:
+    """Fit ``vae`` in place on ``images`` (n, H, W, 3) uint8 for ``steps`` seeded Adam steps.
+
+    Batches are drawn and randomly flipped left-right by a generator seeded with ``seed``; the
+    posterior is sampled as in use. Stops early (with a warning) after ``max_seconds``, so a slow
+    machine still finishes; the record says how many steps were done.
+
+    Returns
+    -------
+    dict
+        steps done, seconds, first/last loss and whether the time cap cut the fit short.
+    """
+    x_all = images_to_tensor(images)
+    generator = torch.Generator().manual_seed(seed)
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start, losses, done = time.perf_counter(), [], 0
+    for step in range(steps):
+        index = torch.randint(len(x_all), (batch_size,), generator=generator)
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        x = x_all[index]
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        loss = torch.nn.functional.mse_loss(recon, x) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+        done = step + 1
+        if step % 100 == 0:
+            log.info("toy VAE fit: step %d/%d loss %.4f (%.0f s)", step, steps, loss, time.perf_counter() - start)
+        if time.perf_counter() - start > max_seconds:
+            log.warning("toy VAE fit stopped by the %.0f s cap after %d of %d steps", max_seconds, done, steps)
+            break
+    vae.eval().requires_grad_(False)
+    return {
+        "steps_planned": steps,
+        "steps_done": done,
+        "seconds": round(time.perf_counter() - start, 2),
+        "cut_short": done < steps,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(np.mean(losses[-20:])) if losses else None,
+        "batch_size": batch_size,
+        "lr": lr,
+        "kl_weight": kl_weight,
+    }
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def build_toy_model(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    captions: Sequence[Sequence[str]],
+    seed: int = 0,
+    fit_seconds: float = 90.0,
+    fit_steps: int = 240,
+    threads: int | None = 1,
+    sizes: dict | None = None,
+    holdout: np.ndarray | None = None,
+) -> dict:
+    """Write a tiny Stable Diffusion (diffusers format) fitted to the toy stimuli.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder to create (written to a temporary sibling, then renamed).
+    images : (n_images, H, W, 3) uint8
+        Toy stimuli to fit the VAE on; H and W must be multiples of 4.
+    captions : list (n_images) of list of str
+        Captions of each image; their words make the tokenizer's vocabulary.
+    seed : int
+        Seeds every weight initialisation and the VAE fit.
+    fit_seconds : float
+        Time cap of the VAE fit (it stops early and says so in the record when exceeded).
+    fit_steps : int
+        Adam steps of the VAE fit (the fit is repeatable when it is not cut short).
+    threads : int or None
+        torch CPU threads during the build (restored afterwards); None leaves torch's setting.
+        One thread is the fastest for these tiny layers and does not stall on a shared CPU.
+    sizes : dict, optional
+        Overrides of :data:`TOY_DEFAULTS`.
+    holdout : (n_images,) bool, optional
+        Images left out of the VAE fit (their captions still make the vocabulary); the record
+        holds the VAE's PixCorr on them.
+
+    Returns
+    -------
+    dict
+        The record written to ``brainldm_toy_model.json``.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    sizes = {**TOY_DEFAULTS, **(sizes or {})}
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"toy model images: expected (n, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    factor = 2 ** (len(sizes["vae_block_out_channels"]) - 1)
+    if images.shape[1] % factor or images.shape[2] % factor:
+        raise ValueError(f"toy model images: height and width {images.shape[1:3]} must be multiples of {factor}")
+    if len(captions) != len(images) or any(len(c) == 0 for c in captions):
+        raise ValueError(
+            f"toy model captions: expected a non-empty caption list for each of the {len(images)} "
+            f"images, got {len(captions)} lists"
+        )
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        sd = sd_v1_4_configs()
+        n_vae = len(sizes["vae_block_out_channels"])
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=sizes["latent_channels"],
+            block_out_channels=tuple(sizes["vae_block_out_channels"]),
+            layers_per_block=sizes["vae_layers_per_block"],
+            down_block_types=("DownEncoderBlock2D",) * n_vae,
+            up_block_types=("UpDecoderBlock2D",) * n_vae,
+            norm_num_groups=sizes["vae_norm_num_groups"],
+            sample_size=int(images.shape[1]),
+            scaling_factor=1.0,
+        )
+        init_vae_as_pooling(vae)
+        holdout = np.zeros(len(images), bool) if holdout is None else np.asarray(holdout, dtype=bool)
+        if holdout.shape != (len(images),) or holdout.all():
+            raise ValueError(f"toy model holdout: expected ({len(images)},) bool leaving images to fit on")
+        fit_images = images[~holdout]
+        fit = fit_vae(vae, fit_images, seed=seed, steps=fit_steps, max_seconds=fit_seconds)
+        with torch.no_grad():
+            x = images_to_tensor(fit_images)
+            generator = torch.Generator().manual_seed(seed + 1)
+            latents = torch.cat([vae.encode(x[i : i + 64]).latent_dist.sample(generator=generator) for i in range(0, len(x), 64)])
+        scaling_factor = float(f"{1.0 / float(latents.std()):.5g}")
+        vae.register_to_config(scaling_factor=scaling_factor)
+        generator = torch.Generator().manual_seed(seed + 2)
+        fit_pixcorr = float(np.mean(pixcorr(fit_images, vae_roundtrip(vae, fit_images, generator))))
+        held = images[holdout]
+        held_pixcorr = float(np.mean(pixcorr(held, vae_roundtrip(vae, held, generator)))) if len(held) else None
+        log.info("toy VAE: %s, PixCorr fit %.3f held out %s, scaling factor %.5g", fit, fit_pixcorr, held_pixcorr, scaling_factor)
+
+        vocab, merges = toy_vocabulary(captions)
+        eos_id, bos_id = vocab[EOS], vocab[BOS]
+        torch.manual_seed(seed + 10)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=sizes["text_hidden_size"],
+                intermediate_size=sizes["text_intermediate_size"],
+                num_hidden_layers=sizes["text_layers"],
+                num_attention_heads=sizes["text_heads"],
+                max_position_embeddings=sizes["max_length"],
+                hidden_act=sd["text_encoder"]["hidden_act"],
+                projection_dim=sizes["text_hidden_size"],
+                bos_token_id=bos_id,
+                eos_token_id=eos_id,
+                pad_token_id=eos_id,
+            )
+        ).eval()
+
+        n_unet = len(sizes["unet_block_out_channels"])
+        torch.manual_seed(seed + 20)
+        unet = UNet2DConditionModel(
+            in_channels=sizes["latent_channels"],
+            out_channels=sizes["latent_channels"],
+            sample_size=int(images.shape[1]) // factor,
+            block_out_channels=tuple(sizes["unet_block_out_channels"]),
+            layers_per_block=sizes["unet_layers_per_block"],
+            down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+            cross_attention_dim=sizes["text_hidden_size"],
+            attention_head_dim=sizes["unet_attention_head_dim"],
+            norm_num_groups=sizes["unet_norm_num_groups"],
+        ).eval()
+        scheduler = DDIMScheduler(**sd["scheduler"])
+
+        out_dir = Path(out_dir)
+        with atomic_path(out_dir) as tmp:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            write_tokenizer_files(tmp / "tokenizer_src", vocab, merges, sizes["max_length"])
+            tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer_src")
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            # transformers 5 saves tokenizer.json only; keep the CLIP-format files beside it too.
+            write_tokenizer_files(tmp / "tokenizer", vocab, merges, sizes["max_length"])
+            shutil.rmtree(tmp / "tokenizer_src")
+            import diffusers
+            import transformers
+
+            record = {
+                "what": "brainldm toy Stable Diffusion (SD v1.4 classes at tiny sizes)",
+                "seed": seed,
+                "n_images": int(len(images)),
+                "n_fit_images": int(len(fit_images)),
+                "n_holdout_images": int(holdout.sum()),
+                "image_size": [int(images.shape[1]), int(images.shape[2])],
+                "latent_shape": [sizes["latent_channels"], int(images.shape[1]) // factor, int(images.shape[2]) // factor],
+                "sizes": sizes,
+                "vae_fit": fit,
+                "vae_init": "init_vae_as_pooling (average-pool encoder, smoothing decoder), then the fit",
+                "vae_pixcorr_fit_images": round(fit_pixcorr, 4),
+                "vae_pixcorr_holdout_images": None if held_pixcorr is None else round(held_pixcorr, 4),
+                "vae_scaling_factor": scaling_factor,
+                "vocab_size": len(vocab),
+                "n_merges": len(merges),
+                "n_caption_words": len(caption_words(captions)),
+                "scheduler": sd["scheduler"],
+                "threads": torch.get_num_threads(),
+                "build_seconds": round(time.perf_counter() - started, 2),
+                "versions": {
+                    "torch": torch.__version__,
+                    "diffusers": diffusers.__version__,
+                    "transformers": transformers.__version__,
+                    "python": platform.python_version(),
+                },
+            }
+            (tmp / "brainldm_toy_model.json").write_text(json.dumps(record, indent=2) + "\n")
+            if out_dir.exists():  # os.replace cannot replace a non-empty folder
+                shutil.rmtree(out_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return record
