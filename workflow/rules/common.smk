@@ -294,6 +294,54 @@ def sd_model_inputs():
     return [model_id] if TOY or Path(model_id).is_dir() else []
 
 
+# --------------------------------------------------------------------------- features
+
+FEATURE_SHARDS = config["features"]["n_shards"]
+# Rule make_toy_model writes the toy Stable Diffusion here (config/toy.yaml's model.id).
+TOY_MODEL_DIR = "resources/toy/model"
+
+
+def feature_inputs(wildcards):
+    """Inputs of extract_features: the design (which images), the stimuli (z) or stim info and
+    COCO captions (c), and the model folder when it is a file path (sd_model_inputs)."""
+    inputs = {"expdesign": nsd_file(nsd_layout.expdesign_key()), "model": sd_model_inputs()}
+    if wildcards.feature == "z":
+        inputs["stimuli"] = nsd_file(nsd_layout.stimuli_key())
+    else:
+        inputs["stim_info"] = nsd_file(nsd_layout.stim_info_key())
+        inputs["captions"] = coco_caption_files()
+    return inputs
+
+
+def feature_shard_outputs(feature="{feature}", shard="{shard}"):
+    """Files of one extract_features job (shard of FEATURE_SHARDS; brainldm.features)."""
+    stem = f"{FEATURES_DIR}/shards/{feature}_{shard}of{FEATURE_SHARDS}"
+    return {"features": f"{stem}.npy", "nsd_ids": f"{stem}_nsd_ids.npy", "record": f"{stem}.json"}
+
+
+def feature_shard_files(wildcards):
+    """Inputs of merge_features: every shard's array, nsdIds and record."""
+    shards = [feature_shard_outputs(wildcards.feature, shard) for shard in range(FEATURE_SHARDS)]
+    return {key: [shard[key] for shard in shards] for key in ("features", "nsd_ids", "record")}
+
+
+def feature_gpus():
+    """gpu=1 unless model.device is cpu (``auto`` asks for a GPU: on a cluster the job lands on
+    one; locally, resources are not enforced beyond the profile's limit of one GPU job)."""
+    return 0 if config["model"]["device"] == "cpu" else 1
+
+
+def feature_threads():
+    """CPU threads of extract_features: 1 on CPU (tiny layers run fastest on one thread, and
+    shards run side by side), 4 beside a GPU (image reading and resizing)."""
+    return 1 if config["model"]["device"] == "cpu" else 4
+
+
+def features_targets():
+    return [f"{FEATURES_DIR}/{feature}{suffix}" for feature in DECODED_FEATURES
+            for suffix in (".npy", "_nsd_ids.npy", ".json")]
+
+
 def evaluation_dir(subject="{subject}"):
     return f"results/{DATASET}/subj{subject}/evaluation"
 

@@ -4,7 +4,13 @@ import numpy as np
 import torch
 
 from brainldm import nsd
-from brainldm.features import FeatureSettings, extract_feature_shard, needed_nsd_ids, shard_nsd_ids
+from brainldm.features import (
+    FeatureSettings,
+    captions_by_nsd_id,
+    extract_feature_shard,
+    needed_nsd_ids,
+    shard_nsd_ids,
+)
 from brainldm.logs import setup_logging
 from brainldm.sd_model import load_stable_diffusion
 
@@ -30,5 +36,5 @@ if "snakemake" in globals():
     else:
         stim_info = nsd.read_stim_info(snakemake.input.stim_info)
         coco = nsd.read_coco_captions(snakemake.input.captions)  # parsed once per job
-        captions = dict(zip(ids.tolist(), nsd.captions_for(stim_info, coco, ids)))
+        captions = captions_by_nsd_id(stim_info, coco, ids)
         extract_feature_shard("c", components, ids, snakemake.output.features, settings, captions=captions)

@@ -13,9 +13,9 @@ if "snakemake" in globals():
     expected = needed_nsd_ids(design, params.subjects, params.sessions, params.trials_per_session)
     out = merge_shards(
         snakemake.wildcards.feature,
-        list(snakemake.input.shards),
+        list(snakemake.input.features),
         Path(snakemake.output.features).parent,
         expected_nsd_ids=expected,
         record={"subjects": list(params.subjects), "sessions": list(params.sessions)},
     )
-    log.info("merged %d shards into %s", len(snakemake.input.shards), out)
+    log.info("merged %d shards into %s", len(snakemake.input.features), out)

@@ -7,10 +7,13 @@
 - ``c``: every caption of the image tokenized and padded to the tokenizer's 77 tokens, the text
   encoder's last hidden state, averaged over the captions: (77, 768) for SD v1.4.
 
-On CPU the computation is also batch-invariant bit for bit (:func:`batch_invariant`): oneDNN
-convolutions and fused attention pick their blocking from the batch size, so they are switched to
-per-sample paths there. On a GPU, batched kernels may round differently with the batch size
-(within float error); the seeding still makes results independent of sharding and order.
+On CPU (``per_sample``, the default there) every image and caption goes through the networks on
+its own, so a value is the same bit for bit whatever the batch size, sharding or order (for a
+given torch thread count, which sets how reductions are split): oneDNN and NNPACK convolutions,
+GEMMs and fused attention choose their algorithm, blocking or thread split from the batch size,
+so batched CPU results differ in the last bits. On a GPU the batches are real (that is where
+batching pays) and may round differently with the batch size, within float error; the
+per-image seeding still makes them independent of sharding and order.
 
 Extraction runs in shards (contiguous slices of the sorted nsdIds); each shard writes chunks of
 ``chunk_size`` images as it goes and resumes from them after an interruption. Shards are merged
@@ -20,7 +23,6 @@ into one array per feature, rows indexed by ascending nsdId:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +119,18 @@ def shard_nsd_ids(nsd_ids: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
     return np.array_split(np.asarray(nsd_ids, dtype=np.int64), n_shards)[shard]
 
 
+def captions_by_nsd_id(stim_info: dict, coco_captions: dict[int, list[str]], nsd_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Every caption of each image: ``{nsdId: [caption, ...]}``, joined through stim-info's cocoId.
+
+    ``coco_captions`` is :func:`brainldm.nsd.read_coco_captions` of the caption JSONs, parsed once
+    per job (the paper's release re-parsed them for every image).
+    """
+    from .nsd import captions_for
+
+    ids = [int(n) for n in nsd_ids]
+    return dict(zip(ids, captions_for(stim_info, coco_captions, ids)))
+
+
 def z_noise_seed(seed: int, nsd_id: int) -> int:
     """Seed of the posterior noise of image ``nsd_id``: a 63-bit hash of ``(seed, nsd_id)``."""
     state = np.random.SeedSequence([int(seed), int(nsd_id), 0x5A]).generate_state(2, np.uint32)
@@ -140,59 +154,6 @@ def resize_for_z(images: np.ndarray, size: int) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-# --------------------------------------------------------------------------- batch invariance
-
-
-class PerSampleAttnProcessor:
-    """diffusers attention processor that runs each sample of a batch on its own.
-
-    Fused attention kernels block their work by batch size, so a sample's result can change in
-    the last bits with the batch it is in; one call per sample makes it batch-invariant.
-    """
-
-    def __init__(self, inner=None):
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        self.inner = inner or AttnProcessor2_0()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        def part(t, i):
-            return None if t is None else t[i : i + 1]
-
-        return torch.cat(
-            [
-                self.inner(attn, hidden_states[i : i + 1], part(encoder_hidden_states, i), part(attention_mask, i), part(temb, i), **kwargs)
-                for i in range(hidden_states.shape[0])
-            ]
-        )
-
-
-@contextlib.contextmanager
-def batch_invariant(vae=None, enabled: bool = True) -> Iterator[None]:
-    """Make CPU feature extraction independent of the batch size, bit for bit.
-
-    Inside the block: oneDNN (mkldnn) convolutions off (the native ones compute each sample
-    alike) and ``vae``'s attention run per sample. Restored on exit. A no-op when not
-    ``enabled`` (on GPU).
-    """
-    if not enabled:
-        yield
-        return
-    previous = None
-    if vae is not None and hasattr(vae, "attn_processors"):
-        previous = vae.attn_processors
-        if previous:
-            vae.set_attn_processor(PerSampleAttnProcessor())
-    mkldnn = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # (not .flags(): it warns about Intel-GPU TF32)
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = mkldnn
-        if previous:
-            vae.set_attn_processor(previous)
-
-
 # --------------------------------------------------------------------------- z and c
 
 
@@ -204,6 +165,7 @@ def encode_z(
     size: int = 320,
     posterior: str = "sample",
     seed: int = 42,
+    per_sample: bool = False,
 ) -> np.ndarray:
     """``z`` of one batch of images.
 
@@ -217,6 +179,8 @@ def encode_z(
         Resize side (multiple of the VAE's downsampling factor).
     posterior : {"sample", "mean"}
     seed : int
+    per_sample : bool
+        Encode the images one by one (bit-identical whatever the batch; CPU default).
 
     Returns
     -------
@@ -229,8 +193,13 @@ def encode_z(
         raise ValueError(f"encode_z: {len(images)} images but {len(nsd_ids)} nsd_ids")
     param = next(vae.parameters())
     x = resize_for_z(images, size).to(param.device, param.dtype)
-    dist = vae.encode(x).latent_dist
-    mean, std = dist.mean.float(), dist.std.float()
+    if per_sample:
+        dists = [vae.encode(x[i : i + 1]).latent_dist for i in range(len(x))]
+        mean = torch.cat([d.mean for d in dists]).float()
+        std = torch.cat([d.std for d in dists]).float()
+    else:
+        dist = vae.encode(x).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
     if posterior == "sample":
         noise = torch.stack(
             [
@@ -257,9 +226,15 @@ def text_max_length(tokenizer, text_encoder) -> int:
 
 
 @torch.no_grad()
-def encode_captions(text_encoder, tokenizer, captions: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Last hidden state of each caption, padded to max length: (n_captions, 77, hidden) float32."""
+def encode_captions(
+    text_encoder, tokenizer, captions: Sequence[str], batch_size: int = 64, per_sample: bool = False
+) -> np.ndarray:
+    """Last hidden state of each caption, padded to max length: (n_captions, 77, hidden) float32.
+
+    ``per_sample`` runs the captions one by one (bit-identical whatever the batch; CPU default).
+    """
     length = text_max_length(tokenizer, text_encoder)
+    batch_size = 1 if per_sample else batch_size
     device = next(text_encoder.parameters()).device
     out = []
     for start in range(0, len(captions), batch_size):
@@ -278,13 +253,19 @@ def encode_captions(text_encoder, tokenizer, captions: Sequence[str], batch_size
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def encode_c(text_encoder, tokenizer, captions: Sequence[Sequence[str]], batch_size: int = 64) -> np.ndarray:
+def encode_c(
+    text_encoder, tokenizer, captions: Sequence[Sequence[str]], batch_size: int = 64, per_sample: bool = False
+) -> np.ndarray:
     """``c`` of images: mean over each image's captions of their last hidden states.
 
     Parameters
     ----------
     captions : list (n_images) of list of str
         All captions of each image (at least one each).
+    batch_size : int
+        Captions per text-encoder pass.
+    per_sample : bool
+        One caption per pass (see :func:`encode_captions`).
 
     Returns
     -------
@@ -294,7 +275,7 @@ def encode_c(text_encoder, tokenizer, captions: Sequence[Sequence[str]], batch_s
         if len(image_captions) == 0:
             raise ValueError(f"encode_c: image {i} of the batch has no caption")
     flat = [caption for image_captions in captions for caption in image_captions]
-    hidden = encode_captions(text_encoder, tokenizer, flat, batch_size=batch_size)
+    hidden = encode_captions(text_encoder, tokenizer, flat, batch_size=batch_size, per_sample=per_sample)
     out, start = [], 0
     for image_captions in captions:
         stop = start + len(image_captions)
@@ -411,6 +392,7 @@ def extract_feature_shard(
     progress: bool = True,
     chunk_size: int = CHUNK_SIZE,
     record: dict | None = None,
+    per_sample: bool | None = None,
 ) -> np.ndarray:
     """Extract ``feature`` ("z" or "c") for one shard's ``nsd_ids`` and write it.
 
@@ -423,17 +405,22 @@ def extract_feature_shard(
         ``read_images(nsd_ids) -> (n, H, W, 3) uint8`` in the order asked.
     captions : dict nsdId -> list of str, for c
         Every caption of each image (parsed once by the caller).
+    per_sample : bool, optional
+        One image (caption) per network pass; default: on CPU only (bit-identical whatever the
+        batch size); on GPU the batches are real.
     """
-    cpu = components.device.type == "cpu" if hasattr(components, "device") else True
+    if per_sample is None:
+        per_sample = getattr(components, "device", torch.device("cpu")).type == "cpu"
     if feature == "z":
         if read_images is None:
             raise ValueError("extract z: read_images is required")
         vae = components.vae
 
         def compute(ids: np.ndarray) -> np.ndarray:
-            return encode_z(vae, read_images(ids), ids, settings.z_image_size, settings.posterior, settings.seed)
+            return encode_z(vae, read_images(ids), ids, settings.z_image_size, settings.posterior, settings.seed,
+                            per_sample=per_sample)
 
-        context, dtype = batch_invariant(vae, enabled=cpu), "float32"
+        dtype = "float32"
     elif feature == "c":
         if captions is None:
             raise ValueError("extract c: captions are required")
@@ -443,17 +430,18 @@ def extract_feature_shard(
 
         def compute(ids: np.ndarray) -> np.ndarray:
             texts = [captions[int(n)] for n in ids]
-            return encode_c(components.text_encoder, components.tokenizer, texts, batch_size=max(8, 5 * settings.batch_size))
+            return encode_c(components.text_encoder, components.tokenizer, texts,
+                            batch_size=max(8, 5 * settings.batch_size), per_sample=per_sample)
 
-        context, dtype = batch_invariant(None, enabled=cpu), settings.c_dtype
+        dtype = settings.c_dtype
     else:
         raise ValueError(f"feature {feature!r}: expected one of {FEATURES}")
-    with context:
-        return extract_shard(
-            feature, compute, nsd_ids, out_path, settings.batch_size, dtype,
-            settings=settings.value_settings(feature), chunk_size=chunk_size, progress=progress,
-            record=feature_record(components, settings, feature) if record is None else record,
-        )
+    if record is None:
+        record = feature_record(components, settings, feature, {"per_sample": per_sample})
+    return extract_shard(
+        feature, compute, nsd_ids, out_path, settings.batch_size, dtype,
+        settings=settings.value_settings(feature), chunk_size=chunk_size, progress=progress, record=record,
+    )
 
 
 # --------------------------------------------------------------------------- merge and load

@@ -300,7 +300,7 @@ def fit_vae(
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done = step + 1
         if step % 100 == 0:
             log.info("toy VAE fit: step %d/%d loss %.4f (%.0f s)", step, steps, loss, time.perf_counter() - start)
