@@ -258,6 +258,13 @@ def test_merge_orders_rows_and_checks_coverage(tmp_path):
     np.testing.assert_array_equal(merged[:, 0], [1, 3, 7, 8, 9])
     info = json.loads((tmp_path / "out" / "z.json").read_text())
     assert info["n_images"] == 5 and info["subjects"] == [1] and info["value_settings"] == {"seed": 1}
+    # a shard left empty (more shards than images) merges too
+    empty = tmp_path / "empty.npy"
+    F.extract_shard("z", None, np.zeros(0, np.int64), empty, batch_size=4, settings={"seed": 1},
+                    record={"model": {"model_id": "m"}}, progress=False)
+    F.merge_shards("z", [a, empty, b], tmp_path / "out3", expected_nsd_ids=[1, 3, 7, 8, 9])
+    np.testing.assert_array_equal(np.load(tmp_path / "out3" / "z.npy"), merged)
+    assert json.loads((tmp_path / "out3" / "z.json").read_text())["n_shards"] == 3
     with pytest.raises(ValueError, match=r"missing nsdIds \[2\]"):
         F.merge_shards("z", [a, b], tmp_path / "out2", expected_nsd_ids=[1, 2, 3, 7, 8, 9])
     with pytest.raises(ValueError, match="overlap"):

@@ -23,6 +23,7 @@ into one array per feature, rows indexed by ascending nsdId:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -319,7 +320,8 @@ def extract_shard(
         Shard array (n, ...) in ``out_dtype``; ``{stem}_nsd_ids.npy`` is written beside it.
     batch_size : int
     settings : dict, optional
-        What determines the values; chunks left by a run with other settings are discarded.
+        What determines the values; chunks left by a run with other settings (or other ids,
+        model, device or dtype, as named in ``record``) are discarded.
     record : dict, optional
         Written as ``{stem}.json`` beside the shard (model, settings) for the merge to check.
     chunk_size : int
@@ -334,8 +336,16 @@ def extract_shard(
     out_path = Path(out_path)
     nsd_ids = np.asarray(nsd_ids, dtype=np.int64)
     parts = chunk_dir(out_path)
-    stamp = json.dumps({"feature": feature, "nsd_ids": [int(nsd_ids[0]), int(nsd_ids[-1]), len(nsd_ids)] if len(nsd_ids) else [],
-                         "dtype": str(np.dtype(out_dtype)), "chunk_size": chunk_size, "settings": settings or {}}, sort_keys=True)
+    model = (record or {}).get("model", {})
+    stamp = json.dumps({
+        "feature": feature,
+        "nsd_ids_sha1": hashlib.sha1(nsd_ids.tobytes()).hexdigest(),
+        "dtype": str(np.dtype(out_dtype)),
+        "chunk_size": chunk_size,
+        "settings": settings or {},
+        "model": {key: model.get(key) for key in ("model_id", "revision", "device", "dtype")},
+        "per_sample": (record or {}).get("per_sample"),
+    }, sort_keys=True)
     if parts.exists() and (not (parts / "settings.json").exists() or (parts / "settings.json").read_text() != stamp):
         log.warning("%s: discarding chunks of an earlier run with other settings in %s", feature, parts)
         shutil.rmtree(parts)
@@ -479,11 +489,16 @@ def merge_shards(
     for path, a, i in zip(shard_paths, arrays, ids):
         if len(a) != len(i):
             raise ValueError(f"{path}: {len(a)} rows but {len(i)} nsdIds in {ids_path(path)}")
-        if a.shape[1:] != arrays[0].shape[1:] or a.dtype != arrays[0].dtype:
+    # empty shards (more shards than images) carry no row shape
+    kept = [(p, a, i) for p, a, i in zip(shard_paths, arrays, ids) if len(i)]
+    for path, a, _ in kept:
+        if a.shape[1:] != kept[0][1].shape[1:] or a.dtype != kept[0][1].dtype:
             raise ValueError(
-                f"{path}: rows {a.shape[1:]} {a.dtype} differ from {shard_paths[0]}'s "
-                f"{arrays[0].shape[1:]} {arrays[0].dtype}; were the shards made with other settings?"
+                f"{path}: rows {a.shape[1:]} {a.dtype} differ from {kept[0][0]}'s "
+                f"{kept[0][1].shape[1:]} {kept[0][1].dtype}; were the shards made with other settings?"
             )
+    shard_paths_all = list(shard_paths)
+    shard_paths, arrays, ids = [p for p, _, _ in kept], [a for _, a, _ in kept], [i for _, _, i in kept]
     all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     order = np.argsort(all_ids, kind="stable")
     sorted_ids = all_ids[order]
@@ -518,7 +533,7 @@ def merge_shards(
         info["devices"] = sorted({str(r.get("model", {}).get("device")) for r in records})
     info.update(record or {})
     info.update({"feature": feature, "n_images": int(len(sorted_ids)), "shape": list(shape[1:]),
-                 "dtype": str(np.dtype(dtype)), "n_shards": len(shard_paths)})
+                 "dtype": str(np.dtype(dtype)), "n_shards": len(shard_paths_all)})
     write_text(features_dir / f"{feature}.json", json.dumps(info, indent=2) + "\n")
     return out
 
