@@ -19,7 +19,7 @@ rule prepare_fmri:
         trials_per_session=trials_per_session(),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2500,
         runtime=fmri_runtime_minutes(),
     log:
         f"logs/{DATASET}/prepare_fmri/subj{{subject}}.log",

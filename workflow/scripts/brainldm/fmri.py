@@ -426,9 +426,10 @@ def scale_session(raw: np.ndarray, header: BetasHeader, value_scaling: str) -> n
     """
     if value_scaling not in VALUE_SCALINGS:
         raise ValueError(f"value_scaling {value_scaling!r}: expected one of {VALUE_SCALINGS}")
-    values = raw.astype(np.float64 if value_scaling == "zscore_session" else np.float32)
+    values = raw.astype(np.float32)
     if header.scaled:
-        values = values * header.slope + header.inter
+        values *= np.float32(header.slope)
+        values += np.float32(header.inter)
     if raw.dtype.kind == "f" or header.scaled:
         finite = np.isfinite(values)
         if not finite.all():
@@ -441,17 +442,44 @@ def scale_session(raw: np.ndarray, header: BetasHeader, value_scaling: str) -> n
     if value_scaling == "percent":
         values /= np.float32(PERCENT_SCALE)
     elif value_scaling == "zscore_session":
-        mean = values.mean(axis=0)
-        std = values.std(axis=0)
-        values = np.divide(values - mean, std, out=np.zeros_like(values), where=std > 0)
-    return values.astype(np.float32, copy=False)
+        # Moments accumulated in float64; the values are standardised in place (float32).
+        mean = values.mean(axis=0, dtype=np.float64)
+        std = values.std(axis=0, dtype=np.float64)
+        values -= mean.astype(np.float32)
+        values *= np.divide(1.0, std, out=np.zeros_like(std), where=std > 0).astype(np.float32)
+    return values
+
+
+# --------------------------------------------------------------------------- repeats
+
+
+def mean_over_repeats(repeats: np.ndarray, n_repeats: np.ndarray, columns: np.ndarray,
+                      block: int = 2048) -> np.ndarray:
+    """Average each test image's presentations (float64 sums, in column blocks).
+
+    Parameters
+    ----------
+    repeats : (n_images, max_repeats, n_voxels) float32, unused slots zero
+    n_repeats : (n_images,) int
+    columns : (n_selected,) int, voxels to average
+
+    Returns
+    -------
+    (n_images, n_selected) float32
+    """
+    out = np.empty((repeats.shape[0], columns.size), dtype=np.float32)
+    divisor = np.maximum(n_repeats, 1)[:, None]
+    for start in range(0, columns.size, block):
+        cols = columns[start:start + block]
+        out[:, start:start + cols.size] = repeats[:, :, cols].sum(axis=1, dtype=np.float64) / divisor
+    return out
 
 
 # --------------------------------------------------------------------------- reliability
 
 
 def split_half_reliability(repeats: np.ndarray, n_repeats: np.ndarray,
-                           min_images: int = 3, block: int = 4096) -> tuple[np.ndarray, int]:
+                           min_images: int = 3, block: int = 1024) -> tuple[np.ndarray, int]:
     """Per-voxel test-retest reliability of single trials across test images.
 
     Parameters
@@ -675,13 +703,14 @@ def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int
                 values = scale_session(raw, header, value_scaling)
                 del raw
                 is_test = split.is_test[positions]
-                train_values = values[~is_test]
+                train_rows = np.flatnonzero(~is_test)
                 for roi, cols in roiset.columns.items():
-                    appenders[roi].append(train_values[:, cols])
+                    appenders[roi].append(values[np.ix_(train_rows, cols)])
                 test_positions = positions[is_test]
                 repeats[split.test_row[test_positions], split.repeat[test_positions]] = values[is_test]
+                del values
                 log.info("session %d: %d train trials, %d test trials from %s", header.session,
-                         train_values.shape[0], test_positions.size, header.path)
+                         train_rows.size, test_positions.size, header.path)
                 bar.update()
             bar.close()
         finally:
@@ -691,15 +720,13 @@ def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int
             appender.close()
 
         n_repeats = split.test_repeats
-        test = repeats.sum(axis=1, dtype=np.float64) / np.maximum(n_repeats, 1)[:, None]
         reliability, n_reliability_images = split_half_reliability(repeats, n_repeats)
-        del repeats
         ceiling = noise_ceiling(reliability, n_repeats)
 
         qc = []
         repeat_histogram = np.bincount(n_repeats, minlength=split.max_repeats + 1)
         for roi, cols in roiset.columns.items():
-            np.save(tmp[f"{roi}_test.npy"], test[:, cols].astype(np.float32))
+            np.save(tmp[f"{roi}_test.npy"], mean_over_repeats(repeats, n_repeats, cols))
             np.savez(tmp[f"{roi}_voxels.npz"], ijk=roiset.ijk[cols], shape=np.asarray(roiset.grid),
                      affine=roiset.affine, atlas=np.asarray(roiset.atlas[roi]),
                      label=np.asarray(roiset.label[roi]), split_half_r=reliability[cols],
