@@ -211,6 +211,7 @@ def test_decode_feature_writes_the_contract_outputs_and_control(tmp_path):
     assert info == summary
     assert (info["n_train"], info["n_test"], info["n_voxels"]) == (600, len(F_test), X.shape[1])
     assert info["mean_test_r"] > 0.5 > info["mean_test_r_shuffled"] + 0.3
+    assert info["mean_test_r_centered"] > 0.5 > info["mean_test_r_centered_shuffled"] + 0.3
     r = np.loadtxt(out / "z_test_r.tsv", skiprows=1)
     assert r.shape == (len(F_test), 3) and np.mean(r[:, 2]) == pytest.approx(info["mean_test_r"], abs=1e-5)
     # the same fit through the library call
@@ -231,3 +232,8 @@ def test_missing_features_are_named(tmp_path):
         decoding.decode_feature(fmri, feats, "c", ["early"], tmp_path / "o", backend="numpy")
     with pytest.raises(KeyError, match="requested nsdIds have no features"):
         decoding.load_feature_rows(feats, "z", np.array([7, 8]))
+
+
+def test_target_mean_weights_images_by_their_trials():
+    Y = np.array([[0.0, 1.0], [10.0, 3.0]])
+    np.testing.assert_allclose(decoding.target_mean(Y, np.array([0, 0, 0, 1])), [2.5, 1.5])

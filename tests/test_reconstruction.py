@@ -193,3 +193,81 @@ def test_settings_from_config(paper_config):
     assert (s.n_samples, s.image_size, s.strength, s.ddim_steps, s.ddim_eta, s.guidance_scale, s.seed) == (
         5, 512, 0.8, 50, 0.0, 5.0, 42)
     assert s.samples_of("z") == 1 and s.samples_of("zc") == 5
+
+
+# --------------------------------------------------------------------------- the chain on the toy
+
+
+@pytest.fixture(scope="module")
+def toy_features(tmp_path_factory, toy_world):
+    """z and c of subject 1's images (toy SD of the session), in the features stage's files."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy_sd import toy_sd
+
+    from brainldm import features as F
+    from brainldm import nsd
+    from brainldm.sd_model import load_stable_diffusion
+
+    built = toy_sd(tmp_path_factory, toy_world)
+    components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
+    params = toy_world["params"]
+    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), params.trials_per_session)
+    out = tmp_path_factory.mktemp("features")
+    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
+    settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
+    for feature in ("z", "c"):
+        path = out / "shards" / f"{feature}_0of1.npy"
+        F.extract_feature_shard(feature, components, ids, path, settings,
+                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
+                                progress=False, chunk_size=64)
+        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+    return {"dir": out, "components": components}
+
+
+def run_chain(world_nsd_root, toy_features, out):
+    """fMRI prep of subject 1, both decoders, z/c/zc reconstructions, pixel identification."""
+    from brainldm import decoding, identification, nsd
+    from brainldm.fmri import prepare_subject_from_root
+
+    fmri = out / "fmri"
+    prepare_subject_from_root(world_nsd_root, fmri, subject=1, sessions=range(1, 5),
+                              rois=["early", "ventral"], trials_per_session=72, progress=False)
+    dec = out / "decoding"
+    for feature, roi in (("z", "early"), ("c", "ventral")):
+        decoding.decode_feature(fmri, toy_features["dir"], feature, [roi], dec, backend="numpy", progress=False)
+    s = settings(image_size=64, n_samples=2, ddim_steps=5, batch_size=8)
+    rec.reconstruct_shard(toy_features["components"], s, dec, out / "rec", 0, 1, progress=False)
+    files = rec.read_manifests([out / "rec" / "manifest.tsv"])
+    ids = np.load(dec / "z_nsd_ids.npy")
+    originals = nsd.read_stimuli(world_nsd_root / nsd.stimuli_key(), ids)
+    rows = identification.identify_reconstructions(
+        originals, ids, files, s.methods, {m: s.samples_of(m) for m in s.methods}, ["pixels"])
+    return {row["method"]: row for row in rows}, json.loads((dec / "z.json").read_text())
+
+
+def test_toy_chain_identifies_z_and_snr0_is_at_chance(tmp_path, toy_world, toy_features):
+    """With the planted signal, z reconstructions are identified far above chance; with the
+    toy's SNR at 0 (same images, noise-only betas), every method sits near 50%."""
+    import dataclasses
+
+    from brainldm import nsd
+    from brainldm.toy_world import write_toy_world
+
+    signal, z_info = run_chain(toy_world["nsd_root"], toy_features, tmp_path / "snr1")
+    assert z_info["mean_test_r"] > 0.3
+    assert signal["z"]["accuracy"] > 0.8 and signal["zc"]["accuracy"] > 0.7
+
+    params0 = dataclasses.replace(toy_world["params"], snr=0.0)
+    write_toy_world(tmp_path / "nsd0", tmp_path / "coco0", params0)
+    same = [nsd.read_stimuli(root / nsd.stimuli_key(), np.arange(10)) for root in (toy_world["nsd_root"], tmp_path / "nsd0")]
+    np.testing.assert_array_equal(*same)  # the features (of the images) stay valid
+    noise, z0 = run_chain(tmp_path / "nsd0", toy_features, tmp_path / "snr0")
+    assert abs(z0["mean_test_r"]) < 0.15
+    for method, row in noise.items():
+        assert row["n_images"] == 30
+        assert 0.35 < row["accuracy"] < 0.65, f"{method}: {row['accuracy']:.3f} with no signal"
+        assert 0.35 < row["two_way_accuracy"] < 0.65, f"{method}: {row['two_way_accuracy']:.3f} with no signal"

@@ -342,6 +342,17 @@ def features_targets():
             for suffix in (".npy", "_nsd_ids.npy", ".json")]
 
 
+def sd_gpus():
+    """gpu=1 for reconstruction and evaluation jobs unless model.device is cpu."""
+    return 0 if config["model"]["device"] == "cpu" else 1
+
+
+def sd_threads():
+    """CPU threads of reconstruction/evaluation jobs: 1 on CPU (tiny models run fastest on one
+    thread, and shards run side by side), 4 beside a GPU (image reading and writing)."""
+    return 1 if config["model"]["device"] == "cpu" else 4
+
+
 def evaluation_dir(subject="{subject}"):
     return f"results/{DATASET}/subj{subject}/evaluation"
 
@@ -375,4 +386,5 @@ def all_targets():
         targets += toy_world_files()
     targets += download_targets()
     targets += fmri_targets()
+    targets += decoding_targets() + reconstruction_targets() + evaluation_targets()
     return targets

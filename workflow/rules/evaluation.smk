@@ -15,9 +15,9 @@ rule identify_reconstructions:
         features=config["evaluation"]["identification_features"],
         clip_model=config["evaluation"]["clip_model"],
         device=config["model"]["device"],
-    threads: 2
+    threads: sd_threads()
     resources:
-        gpu=1,
+        gpu=sd_gpus(),
         mem_mb=16000,
         runtime=240,
     log:

@@ -19,9 +19,9 @@ rule reconstruct_images:
         model=config["model"],
         settings=config["reconstruction"],
         n_shards=RECON_SHARDS,
-    threads: 2
+    threads: sd_threads()
     resources:
-        gpu=1,
+        gpu=sd_gpus(),
         mem_mb=16000,
         runtime=720,
     log:
