@@ -271,3 +271,12 @@ def test_toy_chain_identifies_z_and_snr0_is_at_chance(tmp_path, toy_world, toy_f
         assert row["n_images"] == 30
         assert 0.35 < row["accuracy"] < 0.65, f"{method}: {row['accuracy']:.3f} with no signal"
         assert 0.35 < row["two_way_accuracy"] < 0.65, f"{method}: {row['two_way_accuracy']:.3f} with no signal"
+
+
+def test_paper_img2img_schedule_starts_at_781_with_40_steps(components):
+    """SD v1.4's scheduler config as DDIM, 50 steps, strength 0.8: 40 steps from t = 781."""
+    r = Reconstructor(components, settings())
+    r.img2img.scheduler.set_timesteps(50)
+    timesteps, n_steps = r.img2img.get_timesteps(50, 0.8, "cpu")
+    assert n_steps == 40 and int(timesteps[0]) == 781 and int(timesteps[-1]) == 1
+    assert [int(t) for t in r.img2img.scheduler.timesteps[:2]] == [981, 961]
