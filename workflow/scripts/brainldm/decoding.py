@@ -535,9 +535,15 @@ def standardize(X_train: np.ndarray, X_test: np.ndarray, dtype="float32"):
     mean = X_train.mean(axis=0, dtype=np.float64)
     std = X_train.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
-    xs = ((X_train - mean) / std).astype(dtype, copy=False)
-    xt = ((np.asarray(X_test) - mean) / std).astype(dtype, copy=False)
-    return xs, xt, mean, std
+
+    def apply(X):  # float64 arithmetic in row blocks, so no full float64 copy is ever held
+        X = np.asarray(X)
+        out = np.empty(X.shape, dtype=dtype)
+        for start in range(0, len(X), 4096):
+            out[start : start + 4096] = (X[start : start + 4096] - mean) / std
+        return out
+
+    return apply(X_train), apply(X_test), mean, std
 
 
 def fit_decoder(

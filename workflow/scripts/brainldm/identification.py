@@ -186,9 +186,11 @@ class FeatureExtractor:
     names: tuple[str, ...] = ()
 
     def __call__(self, images: Sequence, batch_size: int = 16) -> dict[str, np.ndarray]:
+        """``images``: (H, W, 3) uint8 arrays, PIL images, or PNG paths (read batch by batch)."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
         for start in range(0, len(images), batch_size):
-            for name, value in self.extract(images[start : start + batch_size]).items():
+            batch = [load_png(im) if isinstance(im, (str, Path)) else im for im in images[start : start + batch_size]]
+            for name, value in self.extract(batch).items():
                 parts[name].append(np.asarray(value, dtype=np.float32).reshape(len(value), -1))
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
@@ -447,8 +449,8 @@ def identify_reconstructions(
         original_features = extractor(list(originals), batch_size=batch_size)
         for method in methods:
             k = samples_per_method[method]
-            images = [load_png(files[(nid, method, s)]) for nid in nsd_ids for s in range(k)]
-            sample_features = extractor(images, batch_size=batch_size)
+            paths = [files[(nid, method, s)] for nid in nsd_ids for s in range(k)]
+            sample_features = extractor(paths, batch_size=batch_size)  # PNGs read batch by batch
             for feature, orig in original_features.items():
                 feats = sample_features[feature].reshape(len(nsd_ids), k, -1)
                 accuracy, _ = paper_identification(orig, feats)
