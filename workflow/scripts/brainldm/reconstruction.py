@@ -96,9 +96,13 @@ class Reconstructor:
     components : brainldm.sd_model.SDComponents (or any object with ``vae``, ``text_encoder``,
         ``tokenizer``, ``unet``, ``scheduler``, ``device``, ``dtype``)
     settings : ReconstructionSettings
+    per_sample : bool, optional
+        One image per pipeline call; default on CPU (bit-identical images whatever the batch size
+        and shard), off on GPU (batches of ``settings.batch_size``; the per-image generators keep
+        each image's noise the same, batched kernels may round differently).
     """
 
-    def __init__(self, components, settings: ReconstructionSettings):
+    def __init__(self, components, settings: ReconstructionSettings, per_sample: bool | None = None):
         import torch
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
@@ -117,6 +121,14 @@ class Reconstructor:
             pipe.set_progress_bar_config(disable=True)
         self.vae = components.vae
         self.uncond = self._empty_prompt_embedding()
+        # On CPU, one image per pass makes every image bit-identical whatever the batch size and
+        # shard (batched kernels round differently); on a GPU the batches are real.
+        self.per_sample = self.device.type == "cpu" if per_sample is None else bool(per_sample)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per pipeline call: 1 in per-sample mode, else ``settings.batch_size``."""
+        return 1 if self.per_sample else self.settings.batch_size
 
     def _empty_prompt_embedding(self):
         """CLIP text encoder's last hidden state of ``""`` padded to the maximum length: (1, L, d)."""
@@ -262,8 +274,8 @@ def reconstruct(
     bar = tqdm(total=len(nsd_ids) * sum(s.samples_of(m) for m in s.methods), desc="reconstructions",
                disable=not progress)
     if need_xz:
-        for start in range(0, len(nsd_ids), s.batch_size):
-            rows = range(start, min(start + s.batch_size, len(nsd_ids)))
+        for start in range(0, len(nsd_ids), reconstructor.batch_size):
+            rows = range(start, min(start + reconstructor.batch_size, len(nsd_ids)))
             images = reconstructor.decode_z(z[rows.start : rows.stop])
             for row, image in zip(rows, images):
                 xz[row] = image
@@ -274,8 +286,8 @@ def reconstruct(
         if method not in s.methods:
             continue
         jobs = [(row, k) for row in range(len(nsd_ids)) for k in range(s.samples_of(method))]
-        for start in range(0, len(jobs), s.batch_size):
-            chunk = jobs[start : start + s.batch_size]
+        for start in range(0, len(jobs), reconstructor.batch_size):
+            chunk = jobs[start : start + reconstructor.batch_size]
             rows = [row for row, _ in chunk]
             seeds = [(nsd_ids[row], k) for row, k in chunk]
             c_rows = np.asarray(c)[rows]
