@@ -452,14 +452,21 @@ def test_wrong_dtype(toy_world, tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
-def test_truncated_or_wrong_length_session(toy_world, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_or_wrong_length_session(toy_world, tmp_path, workers):
     root = clone_root(toy_world, tmp_path / "nsd")
     key = nsd.betas_key(1, 4, "nifti")
     payload = gzip.decompress((toy_world["nsd_root"] / key).read_bytes())
     (root / key).unlink()
     (root / key).write_bytes(gzip.compress(payload[: len(payload) - 5000], compresslevel=1))
     with pytest.raises(FMRIDataError, match=rf"{root / key}: file ends after \d+ of 72 trials"):
-        prepare(toy_world, tmp_path / "out", nsd_root=root)
+        prepare(toy_world, tmp_path / "out", nsd_root=root, workers=workers)
+    assert_nothing_written(tmp_path / "out")
+    corrupt = bytearray((toy_world["nsd_root"] / key).read_bytes())
+    corrupt[len(corrupt) // 2: len(corrupt) // 2 + 64] = bytes(64)
+    (root / key).write_bytes(bytes(corrupt))
+    with pytest.raises(FMRIDataError, match=rf"{root / key}: (corrupt gzip data|file ends after)"):
+        prepare(toy_world, tmp_path / "out", nsd_root=root, workers=workers)
     assert_nothing_written(tmp_path / "out")
     image = nib.load(toy_world["nsd_root"] / key)
     replace_volume(root, key, np.asarray(image.dataobj)[..., :70], image.affine)
