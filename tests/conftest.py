@@ -57,3 +57,15 @@ def toy_world(tmp_path_factory, toy_config) -> dict:
     config["nsd"]["root"] = str(root / "nsd")
     config["coco"]["root"] = str(root / "coco")
     return {"nsd_root": root / "nsd", "coco_root": root / "coco", "params": params, "config": config}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny models on one torch thread: fastest for them, and it keeps results
+    bit-identical between runs (batched kernels depend on the thread count)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

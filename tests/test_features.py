@@ -15,12 +15,7 @@ from brainldm.sd_model import ModelNotAvailableError, load_stable_diffusion
 from toy_sd import toy_sd
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
