@@ -472,18 +472,7 @@ def test_coco_archive_keeps_only_the_two_caption_files(toy_world, tmp_path):
 
 # --------------------------------------------------------------------------- through Snakemake
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs")
-
-
-def copy_workflow(destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / part)
-    return destination
+from test_workflow import copy_workflow  # noqa: E402 (the workflow copy the graph tests use)
 
 
 def snakemake(directory: Path, *args: str, env: dict | None = None, check: bool = True):

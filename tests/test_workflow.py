@@ -14,6 +14,8 @@ WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs")
 
 
 def copy_workflow(destination: Path) -> Path:
+    """Copy what Snakemake needs (not results/ or resources/) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         source = REPO / part
         if source.is_dir():
