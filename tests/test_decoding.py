@@ -225,6 +225,22 @@ def test_decode_feature_writes_the_contract_outputs_and_control(tmp_path):
     assert line.split("\t")[:3] == ["1", "z", "early+ventral"]
 
 
+def test_centred_score_sees_through_a_large_common_pattern(tmp_path):
+    """Targets = a large pattern common to all images + image-specific signal: the paper's r
+    of the raw fit is small, the centred r is high, and both fits give the same centred r
+    (the raw fit predicts exactly the deviations from the training mean)."""
+    X, F, rows, X_test, F_test = make_data(n=600, n_images=200, seed=8, t=24)
+    common = 10 * np.sin(np.arange(24))
+    fmri, feats, _ = write_contract_inputs(tmp_path, X, F + common, rows, X_test, F_test + common)
+    raw = decoding.decode_feature(fmri, feats, "z", ["early", "ventral"], tmp_path / "raw", backend="numpy",
+                                  progress=False)
+    centred = decoding.decode_feature(fmri, feats, "z", ["early", "ventral"], tmp_path / "cen",
+                                      backend="numpy", center_targets=True, progress=False)
+    assert raw["mean_test_r"] < 0.3 < 0.6 < raw["mean_test_r_centered"]
+    assert centred["mean_test_r"] > 0.9
+    assert centred["mean_test_r_centered"] == pytest.approx(raw["mean_test_r_centered"], abs=2e-3)
+
+
 def test_missing_features_are_named(tmp_path):
     X, F, rows, X_test, F_test = make_data(seed=7)
     fmri, feats, _ = write_contract_inputs(tmp_path, X, F, rows, X_test, F_test)

@@ -797,8 +797,16 @@ def decode_feature(
         solver=solver, progress=progress,
     )
     r = per_image_correlation(fit.predictions, Y_test)
+    # Deviations from the training mean. With X standardised and no intercept, the raw fit
+    # predicts exactly the deviations (X.T 1 = 0, so X.T Y = X.T (Y - mean)); the centred fit
+    # adds the mean back, which is removed again here.
     mean = target_mean(Y, rows)
-    r_centered = per_image_correlation(fit.predictions - mean, np.asarray(Y_test, dtype=np.float64) - mean)
+    truth_dev = np.asarray(Y_test, dtype=np.float64) - mean
+
+    def deviations(predictions):
+        return predictions - mean if center_targets else predictions
+
+    r_centered = per_image_correlation(deviations(fit.predictions), truth_dev)
     summary = {
         "feature": feature,
         "rois": list(rois),
@@ -827,7 +835,7 @@ def decode_feature(
         )
         summary["mean_test_r_shuffled"] = float(np.nanmean(per_image_correlation(ctrl.predictions, Y_test)))
         summary["mean_test_r_centered_shuffled"] = float(np.nanmean(
-            per_image_correlation(ctrl.predictions - mean, np.asarray(Y_test, dtype=np.float64) - mean)
+            per_image_correlation(deviations(ctrl.predictions), truth_dev)
         ))
     summary["seconds"] = round(time.time() - t0, 2)
     save_npy(out_dir / f"{feature}_pred.npy", fit.predictions.reshape((len(test_ids),) + shape))
@@ -848,9 +856,9 @@ def decode_feature(
 #: Columns of the summary table: the brief's eight, then diagnostics. ``mean_test_r`` is the
 #: paper's score (per test image, Pearson r across feature dimensions; for c it is dominated by
 #: the pattern common to all images, which the paper's no-intercept fit does not predict);
-#: ``mean_test_r_centered`` is the same r after subtracting the training-trial mean of the
-#: features from prediction and truth; ``*_shuffled`` are those of the control decoder (empty
-#: unless decoding.shuffle_control).
+#: ``mean_test_r_centered`` is the same r between the predicted and true deviations from the
+#: training-trial mean of the features (the raw fit predicts exactly these deviations);
+#: ``*_shuffled`` are those of the control decoder (empty unless decoding.shuffle_control).
 SUMMARY_COLUMNS = (
     "subject", "feature", "rois", "n_train", "n_test", "n_voxels", "mean_test_r", "median_alpha",
     "mean_test_r_centered", "mean_test_r_shuffled", "mean_test_r_centered_shuffled",
