@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from brainldm import identification as ident
+from tiny_networks import tiny_alexnet
 from brainldm.identification import (
     ExtractorUnavailable,
     paper_identification,
@@ -161,34 +162,6 @@ def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
         ident.check_extractors(["pixels", "alexnet", "inception"])
 
 
-def tiny_alexnet():
-    """torchvision's AlexNet layer layout (features / avgpool / classifier), narrow channels."""
-    import torch
-    from torch import nn
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 4, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(4, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-            )
-            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-            self.classifier = nn.Sequential(
-                nn.Dropout(), nn.Linear(5 * 36, 12), nn.ReLU(), nn.Dropout(), nn.Linear(12, 7),
-                nn.ReLU(), nn.Linear(7, 3),
-            )
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-    torch.manual_seed(0)
-    return Tiny()
-
-
 def test_alexnet_extractor_reads_the_three_paper_layers():
     images = [np.random.default_rng(i).integers(0, 255, (50, 60, 3), dtype=np.uint8) for i in range(3)]
     extractor = ident.AlexNetExtractor(device="cpu", model=tiny_alexnet())
@@ -250,7 +223,7 @@ def test_clip_missing_offline_gives_a_clear_message(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("brainldm.identification.ExtractorUnavailable")
+    assert last.startswith("brainldm.feature_networks.ExtractorUnavailable")
     assert "openai/clip-vit-large-patch14" in last and "hf download" in last and "HF_HUB_OFFLINE" in last
 
 

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from .atomic import save_npy, write_text
+from .correlation import rowwise_pearson
 
 LOGGER = logging.getLogger("brainldm.decoding")
 
@@ -634,15 +635,7 @@ def per_image_correlation(predicted: np.ndarray, true: np.ndarray) -> np.ndarray
     r : (n_images,) float64
         NaN where either row is constant.
     """
-    a = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
-    b = np.asarray(true, dtype=np.float64).reshape(len(true), -1)
-    if a.shape != b.shape:
-        raise ValueError(f"predicted {a.shape} and true {b.shape} features differ in shape")
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), np.nan)
+    return rowwise_pearson(predicted, true)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ the toy), ``clip`` (CLIP ViT-L/14 image embedding, ``transformers``), ``inceptio
 pooled, 2048) and ``alexnet`` (``features.5``, ``features.12``, ``classifier.5``), the last two
 from ``torchvision`` with IMAGENET1K_V1 weights. Every network gets the paper's preprocessing:
 Resize 299 (shorter side, bilinear) + CenterCrop 299 + ImageNet normalisation. Missing packages
-or weights give :class:`ExtractorUnavailable` with how to stage them.
+or weights give :class:`ExtractorUnavailable` with how to stage them (loading code in
+:mod:`brainldm.feature_networks`, shared with the field's eight metrics, :mod:`brainldm.evaluation`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .feature_networks import CLIP_MODEL_ID, ExtractorUnavailable, device_of, load_clip_vision, load_torchvision_model
+
 LOGGER = logging.getLogger("brainldm.identification")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PAPER_CROP = 299
-CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,10 +175,6 @@ def paper_preprocess(images: Sequence, size: int = PAPER_CROP) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # extractors
 # --------------------------------------------------------------------------------------------
-class ExtractorUnavailable(RuntimeError):
-    """A feature extractor's package or weights are missing; the message says how to stage them."""
-
-
 class FeatureExtractor:
     """Maps images to named feature matrices.
 
@@ -215,14 +213,6 @@ class PixelExtractor(FeatureExtractor):
         ])}
 
 
-def _device(device: str | None):
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class ClipExtractor(FeatureExtractor):
     """CLIP image embedding (``image_embeds``, 768 for ViT-L/14) of
     ``transformers.CLIPVisionModelWithProjection``.
@@ -235,22 +225,10 @@ class ClipExtractor(FeatureExtractor):
 
     def __init__(self, model_id: str = CLIP_MODEL_ID, device: str | None = None):
         import torch
-        from transformers import CLIPVisionModelWithProjection
 
         self.torch = torch
-        self.device = _device(device)
-        try:
-            self.model = CLIPVisionModelWithProjection.from_pretrained(model_id)
-        except (OSError, ValueError) as error:
-            raise ExtractorUnavailable(
-                f"feature extractor 'clip': cannot load the CLIP vision model {model_id!r} "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). On a machine with "
-                f"internet pre-stage it with `hf download {model_id}` (Hugging Face cache, "
-                "~/.cache/huggingface or $HF_HOME; copy it over and set HF_HUB_OFFLINE=1 on an "
-                f"offline node), or `hf download {model_id} --local-dir models/clip-vit-l-14` and "
-                "set evaluation.clip_model to that folder."
-            ) from None
-        self.model.eval().to(self.device)
+        self.device = device_of(device)
+        self.model = load_clip_vision(model_id, user="feature extractor 'clip'").to(self.device)
 
     def extract(self, images):
         batch = self.torch.from_numpy(paper_preprocess(images)).to(self.device)
@@ -259,48 +237,12 @@ class ClipExtractor(FeatureExtractor):
         return {"clip": out.image_embeds.float().cpu().numpy()}
 
 
-#: torchvision weights used by the paper's evaluation (IMAGENET1K_V1) and their cache files.
-TORCHVISION_WEIGHTS = {
-    "alexnet": ("AlexNet_Weights", "alexnet-owt-7be5be79.pth"),
-    "inception": ("Inception_V3_Weights", "inception_v3_google-0cc3c7bd.pth"),
-}
-
-
-def _torchvision_help(name: str) -> str:
-    weights, filename = TORCHVISION_WEIGHTS[name]
-    return (
-        f"feature extractor {name!r} needs the torchvision package and its {weights}.IMAGENET1K_V1 "
-        f"weights (file {filename}). Install torchvision matching torch (pip install "
-        "torchvision==<the release paired with your torch>), and on an offline node pre-stage the "
-        "weights: on a machine with internet run `TORCH_HOME=/shared/torch python -c \"import "
-        f"torchvision; torchvision.models.{'inception_v3' if name == 'inception' else 'alexnet'}"
-        f"(weights='IMAGENET1K_V1')\"`, then set TORCH_HOME=/shared/torch for the run (the file "
-        f"lies in $TORCH_HOME/hub/checkpoints/{filename})."
-    )
+#: Extractor name -> torchvision builder (IMAGENET1K_V1 weights, as in the paper's evaluation).
+TORCHVISION_BUILDERS = {"alexnet": "alexnet", "inception": "inception_v3"}
 
 
 def _load_torchvision_model(name: str):
-    import importlib
-
-    # torchvision is optional (only these two extractors need it), so it is imported by name:
-    # the evaluation env does not pin it (see README, "Evaluation").
-    try:
-        models = importlib.import_module("torchvision.models")
-    except ImportError:
-        raise ExtractorUnavailable(_torchvision_help(name) + " torchvision is not installed.") from None
-    import torch
-
-    weights_cls, filename = TORCHVISION_WEIGHTS[name]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    try:
-        weights = getattr(models, weights_cls).IMAGENET1K_V1
-        builder = models.inception_v3 if name == "inception" else models.alexnet
-        return builder(weights=weights)
-    except Exception as error:  # download failures surface as URLError/RuntimeError/OSError
-        raise ExtractorUnavailable(
-            _torchvision_help(name) + f" Not found in {cached} and could not be downloaded "
-            f"({type(error).__name__}: {str(error)[:200]})."
-        ) from None
+    return load_torchvision_model(TORCHVISION_BUILDERS[name], "IMAGENET1K_V1", user=f"feature extractor {name!r}")
 
 
 class AlexNetExtractor(FeatureExtractor):
@@ -313,7 +255,7 @@ class AlexNetExtractor(FeatureExtractor):
         import torch
 
         self.torch = torch
-        self.device = _device(device)
+        self.device = device_of(device)
         self.model = (model if model is not None else _load_torchvision_model("alexnet")).eval().to(self.device)
 
     def extract(self, images):
@@ -346,7 +288,7 @@ class InceptionExtractor(FeatureExtractor):
         import torch
 
         self.torch = torch
-        self.device = _device(device)
+        self.device = device_of(device)
         self.model = (model if model is not None else _load_torchvision_model("inception")).eval().to(self.device)
 
     def extract(self, images):
@@ -482,17 +424,23 @@ def read_rows(path: str | Path) -> list[dict]:
 SUMMARY_COLUMNS = ("subject",) + IDENTIFICATION_COLUMNS
 
 
+def read_subject_tables(paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str]) -> list[dict]:
+    """Rows of per-subject TSV tables, each with a leading ``subject``; every table must hold
+    ``columns``."""
+    if len(paths) != len(subjects):
+        raise ValueError(f"{len(paths)} tables for {len(subjects)} subjects: need one table per subject")
+    rows = []
+    for path, subject in zip(paths, subjects):
+        for row in read_rows(path):
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise ValueError(f"{path}: columns {missing} are missing")
+            rows.append({"subject": str(subject), **row})
+    return rows
+
+
 def summarize_identification(paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path) -> None:
     """Per-subject identification tables into one (columns :data:`SUMMARY_COLUMNS`)."""
     from .atomic import write_text
 
-    if len(paths) != len(subjects):
-        raise ValueError("summarize_identification needs one subject per table")
-    rows = []
-    for path, subject in zip(paths, subjects):
-        for row in read_rows(path):
-            missing = [c for c in IDENTIFICATION_COLUMNS if c not in row]
-            if missing:
-                raise ValueError(f"{path}: columns {missing} are missing")
-            rows.append({"subject": str(subject), **row})
-    write_text(out_path, format_rows(rows, SUMMARY_COLUMNS))
+    write_text(out_path, format_rows(read_subject_tables(paths, subjects, IDENTIFICATION_COLUMNS), SUMMARY_COLUMNS))
