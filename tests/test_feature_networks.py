@@ -65,7 +65,7 @@ def test_alexnet_network_reads_features_4_and_11_with_the_real_preprocessing():
     scale = conv2.abs().max().item()
     np.testing.assert_allclose(feats["features.4"], conv2.flatten(1).numpy(), rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(feats["features.11"], conv5.flatten(1).numpy(), rtol=0, atol=1e-5 * conv5.abs().max().item())
-    assert feats["features.4"].min() >= 0  # a ReLU's output, read before the in-place ReLU is reused
+    assert feats["features.4"].min() >= 0  # the output of the (in-place) ReLU after conv2
 
 
 def test_pooled_networks_read_avgpool_at_their_input_size():

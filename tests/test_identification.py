@@ -257,3 +257,20 @@ def test_identify_reconstructions_reads_pngs_and_summarises(tmp_path):
     del files[(8, "zc", 1)]
     with pytest.raises(FileNotFoundError, match="nsdId 8, method zc, sample 1"):
         ident.identify_reconstructions(originals, ids, files, ["zc"], {"zc": 2}, ["pixels"])
+
+
+def test_read_subject_reconstructions_gathers_what_the_rules_score(tmp_path):
+    import h5py
+
+    brick = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "stimuli.hdf5", "w") as handle:
+        handle["imgBrick"] = brick
+    np.save(tmp_path / "ids.npy", np.array([1, 4], dtype=np.int64))
+    shard = tmp_path / "shard0of1"
+    shard.mkdir()
+    (shard / "manifest.tsv").write_text("nsdId\tmethod\tsample\tfile\n4\tzc\t1\tzc/nsd4_s1.png\n")
+    originals, ids, files, methods, samples = ident.read_subject_reconstructions(
+        [shard], tmp_path / "ids.npy", tmp_path / "stimuli.hdf5", {"methods": ["z", "zc"], "n_samples": 3})
+    np.testing.assert_array_equal(originals, brick[[1, 4]])
+    assert ids.tolist() == [1, 4] and methods == ("z", "zc") and samples == {"z": 1, "zc": 3}
+    assert files == {(4, "zc", 1): shard / "zc" / "nsd4_s1.png"}

@@ -63,3 +63,26 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "config key 'subjects[1]'" in result.stdout + result.stderr
     assert not (directory / "resources").exists()
+
+
+def test_toy_run_writes_the_field_metrics(toy_run):
+    from brainldm.identification import read_rows
+
+    rows = read_rows(toy_run / "results/toy/summary/metrics.tsv")
+    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in ("1", "2") for m in ("z", "c", "zc")}
+    assert {r["metric"] for r in rows} == {"PixCorr", "SSIM", "two-way:pixels"}  # config/toy.yaml's list
+    assert all(r["protocol"] == "mindeye" and r["n_samples"] == "1" for r in rows)
+    # two-way:pixels is the identification registry's pixel space on the first sample: the same
+    # number as identify_reconstructions' two-way accuracy there
+    identification = read_rows(toy_run / "results/toy/summary/identification.tsv")
+    two_way = {(r["subject"], r["method"]): r for r in identification if r["feature"] == "pixels"}
+    for row in rows:
+        if row["metric"] == "two-way:pixels":
+            reference = two_way[(row["subject"], row["method"])]
+            assert row["value"] == reference["two_way_accuracy"] and row["n_images"] == reference["n_images"]
+    value = {(r["subject"], r["method"], r["metric"]): float(r["value"]) for r in rows}
+    for subject in ("1", "2"):  # z reconstructions carry the image, c ones (random text encoder) do not
+        assert value[(subject, "z", "PixCorr")] > value[(subject, "c", "PixCorr")] + 0.2
+    comparison = read_rows(toy_run / "results/toy/summary/metrics_comparison.tsv")
+    assert [r["method"] for r in comparison if r["source"] == "this run"] == ["z", "c", "zc"]
+    assert all(r["note"] == "published, other test set" for r in comparison if r["source"] != "this run")

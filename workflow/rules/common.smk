@@ -376,7 +376,20 @@ def reconstruction_targets():
 def evaluation_targets():
     targets = [f"results/{DATASET}/summary/identification.tsv"]
     targets += [f"{evaluation_dir(subject)}/identification.tsv" for subject in SUBJECTS]
+    targets += [
+        f"results/{DATASET}/summary/{name}.tsv"
+        for name in ("metrics", "metrics_comparison")
+    ]
+    targets += [f"{evaluation_dir(subject)}/metrics.tsv" for subject in SUBJECTS]
     return targets
+
+
+from brainldm.evaluation import registry_extractor_names
+
+try:  # two-way:<extractor> metrics must name a registry extractor: stop before any job if not
+    registry_extractor_names(config["evaluation"]["metrics"])
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
 
 
 def all_targets():

@@ -1,6 +1,7 @@
 # Evaluation: the paper's identification (anchored on the original, mean r over the samples,
 # against every other test image) and the field's two-way identification, per subject and
-# feature space; then one summary table.
+# feature space; the field's eight metrics (evaluation.metrics, evaluation.protocol) per
+# subject; then summary tables.
 
 
 rule identify_reconstructions:
@@ -42,3 +43,44 @@ rule summarize_identification:
         "../../envs/evaluation.yaml"
     script:
         "../scripts/summarize_identification.py"
+
+
+rule evaluate_reconstructions:
+    input:
+        shards=reconstruction_shard_dirs,
+        test_ids=decoder_outputs(feature="z")["nsd_ids"],
+        stimuli=nsd_file(nsd_layout.stimuli_key()),
+    output:
+        table=f"{evaluation_dir()}/metrics.tsv",
+    log:
+        f"logs/{DATASET}/evaluate_reconstructions/subj{{subject}}.log",
+    conda:
+        "../../envs/evaluation.yaml"
+    threads: sd_threads()
+    resources:
+        gpu=sd_gpus(),
+        mem_mb=16000,
+        runtime=240,
+    params:
+        settings=config["reconstruction"],
+        evaluation=config["evaluation"],
+        device=config["model"]["device"],
+    script:
+        "../scripts/evaluate_reconstructions.py"
+
+
+rule summarize_metrics:
+    input:
+        tables=expand(f"{evaluation_dir('{subject}')}/metrics.tsv", subject=SUBJECTS),
+    output:
+        table=f"results/{DATASET}/summary/metrics.tsv",
+        comparison=f"results/{DATASET}/summary/metrics_comparison.tsv",
+    log:
+        f"logs/{DATASET}/summarize_metrics.log",
+    localrule: True
+    conda:
+        "../../envs/evaluation.yaml"
+    params:
+        subjects=[int(s) for s in SUBJECTS],
+    script:
+        "../scripts/summarize_metrics.py"

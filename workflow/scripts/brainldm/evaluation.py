@@ -299,7 +299,8 @@ def evaluate_reconstructions(originals: np.ndarray, nsd_ids: Sequence[int], file
             value = float(np.mean([scores[spec.name] for scores in per_sample]))
             rows.append({"method": method, "metric": spec.name, "value": value, "protocol": protocol,
                          "n_images": len(nsd_ids), "n_samples": len(per_sample)})
-            LOGGER.info("%s / %s: %.4f (%d samples)", method, spec.name, value, len(per_sample))
+            LOGGER.info("%s / %s: %.4f (%s is better; %d samples)", method, spec.name, value,
+                        "higher" if spec.higher_is_better else "lower", len(per_sample))
     return rows
 
 

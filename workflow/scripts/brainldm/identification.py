@@ -344,6 +344,35 @@ def load_png(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def read_subject_reconstructions(shard_dirs: Sequence[str | Path], test_ids_path: str | Path,
+                                 stimuli_path: str | Path, reconstruction_config: dict):
+    """What the evaluation rules score for one subject.
+
+    Parameters
+    ----------
+    shard_dirs : rule reconstruct_images' shard folders (each with its ``manifest.tsv``)
+    test_ids_path : ``.npy`` of the test images' nsdIds (int64)
+    stimuli_path : the NSD stimulus brick
+    reconstruction_config : the validated ``reconstruction`` config section
+
+    Returns
+    -------
+    originals : (n_images, H, W, 3) uint8, rows in nsdId order
+    nsd_ids : (n_images,) int64
+    files : {(nsdId, method, sample): PNG path}
+    methods : tuple of str
+    samples_per_method : {method: samples per image}
+    """
+    from .nsd import read_stimuli
+    from .reconstruction import ReconstructionSettings, read_manifests
+
+    files = read_manifests([Path(shard) / "manifest.tsv" for shard in shard_dirs])
+    nsd_ids = np.load(test_ids_path)
+    settings = ReconstructionSettings.from_config(reconstruction_config)
+    samples = {method: settings.samples_of(method) for method in settings.methods}
+    return read_stimuli(stimuli_path, nsd_ids), nsd_ids, files, settings.methods, samples
+
+
 IDENTIFICATION_COLUMNS = ("method", "feature", "accuracy", "n_images", "two_way_accuracy")
 
 

@@ -1,0 +1,27 @@
+"""Rule evaluate_reconstructions: the field's metrics of one subject's reconstructions."""
+
+import torch
+
+from brainldm.atomic import write_text
+from brainldm.evaluation import METRIC_COLUMNS, evaluate_reconstructions
+from brainldm.identification import format_rows, read_subject_reconstructions
+from brainldm.logs import setup_logging
+
+if "snakemake" in globals():
+    log = setup_logging(snakemake.log[0])
+    torch.set_num_threads(snakemake.threads)
+    params = snakemake.params
+    evaluation = params.evaluation
+    rows = evaluate_reconstructions(
+        *read_subject_reconstructions(
+            snakemake.input.shards, snakemake.input.test_ids, snakemake.input.stimuli, params.settings
+        ),
+        evaluation["metrics"],
+        protocol=evaluation["protocol"],
+        samples=evaluation["samples"],
+        batch_size=evaluation["batch_size"],
+        device=None if params.device == "auto" else params.device,
+        clip_model=evaluation["clip_model"],
+        swav_hub_dir=evaluation["swav_hub_dir"],
+    )
+    write_text(snakemake.output.table, format_rows(rows, METRIC_COLUMNS))
