@@ -116,9 +116,23 @@ def _errors(events: list[dict]) -> list[str]:
     return errors
 
 
+CLICK_TEXT = """((text) => {
+  const all = Array.from(document.querySelectorAll("a, button, li, span, div, td, p"));
+  const hits = all.filter(e => e.innerText && e.innerText.trim() === text);
+  if (!hits.length) return false;
+  hits.sort((a, b) => a.innerText.length - b.innerText.length || b.querySelectorAll("*").length - a.querySelectorAll("*").length);
+  hits[hits.length - 1].click();
+  return true;
+})"""
+
+
 def open_page(path: str | Path, *, settle_seconds: float = 3.0, width: int = 1400, height: int = 1000,
-              timeout: float = 120.0) -> PageResult:
-    """Load ``path`` (a local file) in headless Chromium; collect errors, a summary, a screenshot."""
+              timeout: float = 120.0, clicks: tuple[str, ...] = ()) -> PageResult:
+    """Load ``path`` (a local file) in headless Chromium; collect errors, a summary, a screenshot.
+
+    ``clicks``: texts of elements to click one after the other once the page has loaded (e.g. a
+    report's menu entries); each must be found. The summary and screenshot are taken after them.
+    """
     binary = find_chromium()
     if binary is None:
         raise FileNotFoundError("no Chromium binary (apt-get install -y chromium)")
@@ -151,6 +165,14 @@ def open_page(path: str | Path, *, settle_seconds: float = 3.0, width: int = 140
             pipe.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout=timeout)
             time.sleep(settle_seconds)  # let scripts that draw after load (plotly, React) finish
+            for step in clicks:
+                # A step is an element's text, or "js:<expression>" that clicks and returns true.
+                expression = step[3:] if step.startswith("js:") else f"{CLICK_TEXT}({json.dumps(step)})"
+                found = pipe.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                  session=session)
+                if not found["result"].get("value"):
+                    raise LookupError(f"{path}: nothing to click for {step!r}")
+                time.sleep(settle_seconds)
             summary = pipe.call("Runtime.evaluate", {"expression": PAGE_SUMMARY, "returnByValue": True},
                                 session=session)["result"]["value"]
             shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]

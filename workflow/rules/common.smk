@@ -412,13 +412,13 @@ def check_local_transforms():
     for subject in config["subjects"]:
         for key in nsd_layout.surface_transform_keys(subject):
             if not Path(nsd_file(key)).is_file():
-                raise WorkflowError(surface_transforms.missing_transform_message(nsd_file(key), key))
+                message = surface_transforms.missing_transform_message(nsd_file(key), key)
+                raise WorkflowError(message)
 
 
 def viewer_volume_names():
     """Surface maps the interactive viewer reads: r and FDR mask of each model it shows."""
-    models = config["maps"]["viewer_map"].split("-", 1) if "-" in config["maps"]["viewer_map"] else [
-        config["maps"]["viewer_map"]]
+    models = config["maps"]["viewer_map"].split("-", 1)
     return [f"{model}_{kind}" for model in models for kind in ("r", "significant")]
 
 
@@ -436,7 +436,9 @@ def maps_targets():
 
 REPORT_DIR = f"results/{DATASET}/report"
 # Summary tables shown in the report (the encoding one once the encoding stage is in the graph).
-REPORT_TABLES = ["fmri_qc", "decoding", "identification"] + (["encoding"] if "encoding" in config else [])
+REPORT_TABLES = ["fmri_qc", "decoding", "identification"]
+if "encoding" in config:
+    REPORT_TABLES.append("encoding")
 
 
 def report_targets():

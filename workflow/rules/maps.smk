@@ -10,29 +10,41 @@ if MAPS:
 
     rule project_to_surface:
         input:
-            volumes=expand(f"{encoding_volumes_dir()}/{{name}}.nii.gz", name=MAP_VOLUMES, allow_missing=True),
+            volumes=expand(
+                f"{encoding_volumes_dir()}/{{name}}.nii.gz",
+                name=MAP_VOLUMES,
+                allow_missing=True,
+            ),
             voxels=f"results/{DATASET}/subj{{subject}}/encoding/voxels.npz",
             transforms=surface_transform_files,
         output:
-            maps=expand(f"{maps_dir()}/surface/{{name}}.npz", name=MAP_VOLUMES, allow_missing=True),
+            maps=expand(
+                f"{maps_dir()}/surface/{{name}}.npz",
+                name=MAP_VOLUMES,
+                allow_missing=True,
+            ),
+        log:
+            f"logs/{DATASET}/project_to_surface/subj{{subject}}.log",
+        conda:
+            "../../envs/maps.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=20,
         params:
             names=MAP_VOLUMES,
             label_maps=map_specs.label_volume_names(MAP_VOLUMES),
             interpolation=config["maps"]["interpolation"],
             nsd_root=NSD_ROOT,
-        resources:
-            mem_mb=4000,
-            runtime=20,
-        log:
-            f"logs/{DATASET}/project_to_surface/subj{{subject}}.log",
-        conda:
-            "../../envs/maps.yaml"
         script:
             "../scripts/project_to_surface.py"
 
     rule plot_cortical_maps:
         input:
-            maps=expand(f"{maps_dir()}/surface/{{name}}.npz", name=MAP_VOLUMES, allow_missing=True),
+            maps=expand(
+                f"{maps_dir()}/surface/{{name}}.npz",
+                name=MAP_VOLUMES,
+                allow_missing=True,
+            ),
             block_names=f"{encoding_volumes_dir()}/unet_best_block.json",
         output:
             figures=[
@@ -45,18 +57,18 @@ if MAPS:
                 )
                 for name in MAP_FIGURES
             ],
+        log:
+            f"logs/{DATASET}/plot_cortical_maps/subj{{subject}}.log",
+        conda:
+            "../../envs/maps.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
         params:
             names=MAP_VOLUMES,
             figures=MAP_FIGURES,
             encoding=config["encoding"],
             dpi=config["maps"]["dpi"],
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        log:
-            f"logs/{DATASET}/plot_cortical_maps/subj{{subject}}.log",
-        conda:
-            "../../envs/maps.yaml"
         script:
             "../scripts/plot_cortical_maps.py"
 
@@ -72,18 +84,22 @@ if MAPS:
                 subcategory="subj{subject}",
                 labels={"subject": "{subject}", "map": "density z vs c"},
             ),
-        params:
-            dpi=config["maps"]["dpi"],
         log:
             f"logs/{DATASET}/plot_accuracy_density/subj{{subject}}.log",
         conda:
             "../../envs/maps.yaml"
+        params:
+            dpi=config["maps"]["dpi"],
         script:
             "../scripts/plot_accuracy_density.py"
 
     rule view_surface:
         input:
-            maps=expand(f"{maps_dir()}/surface/{{name}}.npz", name=viewer_volume_names(), allow_missing=True),
+            maps=expand(
+                f"{maps_dir()}/surface/{{name}}.npz",
+                name=viewer_volume_names(),
+                allow_missing=True,
+            ),
         output:
             page=report(
                 f"{maps_dir()}/viewer.html",
@@ -92,12 +108,12 @@ if MAPS:
                 subcategory="subj{subject}",
                 labels={"subject": "{subject}", "map": "interactive viewer"},
             ),
-        params:
-            names=viewer_volume_names(),
-            viewer_map=config["maps"]["viewer_map"],
         log:
             f"logs/{DATASET}/view_surface/subj{{subject}}.log",
         conda:
             "../../envs/maps.yaml"
+        params:
+            names=viewer_volume_names(),
+            viewer_map=config["maps"]["viewer_map"],
         script:
             "../scripts/view_surface.py"

@@ -11,15 +11,17 @@ rule report_configuration:
             caption="../report/configuration.rst",
             category="Configuration",
         ),
-    params:
-        config=config,
-        schema=str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"),
-        dataset=DATASET,
     log:
         f"logs/{DATASET}/report_configuration.log",
     localrule: True
     conda:
         "../../envs/maps.yaml"
+    params:
+        config=config,
+        schema=str(
+            Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+        ),
+        dataset=DATASET,
     script:
         "../scripts/report_configuration.py"
 
@@ -34,10 +36,10 @@ rule report_table:
             category="Summary tables",
             labels={"table": "{table}"},
         ),
-    wildcard_constraints:
-        table="|".join(REPORT_TABLES),
     log:
         f"logs/{DATASET}/report_table/{{table}}.log",
+    wildcard_constraints:
+        table="|".join(REPORT_TABLES),
     localrule: True
     conda:
         "../../envs/maps.yaml"

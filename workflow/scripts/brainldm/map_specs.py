@@ -9,12 +9,16 @@ The names follow the encoding stage's outputs (``results/<dataset>/subjNN/encodi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .maps import MapStyle
+from .surface import FSAVERAGE5_VERTICES
+
+log = logging.getLogger(__name__)
 
 #: Percentile of the drawn values that sets a colour scale's end (robust to a few outliers).
 SCALE_PERCENTILE = 99.0
@@ -190,6 +194,8 @@ def draw_cortical_maps(surface_paths: Mapping[str, str], block_names_path: str, 
     for figure_map in tqdm(figures, desc="plot_cortical_maps", unit="figure"):
         figure = plot_surface_map(figure_map.values, figure_map.style, title=figure_map.title)
         _save_figure(figure, output_paths[figure_map.name], dpi)
+        shown = sum(int(np.isfinite(v[:FSAVERAGE5_VERTICES]).sum()) for v in figure_map.values.values())
+        log.info("%s: %s (%d fsaverage5 vertices with a value)", figure_map.name, output_paths[figure_map.name], shown)
 
 
 def draw_accuracy_density(x_path: str, y_path: str, output_path: str, *, x_model: str, y_model: str,
@@ -206,6 +212,7 @@ def draw_accuracy_density(x_path: str, y_path: str, output_path: str, *, x_model
         raise ValueError(f"{x_path} has shape {x.shape} but {y_path} {y.shape}; expected one func grid")
     figure = plot_accuracy_density(x.ravel(), y.ravel(), x_label=f"voxel r, {x_model}",
                                    y_label=f"voxel r, {y_model}", title=f"subj{subject}")
+    log.info("density of %s vs %s: %s", x_model, y_model, figure.axes[0].get_title().splitlines()[-1])
     _save_figure(figure, output_path, dpi)
 
 
@@ -220,3 +227,4 @@ def write_viewer(surface_paths: Mapping[str, str], output_path: str, *, viewer_m
     document = view_surface_map(values, style, title=f"subj{subject}: {title}")
     with atomic_path(output_path) as tmp:
         document.save_as_html(tmp)
+    log.info("viewer of %s: %s", viewer_map, output_path)
