@@ -69,6 +69,9 @@ def nsd_size(folder: Path) -> None:
     for interpolation, data in (("cubic", volume), ("linear", volume), ("nearest", volume), ("wta", labels)):
         with Timer(f"one map to fsaverage, {interpolation}"):
             surface.project_volume(data, transforms, NSD_GRID, interpolation=interpolation)
+    import resource
+
+    print(f"  peak RSS of the process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 def toy(folder: Path) -> None:
