@@ -39,8 +39,8 @@ def _schema_defaults(schema: Mapping, prefix: str = "") -> dict[str, tuple[Any, 
         key = f"{prefix}{name}"
         if sub.get("type") == "object" and "properties" in sub:
             leaves.update(_schema_defaults(sub, key + "."))
-        else:
-            leaves[key] = (sub.get("default"), sub.get("description", ""))
+        elif "default" in sub:  # keys without a default (the run's name) name a run, not a choice
+            leaves[key] = (sub["default"], sub.get("description", ""))
     return leaves
 
 
@@ -58,6 +58,9 @@ def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
 def config_departures(config: Mapping, schema: Mapping) -> list[dict[str, Any]]:
     """Every configuration value that differs from the schema's default (= the paper's).
 
+    Required keys without a default (``dataset``) are left out; keys the schema does not know
+    are listed as settings.
+
     Returns
     -------
     list of dict
@@ -65,10 +68,11 @@ def config_departures(config: Mapping, schema: Mapping) -> list[dict[str, Any]]:
         the key as a departure from the paper, else ``setting``), sorted by key.
     """
     defaults = _schema_defaults(schema)
+    required = set(schema.get("required", ()))
     rows = []
     for key, value in sorted(_flatten(config).items()):
         default, description = defaults.get(key, (None, ""))
-        if key in defaults and value == default:
+        if key in required or (key in defaults and value == default):
             continue
         kind = "departure" if "departure" in description.lower() else "setting"
         rows.append({"key": key, "value": value, "default": default, "kind": kind})
