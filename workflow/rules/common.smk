@@ -419,6 +419,12 @@ def check_local_transforms():
 def viewer_volume_names():
     """Surface maps the interactive viewer reads: r and FDR mask of each model it shows."""
     models = config["maps"]["viewer_map"].split("-", 1)
+    known = map_specs.accuracy_models(config["encoding"])
+    if any(model not in known for model in models):
+        raise WorkflowError(
+            f"config key 'maps.viewer_map': value {config['maps']['viewer_map']!r} is invalid; "
+            f"expected a model of {known} or two joined by '-' (e.g. 'z-c')"
+        )
     return [f"{model}_{kind}" for model in models for kind in ("r", "significant")]
 
 
