@@ -19,7 +19,7 @@ from brainldm.map_specs import accuracy_models, joint_pairs
 from brainldm.toy_world import STREAMS_LABELS
 
 #: The encoding config block these volumes follow (model lists of the contract).
-ENCODING = {"zc_strengths": [0.25, 0.75], "unet_blocks": ["down_1", "mid", "up_1"],
+ENCODING = {"zc_strengths": [0.25, 0.75], "unet_blocks": ["down_2", "mid", "up_1"],
             "unet_steps": ["early", "middle", "late"], "fdr_q": 0.05}
 
 

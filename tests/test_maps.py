@@ -77,9 +77,9 @@ def test_plot_surface_map_draws_five_views_a_colour_bar_and_the_title():
 
 def test_categorical_map_gets_a_legend_of_the_block_names():
     values = {hemi: np.arange(N5) % 3.0 for hemi in nsd.HEMISPHERES}
-    figure = maps.plot_surface_map(values, maps.MapStyle(categories=("down_1", "mid", "up_1"), label="block"))
+    figure = maps.plot_surface_map(values, maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block"))
     legend = figure.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["down_1", "mid", "up_1"]
+    assert [t.get_text() for t in legend.get_texts()] == ["down_2", "mid", "up_1"]
     assert len([a for a in figure.axes if a.name != "3d"]) == 0
 
 
@@ -116,7 +116,7 @@ def test_figure_maps_threshold_by_the_fdr_mask_and_compare_unique_variance():
     unique = figures[4].values["rh"]
     np.testing.assert_allclose(unique[1::2], 0.2)
     assert np.isnan(unique[0::2]).all() and figures[4].style.vmin == -figures[4].style.vmax
-    assert figures[-1].style.categories == ("down_1", "mid", "up_1")
+    assert figures[-1].style.categories == ("down_2", "mid", "up_1")
 
 
 def test_viewer_values_default_is_r_of_z_minus_c_and_unknown_models_are_named():
