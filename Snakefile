@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/fmri.smk"
@@ -18,6 +21,8 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/decoding.smk"
 include: "workflow/rules/reconstruction.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/maps.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -390,13 +390,14 @@ def test_terms_refused_means_no_request(fresh, tmp_path):
 
 def test_needed_keys_of_the_paper_config(paper_config):
     keys = dl.needed_keys(paper_config)
-    assert len(keys) == len(set(keys)) == 164
+    assert len(keys) == len(set(keys)) == 164 + 4 * 8  # + the surface transforms of maps.enabled
     for subject in (1, 2, 5, 7):
         betas = [k for k in keys if f"subj{subject:02d}/" in k and "/betas_session" in k]
         assert sorted(betas) == [nsd.betas_key(subject, s, "nifti") for s in range(1, 38)]
         assert nsd.roi_key(subject, "streams") in keys and nsd.roi_key(subject, "nsdgeneral") in keys
         assert nsd.brainmask_key(subject) in keys
         assert nsd.betas_key(subject, 38, "nifti") not in keys
+        assert set(nsd.surface_transform_keys(subject)) <= set(keys)
     assert keys[:3] == [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
     assert [k for k in keys if k.endswith(".ctab")] == [nsd.label_table_key("streams")]
 
@@ -412,7 +413,9 @@ def test_needed_keys_follow_beta_format_and_rois(paper_config):
     keys = dl.needed_keys(config)
     assert [k for k in keys if "betas_session" in k] == [nsd.betas_key(2, s, "hdf5") for s in (3, 4, 5)]
     assert nsd.roi_key(2, "prf-visualrois") in keys and nsd.label_table_key("prf-visualrois") in keys
-    assert len(keys) == 3 + 3 + 3 + 2 + 1  # shared, betas, atlases, label tables, brain mask
+    assert len(keys) == 3 + 3 + 3 + 2 + 1 + 8  # shared, betas, atlases, label tables, brain mask, transforms
+    config["maps"]["enabled"] = False
+    assert dl.needed_keys(config) == [k for k in keys if "/transforms/" not in k]
 
 
 def test_plan_from_head_requests_is_exact(fresh, toy_world):
@@ -432,10 +435,10 @@ def test_offline_plan_uses_the_typical_sizes_table(paper_config):
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     plan = dl.plan_downloads(url, dl.needed_keys(paper_config), timeout=2.0, show=False)
-    assert {e.source for e in plan.entries} == {"table"} and plan.n_files == 164
+    assert {e.source for e in plan.entries} == {"table"} and plan.n_files == 196
     betas = 4 * 37 * dl.typical_size(BETAS_KEY)[0]
     assert betas + 73000 * 425 * 425 * 3 < plan.total_bytes < betas + 73000 * 425 * 425 * 3 + 10**9
-    assert plan.summary().startswith("download plan: 164 files, 187.") and "betas: 148 files" in plan.summary()
+    assert plan.summary().startswith("download plan: 196 files, 187.") and "betas: 148 files" in plan.summary()
 
 
 # --------------------------------------------------------------------------- COCO
@@ -510,15 +513,15 @@ def test_paper_dry_run_plans_every_input_without_network(fresh, tmp_path):
     result = snakemake(directory, "-n", env=proxy)  # any HTTP(S) request would reach `fresh`
     output = result.stdout + result.stderr
     planned = re.findall(r"wildcards: key=(\S+)", output)
-    assert len(planned) == len(set(planned)) == 164
+    assert len(planned) == len(set(planned)) == 196
     for subject in (1, 2, 5, 7):
         sessions = sorted(int(m) for m in re.findall(rf"subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session(\d\d)\.nii\.gz", " ".join(planned)))
         assert sessions == list(range(1, 38))
         assert {nsd.roi_key(subject, "streams"), nsd.roi_key(subject, "nsdgeneral"), nsd.brainmask_key(subject)} <= set(planned)
     assert {nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key(), nsd.label_table_key("streams")} <= set(planned)
     stats = dict(re.findall(r"^(download_\w+)\s+(\d+)$", output, flags=re.M))
-    assert stats == {"download_nsd_file": "164", "download_coco_annotations": "1"}
-    assert "download plan: 164 files" in output and "nsd.accept_terms is false" in output
+    assert stats == {"download_nsd_file": "196", "download_coco_annotations": "1"}
+    assert "download plan: 196 files" in output and "nsd.accept_terms is false" in output
     assert fresh.requests == []
     assert not (directory / "resources").exists()
 
@@ -576,7 +579,7 @@ def end_to_end(nsd_sized_world, tmp_path_factory):
 def test_end_to_end_download_fetches_the_tree_byte_for_byte(end_to_end, nsd_sized_world):
     directory = end_to_end["download"]
     keys = end_to_end["keys"]
-    assert len(keys) == 3 + 2 * (1 + 2 + 1) + 1
+    assert len(keys) == 3 + 2 * (1 + 2 + 1 + 8) + 1
     for key in keys:
         assert (directory / "resources/nsd" / key).read_bytes() == (nsd_sized_world / "nsd" / key).read_bytes(), key
     for name in nsd.COCO_CAPTION_FILES:

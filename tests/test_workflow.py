@@ -86,3 +86,21 @@ def test_toy_run_writes_the_field_metrics(toy_run):
     comparison = read_rows(toy_run / "results/toy/summary/metrics_comparison.tsv")
     assert [r["method"] for r in comparison if r["source"] == "this run"] == ["z", "c", "zc"]
     assert all(r["note"] == "published, other test set" for r in comparison if r["source"] != "this run")
+
+
+def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
+    """``snakemake --report`` of the toy run, opened in headless Chromium (tests/headless_chromium.py)."""
+    from headless_chromium import find_chromium, open_page
+
+    snakemake(toy_run, "--configfile", "config/toy.yaml", "--report", "results/toy/report.html")
+    report = toy_run / "results/toy/report.html"
+    page = report.read_text()
+    for table in ("fmri_qc", "decoding", "identification", "metrics", "metrics_comparison"):
+        assert f"results/toy/report/{table}.html" in page, table
+    assert "subj01_reconstructions.png" in page and "subj02_reconstructions.png" in page
+    if find_chromium() is None:
+        pytest.fail("Chromium is needed (Debian: apt-get install -y chromium; .ci/run installs it)")
+    result = open_page(report, settle_seconds=3, clicks=("Reconstructions",))
+    assert result.errors == [], result.errors
+    assert "Summary tables" in open_page(report, settle_seconds=3).summary["text"]
+    (toy_run / "results/toy/report/report_screenshot.png").write_bytes(result.screenshot)

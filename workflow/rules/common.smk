@@ -6,7 +6,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from brainldm import download as nsd_download
+from brainldm import map_specs
 from brainldm import nsd as nsd_layout
+from brainldm import surface as surface_transforms
 from brainldm.fmri import output_names as fmri_output_names
 from brainldm.config import ConfigError, is_toy, validate_config
 from brainldm.toy_world import ToyParams, toy_nsd_keys
@@ -392,6 +394,80 @@ except ValueError as error:
     raise WorkflowError(str(error)) from None
 
 
+# --------------------------------------------------------------------------- cortical maps
+
+# The maps read the encoding stage's volumes by the names of its interface contract; they are
+# part of the graph once the encoding stage (and its config block) is.
+MAPS = config["maps"]["enabled"] and "encoding" in config
+MAP_VOLUMES = map_specs.surface_volume_names(config["encoding"]) if MAPS else []
+MAP_FIGURES = map_specs.figure_names(config["encoding"]) if MAPS else []
+
+
+def encoding_volumes_dir(subject="{subject}"):
+    """The encoding stage's NIfTI volumes of one subject (``{model}_r.nii.gz`` ...)."""
+    return f"results/{DATASET}/subj{subject}/encoding/volumes"
+
+
+def maps_dir(subject="{subject}"):
+    return f"results/{DATASET}/subj{subject}/maps"
+
+
+def surface_transform_files(wildcards):
+    """The 8 NSD transforms of one subject (lh layerB1-3, lh fsaverage, then rh)."""
+    return [nsd_file(key) for key in nsd_layout.surface_transform_keys(int(wildcards.subject))]
+
+
+def check_local_transforms():
+    """Stop at parse time, naming the file and how to get it, when a local NSD copy
+    (``nsd.root``) lacks a surface transform that the maps need."""
+    if not MAPS or TOY or config["nsd"]["root"] is None:
+        return
+    for subject in config["subjects"]:
+        for key in nsd_layout.surface_transform_keys(subject):
+            if not Path(nsd_file(key)).is_file():
+                message = surface_transforms.missing_transform_message(nsd_file(key), key)
+                raise WorkflowError(message)
+
+
+def viewer_volume_names():
+    """Surface maps the interactive viewer reads: r and FDR mask of each model it shows."""
+    models = config["maps"]["viewer_map"].split("-", 1)
+    known = map_specs.accuracy_models(config["encoding"])
+    if any(model not in known for model in models):
+        raise WorkflowError(
+            f"config key 'maps.viewer_map': value {config['maps']['viewer_map']!r} is invalid; "
+            f"expected a model of {known} or two joined by '-' (e.g. 'z-c')"
+        )
+    return [f"{model}_{kind}" for model in models for kind in ("r", "significant")]
+
+
+def maps_targets():
+    targets = []
+    for subject in SUBJECTS:
+        folder = maps_dir(subject)
+        targets += [f"{folder}/surface/{name}.npz" for name in MAP_VOLUMES]
+        targets += [f"{folder}/{name}.png" for name in MAP_FIGURES]
+        targets += [f"{folder}/density_z_vs_c.png", f"{folder}/viewer.html"]
+    return targets
+
+
+# --------------------------------------------------------------------------- report
+
+REPORT_DIR = f"results/{DATASET}/report"
+# Summary tables shown in the report (the encoding one once the encoding stage is in the graph).
+REPORT_TABLES = ["fmri_qc", "decoding", "identification", "metrics", "metrics_comparison"]
+if "encoding" in config:
+    REPORT_TABLES.append("encoding")
+
+
+def report_targets():
+    """Files made only for ``snakemake --report`` (configuration page, tables, figures)."""
+    targets = [f"{REPORT_DIR}/configuration.html"]
+    targets += [f"{REPORT_DIR}/{table}.html" for table in REPORT_TABLES]
+    targets += [f"{REPORT_DIR}/subj{subject}_reconstructions.png" for subject in SUBJECTS]
+    return targets
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []
@@ -400,4 +476,7 @@ def all_targets():
     targets += download_targets()
     targets += fmri_targets()
     targets += decoding_targets() + reconstruction_targets() + evaluation_targets()
+    if MAPS:
+        targets += maps_targets()
+    targets += report_targets()
     return targets

@@ -78,6 +78,9 @@ TYPICAL_SIZES: tuple[tuple[str, int, str], ...] = (
     (r"/roi/[^/]+\.nii\.gz$", 300_000, "ROI volume"),
     (r"/brainmask\.nii\.gz$", 100_000, "brain mask"),
     (r"\.ctab$", 2_000, "label table"),
+    (r"/transforms/[lr]h\.func1pt8-to-layerB[123]\.mgz$", 2_500_000,
+     "surface transform, ~227k vertices x 3 float32 (gzip)"),
+    (r"/transforms/[lr]h\.white-to-fsaverage\.mgz$", 400_000, "fsaverage transform, 163,842 indices"),
     (r"annotations_trainval2017\.zip$", 252_907_541, "COCO 2017 annotations archive (241 MiB)"),
 )
 DEFAULT_TYPICAL_SIZE = 10_000_000
@@ -493,7 +496,8 @@ def needed_keys(config: dict) -> list[str]:
     The design and stim-info files, the stimulus brick (NSD offers it only whole, ~37 GiB; the
     workflow then reads just the rows it needs), and per subject the betas of every configured
     session, the ROI atlases (and their label tables) of every ROI in ``fmri.rois``,
-    ``decoding.z_rois`` and ``decoding.c_rois``, and the brain mask. Order: shared files first,
+    ``decoding.z_rois`` and ``decoding.c_rois``, the brain mask, and with ``maps.enabled`` the
+    8 surface transforms (``nsd.surface_transform_keys``). Order: shared files first,
     then by subject; no duplicates.
     """
     rois = list(dict.fromkeys([*config["fmri"]["rois"], *config["decoding"]["z_rois"],
@@ -502,6 +506,8 @@ def needed_keys(config: dict) -> list[str]:
     keys = [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
     for subject in config["subjects"]:
         keys += nsd.subject_keys(subject, sessions, config["nsd"]["beta_format"], rois)
+        if config.get("maps", {}).get("enabled", False):
+            keys += nsd.surface_transform_keys(subject)
     return list(dict.fromkeys(keys))
 
 

@@ -75,6 +75,35 @@ def label_table_key(atlas: str) -> str:
     return f"nsddata/freesurfer/fsaverage/label/{atlas}.mgz.ctab"
 
 
+#: Hemispheres in the order NSD's transform files and every surface output use.
+HEMISPHERES = ("lh", "rh")
+#: NSD's three cortical depths (25, 50 and 75 % from white to pial), averaged for surface maps.
+CORTICAL_DEPTHS = ("layerB1", "layerB2", "layerB3")
+
+
+def transforms_dir(subject: int) -> str:
+    return f"nsddata/ppdata/{subject_dir(subject)}/transforms"
+
+
+def layer_transform_key(subject: int, hemi: str, depth: str) -> str:
+    """Key of ``?h.func1pt8-to-layerB?.mgz``: per native vertex, 1-based (X, Y, Z) voxel coordinates."""
+    return f"{transforms_dir(subject)}/{hemi}.func1pt8-to-{depth}.mgz"
+
+
+def fsaverage_transform_key(subject: int, hemi: str) -> str:
+    """Key of ``?h.white-to-fsaverage.mgz``: per fsaverage vertex, the 1-based native vertex."""
+    return f"{transforms_dir(subject)}/{hemi}.white-to-fsaverage.mgz"
+
+
+def surface_transform_keys(subject: int) -> list[str]:
+    """The 8 transform keys mapping one subject's func1pt8mm volume to fsaverage (lh, then rh)."""
+    keys = []
+    for hemi in HEMISPHERES:
+        keys += [layer_transform_key(subject, hemi, depth) for depth in CORTICAL_DEPTHS]
+        keys.append(fsaverage_transform_key(subject, hemi))
+    return keys
+
+
 def root_of(path: str | Path, key: str) -> Path:
     """The NSD root that holds ``path`` as ``key`` (``root/key`` -> ``root``)."""
     path = Path(path)

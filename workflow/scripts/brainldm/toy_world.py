@@ -6,7 +6,8 @@ Every stage reads it with the same readers as real NSD (:mod:`brainldm.nsd`). It
   stimulus brick, each with five COCO-style captions written from its attributes;
 - an expdesign .mat and a stim-info CSV with NSD's fields and 1-based conventions;
 - per subject: betas sessions (NIfTI and HDF5), ``streams``, ``prf-visualrois`` and
-  ``nsdgeneral`` ROI volumes and a brain mask on a small grid;
+  ``nsdgeneral`` ROI volumes and a brain mask on a small grid, and NSD-format surface
+  transforms placing that grid under fsaverage's geometry (:mod:`brainldm.toy_surface`);
 - planted ground truth: early voxels have Gaussian receptive fields over the image, ventral
   voxels respond linearly to caption semantics (shape and colour), all other brain voxels are
   noise; ``snr`` scales signal against unit noise. The parameters are written to
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import nsd
 from .atomic import atomic_path, write_text
+from .toy_surface import write_toy_transforms
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {
@@ -109,6 +111,7 @@ def toy_nsd_keys(params: ToyParams) -> list[str]:
             keys += [nsd.betas_key(subject, session, "nifti"), nsd.betas_key(subject, session, "hdf5")]
         keys += [nsd.roi_key(subject, atlas) for atlas in ("streams", "prf-visualrois", "nsdgeneral")]
         keys += [nsd.brainmask_key(subject), planted_key(subject)]
+        keys += nsd.surface_transform_keys(subject)
     keys.append(ATTRIBUTES_KEY)
     return keys
 
@@ -377,6 +380,8 @@ def write_subject(nsd_root: Path, subject: int, params: ToyParams, design: nsd.E
         volume[brain] = np.clip(np.rint(300.0 * percent), -32768, 32767).astype(np.int16).T
         write_betas(nsd_root / nsd.betas_key(subject, session, "nifti"),
                     nsd_root / nsd.betas_key(subject, session, "hdf5"), volume, affine)
+
+    write_toy_transforms(nsd_root, subject, params.grid)
 
     planted_values = {key: value for key, value in planted.items() if key != "signal"}
     with atomic_path(nsd_root / planted_key(subject)) as tmp:
