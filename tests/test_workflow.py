@@ -46,6 +46,13 @@ def test_lint_is_clean():
     assert "in a good condition" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+def test_snakefmt_check_is_clean():
+    """Snakefile and every .smk parse and are formatted (snakefmt's own rules)."""
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_toy_run_writes_the_toy_world(toy_run):
     assert (toy_run / "resources/toy/nsd/nsddata/experiments/nsd/nsd_expdesign.mat").is_file()
     assert (toy_run / "resources/toy/coco/annotations/captions_val2017.json").is_file()

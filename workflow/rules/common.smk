@@ -77,9 +77,13 @@ def download_targets():
     """
     files = []
     if config["nsd"]["root"] is None:
-        files += [f"{NSD_DOWNLOAD_DIR}/{key}" for key in nsd_download.needed_keys(config)]
+        files += [
+            f"{NSD_DOWNLOAD_DIR}/{key}" for key in nsd_download.needed_keys(config)
+        ]
     if config["coco"]["root"] is None:
-        files += [f"{COCO_DOWNLOAD_DIR}/{name}" for name in nsd_layout.COCO_CAPTION_FILES]
+        files += [
+            f"{COCO_DOWNLOAD_DIR}/{name}" for name in nsd_layout.COCO_CAPTION_FILES
+        ]
     return files
 
 
@@ -87,8 +91,11 @@ def missing_nsd_downloads():
     """Needed NSD keys not yet in ``resources/nsd`` (empty when ``nsd.root`` is set)."""
     if config["nsd"]["root"] is not None:
         return []
-    return [key for key in nsd_download.needed_keys(config)
-            if not Path(NSD_DOWNLOAD_DIR, key).exists()]
+    return [
+        key
+        for key in nsd_download.needed_keys(config)
+        if not Path(NSD_DOWNLOAD_DIR, key).exists()
+    ]
 
 
 def announce_downloads():
@@ -101,7 +108,9 @@ def announce_downloads():
     keys = missing_nsd_downloads()
     if not keys:
         return
-    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=False, show=False)
+    plan = nsd_download.plan_downloads(
+        config["nsd"]["base_url"], keys, online=False, show=False
+    )
     print(f"NSD {plan.summary()}", file=sys.stderr)
     if not config["nsd"]["accept_terms"]:
         print(
@@ -140,7 +149,9 @@ def check_downloads_before_run():
         return
     if not config["nsd"]["accept_terms"]:
         raise WorkflowError(nsd_download.terms_message(len(keys)))
-    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=True, show=False)
+    plan = nsd_download.plan_downloads(
+        config["nsd"]["base_url"], keys, online=True, show=False
+    )
     logger.info(plan.summary())
     write_text("logs/download/nsd_plan.tsv", plan.to_tsv())
     if plan.missing:
@@ -158,7 +169,9 @@ def check_downloads_before_run():
             f"only {nsd_download.format_bytes(free)} are free in {folder.resolve()}"
         )
         if plan.exact:
-            raise WorkflowError(f"{message}; free space or set nsd.root to a local copy")
+            raise WorkflowError(
+                f"{message}; free space or set nsd.root to a local copy"
+            )
         logger.warning(f"{message} (estimated from typical sizes)")
 
 
@@ -173,7 +186,11 @@ def fmri_dir(subject="{subject}"):
 def fmri_roi_outputs(subject="{subject}"):
     """Per-ROI outputs of prepare_fmri (train, test, voxels of each configured ROI)."""
     names = fmri_output_names(config["fmri"]["rois"])
-    return [f"{fmri_dir(subject)}/{name}" for name in names if name.endswith((".npy", ".npz"))]
+    return [
+        f"{fmri_dir(subject)}/{name}"
+        for name in names
+        if name.endswith((".npy", ".npz"))
+    ]
 
 
 def fmri_atlases():
@@ -189,10 +206,14 @@ def fmri_inputs(wildcards):
     atlases, labelled = fmri_atlases()
     beta_format = config["nsd"]["beta_format"]
     return {
-        "betas": [nsd_file(nsd_layout.betas_key(subject, s, beta_format)) for s in SESSIONS],
+        "betas": [
+            nsd_file(nsd_layout.betas_key(subject, s, beta_format)) for s in SESSIONS
+        ],
         "expdesign": nsd_file(nsd_layout.expdesign_key()),
         "atlases": [nsd_file(nsd_layout.roi_key(subject, atlas)) for atlas in atlases],
-        "label_tables": [nsd_file(nsd_layout.label_table_key(atlas)) for atlas in labelled],
+        "label_tables": [
+            nsd_file(nsd_layout.label_table_key(atlas)) for atlas in labelled
+        ],
         "brainmask": nsd_file(nsd_layout.brainmask_key(subject)),
     }
 
@@ -212,8 +233,10 @@ def fmri_targets():
     targets = [f"results/{DATASET}/summary/fmri_qc.tsv"]
     for subject in SUBJECTS:
         targets += fmri_roi_outputs(subject)
-        targets += [f"{fmri_dir(subject)}/{name}"
-                    for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")]
+        targets += [
+            f"{fmri_dir(subject)}/{name}"
+            for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")
+        ]
     return targets
 
 
@@ -224,7 +247,11 @@ FEATURES_DIR = f"results/{DATASET}/features"
 RECON_SHARDS = config["reconstruction"]["n_shards"]
 
 for _feature in DECODED_FEATURES:
-    _unprepared = [roi for roi in config["decoding"][f"{_feature}_rois"] if roi not in config["fmri"]["rois"]]
+    _unprepared = [
+        roi
+        for roi in config["decoding"][f"{_feature}_rois"]
+        if roi not in config["fmri"]["rois"]
+    ]
     if _unprepared:
         raise WorkflowError(
             f"config key 'decoding.{_feature}_rois': {_unprepared} are not prepared; add them to "
@@ -284,7 +311,10 @@ def reconstruction_shard_dir(subject="{subject}", shard="{shard}"):
 
 
 def reconstruction_shard_dirs(wildcards):
-    return [reconstruction_shard_dir(wildcards.subject, shard) for shard in range(RECON_SHARDS)]
+    return [
+        reconstruction_shard_dir(wildcards.subject, shard)
+        for shard in range(RECON_SHARDS)
+    ]
 
 
 def sd_model_inputs():
@@ -304,7 +334,10 @@ TOY_MODEL_DIR = "resources/toy/model"
 def feature_inputs(wildcards):
     """Inputs of extract_features: the design (which images), the stimuli (z) or stim info and
     COCO captions (c), and the model folder when it is a file path (sd_model_inputs)."""
-    inputs = {"expdesign": nsd_file(nsd_layout.expdesign_key()), "model": sd_model_inputs()}
+    inputs = {
+        "expdesign": nsd_file(nsd_layout.expdesign_key()),
+        "model": sd_model_inputs(),
+    }
     if wildcards.feature == "z":
         inputs["stimuli"] = nsd_file(nsd_layout.stimuli_key())
     else:
@@ -316,18 +349,29 @@ def feature_inputs(wildcards):
 def feature_shard_outputs(feature="{feature}", shard="{shard}"):
     """Files of one extract_features job (shard of FEATURE_SHARDS; brainldm.features)."""
     stem = f"{FEATURES_DIR}/shards/{feature}_{shard}of{FEATURE_SHARDS}"
-    return {"features": f"{stem}.npy", "nsd_ids": f"{stem}_nsd_ids.npy", "record": f"{stem}.json"}
+    return {
+        "features": f"{stem}.npy",
+        "nsd_ids": f"{stem}_nsd_ids.npy",
+        "record": f"{stem}.json",
+    }
 
 
 def feature_shard_files(wildcards):
     """Inputs of merge_features: every shard's array, nsdIds and record."""
-    shards = [feature_shard_outputs(wildcards.feature, shard) for shard in range(FEATURE_SHARDS)]
-    return {key: [shard[key] for shard in shards] for key in ("features", "nsd_ids", "record")}
+    shards = [
+        feature_shard_outputs(wildcards.feature, shard)
+        for shard in range(FEATURE_SHARDS)
+    ]
+    return {
+        key: [shard[key] for shard in shards]
+        for key in ("features", "nsd_ids", "record")
+    }
 
 
 def feature_gpus():
     """gpu=1 unless model.device is cpu (``auto`` asks for a GPU: on a cluster the job lands on
-    one; locally, resources are not enforced beyond the profile's limit of one GPU job)."""
+    one; locally, resources are not enforced beyond the profile's limit of one GPU job).
+    """
     return 0 if config["model"]["device"] == "cpu" else 1
 
 
@@ -338,8 +382,11 @@ def feature_threads():
 
 
 def features_targets():
-    return [f"{FEATURES_DIR}/{feature}{suffix}" for feature in DECODED_FEATURES
-            for suffix in (".npy", "_nsd_ids.npy", ".json")]
+    return [
+        f"{FEATURES_DIR}/{feature}{suffix}"
+        for feature in DECODED_FEATURES
+        for suffix in (".npy", "_nsd_ids.npy", ".json")
+    ]
 
 
 def sd_gpus():
@@ -368,7 +415,9 @@ def decoding_targets():
 def reconstruction_targets():
     targets = []
     for subject in SUBJECTS:
-        targets += [reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)]
+        targets += [
+            reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)
+        ]
         targets.append(f"{reconstruction_dir(subject)}/figure.png")
     return targets
 

@@ -22,17 +22,17 @@ onstart:
 rule download_nsd_file:
     output:
         f"{NSD_DOWNLOAD_DIR}/{{key}}",
-    wildcard_constraints:
-        key=NSD_KEY_PATTERN,
-    params:
-        base_url=config["nsd"]["base_url"],
-        accept_terms=config["nsd"]["accept_terms"],
     log:
         "logs/download/nsd/{key}.log",
+    wildcard_constraints:
+        key=NSD_KEY_PATTERN,
     retries: 2
     localrule: True
     conda:
         "../../envs/download.yaml"
+    params:
+        base_url=config["nsd"]["base_url"],
+        accept_terms=config["nsd"]["accept_terms"],
     script:
         "../scripts/download_nsd_file.py"
 
@@ -41,13 +41,13 @@ rule download_coco_annotations:
     output:
         train=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[0]}",
         val=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[1]}",
-    params:
-        url=config["coco"]["annotations_url"],
     log:
         "logs/download/coco_annotations.log",
     retries: 2
     localrule: True
     conda:
         "../../envs/download.yaml"
+    params:
+        url=config["coco"]["annotations_url"],
     script:
         "../scripts/download_coco_annotations.py"
