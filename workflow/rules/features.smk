@@ -26,7 +26,6 @@ if TOY:
         params:
             seed=config["toy"]["seed"],
             fit_steps=config["model"]["toy_fit_steps"],
-            fit_seconds=config["model"]["toy_fit_seconds"],
         script:
             "../scripts/make_toy_model.py"
 
