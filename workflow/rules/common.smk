@@ -8,13 +8,25 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from brainldm import download as nsd_download
 from brainldm import nsd as nsd_layout
 from brainldm.fmri import output_names as fmri_output_names
-from brainldm.config import ConfigError, is_toy, validate_config
+from brainldm.config import ConfigError, check_local_copies, is_toy, validate_config
+from brainldm.recovery import clear_stale_lock, record_lock_owner
 from brainldm.toy_world import ToyParams, toy_nsd_keys
 
 try:
     config.update(validate_config(config))
+    check_local_copies(
+        config, nsd_download.needed_keys(config), list(nsd_layout.COCO_CAPTION_FILES)
+    )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# Crash recovery: a run killed with SIGKILL leaves Snakemake's lock behind; the onstart hook
+# records which process holds it, and the next run removes it here (before Snakemake checks
+# the lock) once that process is gone, so the same command resumes.
+if workflow.is_main_process:
+    _recovery_note = clear_stale_lock()
+    if _recovery_note:
+        print(_recovery_note, file=sys.stderr)
 
 DATASET = config["dataset"]
 SUBJECTS = [f"{subject:02d}" for subject in config["subjects"]]

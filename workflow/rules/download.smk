@@ -1,5 +1,8 @@
 # Downloads, used when nsd.root / coco.root are null: every NSD key the config needs (one job per
 # file, output resources/nsd/<key>) from nsd.base_url, and COCO's two caption files.
+# Retries happen inside the job (brainldm.download: transient errors, with backoff); the rules set
+# retries: 0 (over any profile's --retries) so that a final failure (403/404, an MD5 that differs
+# again on a fresh full download) is not fetched again by Snakemake.
 # The gate and the plan run in the onstart hook, i.e. after the DAG is built and before any job,
 # and never in a dry run (-n): see check_downloads_before_run in common.smk.
 
@@ -16,6 +19,7 @@ announce_downloads()
 
 
 onstart:
+    record_lock_owner()
     check_downloads_before_run()
 
 
@@ -26,7 +30,7 @@ rule download_nsd_file:
         "logs/download/nsd/{key}.log",
     wildcard_constraints:
         key=NSD_KEY_PATTERN,
-    retries: 2
+    retries: 0
     localrule: True
     conda:
         "../../envs/download.yaml"
@@ -43,7 +47,7 @@ rule download_coco_annotations:
         val=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[1]}",
     log:
         "logs/download/coco_annotations.log",
-    retries: 2
+    retries: 0
     localrule: True
     conda:
         "../../envs/download.yaml"
