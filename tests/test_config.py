@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from brainldm.config import ConfigError, load_schema, validate_config
+from brainldm import nsd
+from brainldm.config import ConfigError, check_local_copies, load_schema, validate_config
+from brainldm.download import needed_keys
 from conftest import REPO, merged_config
 
 
@@ -66,6 +68,7 @@ BAD_CONFIGS = [
     ({"model": {"device": "tpu"}}, "model.device", "one of"),
     ({"decoding": {"alpha": [1.0]}}, "decoding.alpha", "unknown key"),
     ({"evaluation": {"identification_features": ["pixel"]}}, "evaluation.identification_features[0]", "one of"),
+    ({"reconstruction": {"strength": 0.01}}, "reconstruction.strength", "int(50 * 0.01) = 0 img2img denoising steps"),
 ]
 
 
@@ -125,3 +128,58 @@ def test_command_line_strings_are_converted_to_the_schemas_types():
     assert validate_config({"dataset": "nsd", "subjects": 5})["subjects"] == [5]
     with pytest.raises(ConfigError, match="'subjects\\[0\\]': value 'one'"):
         validate_config({"dataset": "nsd", "subjects": ["one"]})
+
+
+def test_img2img_strength_must_leave_a_denoising_step():
+    """diffusers runs int(ddim_steps * strength) steps; 0 crashed inside it."""
+    with pytest.raises(ConfigError, match=r"'reconstruction.strength'.*expected at least 1 / ddim_steps = 0.1"):
+        validate_config(merged_config(reconstruction={"strength": 0.05, "ddim_steps": 10}))
+    assert validate_config(merged_config(reconstruction={"strength": 0.1, "ddim_steps": 10}))["reconstruction"]["strength"] == 0.1
+
+
+def local_config(tmp_path, **roots):
+    return validate_config(merged_config(subjects=[1], sessions={"first": 1, "last": 2},
+                                         **{name: {"root": str(root)} for name, root in roots.items()}))
+
+
+def check_roots(config):
+    check_local_copies(config, needed_keys(config), list(nsd.COCO_CAPTION_FILES))
+
+
+def make_files(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "does not exist"), ("a file", "is not a folder"), ("empty", "is empty"),
+    ("partial", "lacks 1 of the"),
+])
+def test_local_nsd_root_is_checked_at_startup_naming_the_key(tmp_path, case, words):
+    root = tmp_path / "nsd"
+    config = local_config(tmp_path, nsd=root)
+    if case == "a file":
+        root.write_text("")
+    elif case == "empty":
+        root.mkdir()
+    elif case == "partial":
+        make_files(root, needed_keys(config)[1:])
+    with pytest.raises(ConfigError) as error:
+        check_roots(config)
+    message = str(error.value)
+    assert message.startswith("config key 'nsd.root'") and words in message and "\n" not in message
+    assert "or null to download" in message
+    if case == "partial":
+        assert needed_keys(config)[0] in message
+
+
+def test_complete_local_copies_and_the_toy_world_pass(tmp_path):
+    config = local_config(tmp_path, nsd=tmp_path / "nsd", coco=tmp_path / "coco")
+    make_files(tmp_path / "nsd", needed_keys(config))
+    with pytest.raises(ConfigError, match="config key 'coco.root': folder .* does not exist"):
+        check_roots(config)
+    make_files(tmp_path / "coco", nsd.COCO_CAPTION_FILES)
+    check_roots(config)
+    # the toy world's roots do not exist before its rule runs
+    check_roots(validate_config(merged_config(REPO / "config" / "toy.yaml")))

@@ -286,6 +286,24 @@ def test_wrong_etag_fails_cleanly_then_a_rerun_starts_over(fresh, toy_world, tmp
     assert result.path.read_bytes() == truth(toy_world)
 
 
+def test_persistent_wrong_etag_is_final_after_one_fresh_full_download(fresh, toy_world, tmp_path):
+    """A mismatch is retried once from byte 0; the same mismatch then is final (2 GETs, not 6)."""
+    fresh.etags[BETAS_KEY] = f'"{hashlib.md5(b"another file").hexdigest()}"'
+    with pytest.raises(dl.DownloadError) as error:
+        fetch(fresh, tmp_path, attempts=6)
+    message = str(error.value)
+    assert "for the second time, on a fresh full download" in message and "not retried" in message
+    assert BETAS_KEY in message and "\n" not in message
+    assert [r["range"] for r in fresh.gets()] == [None, None]
+    dest = tmp_path / "out" / Path(BETAS_KEY).name
+    assert not dest.exists() and not dl.part_path(dest).exists()
+    # one bad answer among good ones still recovers
+    fresh.reset()
+    fresh.faults[BETAS_KEY] = ["etag"]
+    assert fetch(fresh, tmp_path, attempts=6).path.read_bytes() == truth(toy_world)
+    assert len(fresh.gets()) == 2
+
+
 @pytest.mark.parametrize("code, words", [("404", "not found"), ("403", "access denied")])
 def test_404_and_403_stop_at_once_naming_key_and_url(fresh, tmp_path, code, words):
     fresh.faults[BETAS_KEY] = [code]
@@ -598,3 +616,29 @@ def test_end_to_end_stages_match_the_local_copy_run(end_to_end):
     for target in end_to_end["fmri"]:
         downloaded = (end_to_end["download"] / target).read_bytes()
         assert downloaded == (end_to_end["local"] / target).read_bytes(), target
+
+
+def one_key_run(server, tmp_path):
+    """Snakemake asked for one NSD key from ``server`` (terms accepted): its result."""
+    directory = copy_workflow(tmp_path / "wf")
+    (directory / "config" / "one.yaml").write_text(yaml.safe_dump({
+        "subjects": [1], "sessions": {"first": 1, "last": 1},
+        "nsd": {"root": None, "base_url": server.url, "accept_terms": True},
+    }))
+    return directory, snakemake(directory, f"resources/nsd/{BETAS_KEY}", "--configfile", "config/one.yaml",
+                                check=False)
+
+
+@pytest.mark.parametrize("fault", ["404", "403", "etag"])
+def test_final_download_failures_are_not_rerun_by_snakemake(fresh, tmp_path, fault):
+    """A final failure costs its GETs once: Snakemake does not rerun the job (rule retries: 0)."""
+    if fault == "etag":
+        fresh.etags[BETAS_KEY] = f'"{hashlib.md5(b"another file").hexdigest()}"'
+    else:
+        fresh.faults[BETAS_KEY] = [fault] * 20  # GETs fail, the plan's HEAD succeeds
+    directory, result = one_key_run(fresh, tmp_path)
+    assert result.returncode != 0
+    assert len(fresh.gets(BETAS_KEY)) == (2 if fault == "etag" else 1)
+    log = (directory / f"logs/download/nsd/{BETAS_KEY}.log").read_text()
+    assert ("not retried" if fault == "etag" else f"HTTP {fault}") in log
+    assert not (directory / "resources/nsd" / BETAS_KEY).exists()

@@ -186,6 +186,30 @@ def test_shard_files_figure_and_manifests(components, tmp_path):
         rec.reconstruct_shard(components, s, dec, tmp_path / "bad", 0, 2, progress=False)
 
 
+def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_path, monkeypatch):
+    """Images go into a temporary sibling; the shard folder appears only when complete."""
+    z, c, ids = decoded()
+    dec = tmp_path / "decoding"
+    dec.mkdir()
+    for name, array in (("z_pred", z), ("c_pred", c), ("z_nsd_ids", ids), ("c_nsd_ids", ids)):
+        np.save(dec / f"{name}.npy", array)
+    written = []
+    save_png = rec.save_png
+
+    def failing_save_png(path, image):
+        if len(written) == 2:
+            raise RuntimeError("killed")
+        save_png(path, image)
+        written.append(path)
+
+    monkeypatch.setattr(rec, "save_png", failing_save_png)
+    out = tmp_path / "shard0of1"
+    with pytest.raises(RuntimeError, match="killed"):
+        rec.reconstruct_shard(components, settings(methods=("z",), n_samples=1), dec, out, 0, 1, progress=False)
+    assert len(written) == 2 and all(".tmp-" in str(path) for path in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoding"]
+
+
 def test_settings_from_config(paper_config):
     s = ReconstructionSettings.from_config(paper_config["reconstruction"])
     assert (s.n_samples, s.image_size, s.strength, s.ddim_steps, s.ddim_eta, s.guidance_scale, s.seed) == (

@@ -62,7 +62,7 @@ def test_folder_loads_with_sd_classes_and_sd_scheduler(built, components):
     # CLIP-format tokenizer files are there for older transformers too
     assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
     record = json.loads((folder / "brainldm_toy_model.json").read_text())
-    assert record["seed"] == 0 and record["vae_fit"]["steps_done"] == TEST_FIT_STEPS
+    assert record["seed"] == 0 and record["vae_fit"]["steps"] == TEST_FIT_STEPS
     assert record["n_holdout_images"] == int(built["holdout"].sum()) == 30
     assert record["vae_scaling_factor"] == pytest.approx(components.vae.config.scaling_factor)
 
@@ -145,12 +145,12 @@ def test_img2img_pipeline_reads_the_folder(built):
 
 def test_build_is_seeded(tmp_path, built):
     images, captions = built["images"][:12], built["captions"][:12]
-    kwargs = dict(fit_steps=2, fit_seconds=60, threads=1)
+    kwargs = dict(fit_steps=2, threads=1)
     a = build_toy_model(tmp_path / "a", images, captions, seed=3, **kwargs)
     b = build_toy_model(tmp_path / "b", images, captions, seed=3, **kwargs)
     c = build_toy_model(tmp_path / "c", images, captions, seed=4, **kwargs)
     for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "tokenizer/vocab.json"):
+                 "text_encoder/model.safetensors", "tokenizer/vocab.json", "brainldm_toy_model.json"):
         assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
     assert (tmp_path / "a" / "unet/diffusion_pytorch_model.safetensors").read_bytes() != (
         tmp_path / "c" / "unet/diffusion_pytorch_model.safetensors").read_bytes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import time
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -227,3 +229,46 @@ def test_readers_name_the_file_on_bad_input(tmp_path):
     with pytest.raises(nsd.NSDFormatError, match=r"betas_session01.*int16"):
         nsd.read_betas_session(floats)
     assert nsd.root_of("a/b/" + nsd.expdesign_key(), nsd.expdesign_key()).as_posix() == "a/b"
+
+
+def test_every_toy_world_file_is_byte_identical_across_writes(tmp_path):
+    """Same parameters, same bytes in every file (no dates: scipy's savemat stamps one)."""
+    small = ToyParams(n_subjects=2, n_sessions=1, trials_per_session=18, n_shared_images=2,
+                      n_own_images=4, image_size=16, grid=(8, 9, 8), seed=3)
+    write_toy_world(tmp_path / "a" / "nsd", tmp_path / "a" / "coco", small)
+    time.sleep(1.1)  # the MATLAB header's date has one-second resolution
+    write_toy_world(tmp_path / "b" / "nsd", tmp_path / "b" / "coco", small)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert Path("nsd") / nsd.expdesign_key() in files
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # and the fixed header is still a MATLAB file scipy reads
+    assert nsd.read_expdesign(tmp_path / "a" / "nsd" / nsd.expdesign_key()).sharedix.size == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a MATLAB file at all" * 8, "truncated"],
+                         ids=["empty", "garbage", "truncated"])
+def test_corrupt_expdesign_is_one_line_naming_the_file(tmp_path, content):
+    path = tmp_path / "nsd_expdesign.mat"
+    if content == "truncated":
+        scipy.io.savemat(path, {"masterordering": np.arange(1, 500)[None, :]})
+        content = path.read_bytes()[:300]
+    path.write_bytes(content)
+    with pytest.raises(nsd.NSDFormatError) as raised:
+        nsd.read_expdesign(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: not a readable MATLAB file") and "nsd_expdesign.mat" in message
+    assert "\n" not in message
+
+
+def test_captions_that_are_not_json_name_the_file_and_place(tmp_path):
+    path = tmp_path / "captions_train2017.json"
+    path.write_text('{"annotations": [{"id": 1, "image_id": 2, "caption": "a cat"},\n oops]}')
+    with pytest.raises(nsd.NSDFormatError, match=r"captions_train2017\.json: not valid JSON \(.* at line 2 column 2\)"):
+        nsd.read_coco_captions([path])
+    path.write_bytes(b'{"annotations": "\xff"}')
+    with pytest.raises(nsd.NSDFormatError, match=r"captions_train2017\.json: not UTF-8"):
+        nsd.read_coco_captions([path])
+    path.write_text("[]")
+    with pytest.raises(nsd.NSDFormatError, match="key 'annotations' missing"):
+        nsd.read_coco_captions([path])

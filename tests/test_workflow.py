@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 
 def copy_workflow(destination: Path) -> Path:
@@ -44,6 +48,26 @@ def toy_run(tmp_path_factory):
 def test_lint_is_clean():
     result = snakemake(REPO, "--lint", check=False)
     assert "in a good condition" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["missing", "empty"])
+def test_local_nsd_root_that_holds_nothing_stops_at_startup_naming_the_key(tmp_path, empty):
+    directory = copy_workflow(tmp_path / "wf")
+    if empty:
+        (directory / "nsd_copy").mkdir()
+    result = snakemake(directory, "--config", 'nsd={"root": "nsd_copy"}', check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    problem = "is empty" if empty else "does not exist"
+    assert f"config key 'nsd.root': folder 'nsd_copy' {problem}; expected a local NSD copy" in output
+    assert "MissingInputException" not in output and "Missing input files" not in output
+
+
+def test_snakefmt_check_is_clean():
+    """Snakefile and every .smk parse and are formatted (snakefmt's own rules)."""
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_toy_run_writes_the_toy_world(toy_run):
@@ -104,3 +128,76 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
     assert result.errors == [], result.errors
     assert "Summary tables" in open_page(report, settle_seconds=3).summary["text"]
     (toy_run / "results/toy/report/report_screenshot.png").write_bytes(result.screenshot)
+
+# --------------------------------------------------------------------------- determinism, recovery
+
+#: What a run produces: every file under these folders is compared between runs.
+PRODUCED = ("results", "resources")
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``PRODUCED`` in ``directory``, by relative path."""
+    hashes = {}
+    for part in PRODUCED:
+        for path in sorted((directory / part).rglob("*")):
+            if path.is_file():
+                hashes[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
+
+
+@pytest.fixture(scope="module")
+def toy_hashes(toy_run):
+    return file_hashes(toy_run)
+
+
+def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, tmp_path):
+    """Same commit and config: every file under results/ and resources/ has the same bytes."""
+    directory = copy_workflow(tmp_path / "second")
+    snakemake(directory, "--configfile", "config/toy.yaml")
+    second = file_hashes(directory)
+    assert len(toy_hashes) > 100 and any(name.endswith(".png") for name in toy_hashes)
+    assert not differing(toy_hashes, second), differing(toy_hashes, second)[:20]
+
+
+def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path):
+    """SIGKILL during reconstruct_images; the same command then finishes with equal results.
+
+    The kill hits Snakemake and its jobs (the whole process group, as when a machine dies), so
+    Snakemake's lock and a half-filled shard folder are left behind.
+    """
+    directory = tmp_path / "killed"
+    shutil.copytree(toy_run, directory, symlinks=True)
+    recon = directory / "results/toy"
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/toy.yaml",
+               "--forcerun", "reconstruct_images"]
+    with open(tmp_path / "killed.log", "w") as log:
+        run = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        deadline = time.monotonic() + 600
+        try:
+            while not any(recon.glob("subj*/reconstruction/shard*.tmp-*/*/*.png")):
+                assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no reconstruction started"
+                time.sleep(0.05)
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert list((directory / ".snakemake/locks").glob("*.lock")), "the kill left no lock to recover from"
+    partial = list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
+    assert partial, "the kill left no partial shard"
+    # no output path holds part of a shard: a shard folder present has all of its manifest's images
+    for shard in recon.glob("subj*/reconstruction/shard*of*"):
+        if ".tmp-" in shard.name:
+            continue
+        rows = (shard / "manifest.tsv").read_text().splitlines()[1:]
+        assert rows and all((shard / row.split("\t")[3]).is_file() for row in rows), shard
+
+    resumed = snakemake(directory, "--configfile", "config/toy.yaml")
+    assert "removed the lock" in resumed.stderr
+    assert not list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
+    hashes = file_hashes(directory)
+    assert not differing(toy_hashes, hashes), differing(toy_hashes, hashes)[:20]

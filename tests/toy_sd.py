@@ -30,7 +30,7 @@ def _build(nsd_root: str, coco_root: str, out_dir: str, seed: int) -> dict:
     captions = nsd.captions_for(stim_info, coco, all_ids)
     images = nsd.read_stimuli(nsd_root / nsd.stimuli_key(), all_ids)
     record = build_toy_model(out_dir, images, captions, seed=seed, fit_steps=TEST_FIT_STEPS,
-                             fit_seconds=60, threads=1, holdout=holdout)
+                             threads=1, holdout=holdout)
     return {"model_dir": Path(out_dir), "record": record, "nsd_ids": all_ids, "images": images,
             "captions": captions, "holdout": holdout, "design": design, "stim_info": stim_info,
             "coco": coco}

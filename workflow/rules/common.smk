@@ -10,13 +10,25 @@ from brainldm import map_specs
 from brainldm import nsd as nsd_layout
 from brainldm import surface as surface_transforms
 from brainldm.fmri import output_names as fmri_output_names
-from brainldm.config import ConfigError, is_toy, validate_config
+from brainldm.config import ConfigError, check_local_copies, is_toy, validate_config
+from brainldm.recovery import clear_stale_lock, record_lock_owner
 from brainldm.toy_world import ToyParams, toy_nsd_keys
 
 try:
     config.update(validate_config(config))
+    check_local_copies(
+        config, nsd_download.needed_keys(config), list(nsd_layout.COCO_CAPTION_FILES)
+    )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# Crash recovery: a run killed with SIGKILL leaves Snakemake's lock behind; the onstart hook
+# records which process holds it, and the next run removes it here (before Snakemake checks
+# the lock) once that process is gone, so the same command resumes.
+if workflow.is_main_process:
+    _recovery_note = clear_stale_lock()
+    if _recovery_note:
+        print(_recovery_note, file=sys.stderr)
 
 DATASET = config["dataset"]
 SUBJECTS = [f"{subject:02d}" for subject in config["subjects"]]
@@ -79,9 +91,13 @@ def download_targets():
     """
     files = []
     if config["nsd"]["root"] is None:
-        files += [f"{NSD_DOWNLOAD_DIR}/{key}" for key in nsd_download.needed_keys(config)]
+        files += [
+            f"{NSD_DOWNLOAD_DIR}/{key}" for key in nsd_download.needed_keys(config)
+        ]
     if config["coco"]["root"] is None:
-        files += [f"{COCO_DOWNLOAD_DIR}/{name}" for name in nsd_layout.COCO_CAPTION_FILES]
+        files += [
+            f"{COCO_DOWNLOAD_DIR}/{name}" for name in nsd_layout.COCO_CAPTION_FILES
+        ]
     return files
 
 
@@ -89,8 +105,11 @@ def missing_nsd_downloads():
     """Needed NSD keys not yet in ``resources/nsd`` (empty when ``nsd.root`` is set)."""
     if config["nsd"]["root"] is not None:
         return []
-    return [key for key in nsd_download.needed_keys(config)
-            if not Path(NSD_DOWNLOAD_DIR, key).exists()]
+    return [
+        key
+        for key in nsd_download.needed_keys(config)
+        if not Path(NSD_DOWNLOAD_DIR, key).exists()
+    ]
 
 
 def announce_downloads():
@@ -103,7 +122,9 @@ def announce_downloads():
     keys = missing_nsd_downloads()
     if not keys:
         return
-    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=False, show=False)
+    plan = nsd_download.plan_downloads(
+        config["nsd"]["base_url"], keys, online=False, show=False
+    )
     print(f"NSD {plan.summary()}", file=sys.stderr)
     if not config["nsd"]["accept_terms"]:
         print(
@@ -142,7 +163,9 @@ def check_downloads_before_run():
         return
     if not config["nsd"]["accept_terms"]:
         raise WorkflowError(nsd_download.terms_message(len(keys)))
-    plan = nsd_download.plan_downloads(config["nsd"]["base_url"], keys, online=True, show=False)
+    plan = nsd_download.plan_downloads(
+        config["nsd"]["base_url"], keys, online=True, show=False
+    )
     logger.info(plan.summary())
     write_text("logs/download/nsd_plan.tsv", plan.to_tsv())
     if plan.missing:
@@ -160,7 +183,9 @@ def check_downloads_before_run():
             f"only {nsd_download.format_bytes(free)} are free in {folder.resolve()}"
         )
         if plan.exact:
-            raise WorkflowError(f"{message}; free space or set nsd.root to a local copy")
+            raise WorkflowError(
+                f"{message}; free space or set nsd.root to a local copy"
+            )
         logger.warning(f"{message} (estimated from typical sizes)")
 
 
@@ -175,7 +200,11 @@ def fmri_dir(subject="{subject}"):
 def fmri_roi_outputs(subject="{subject}"):
     """Per-ROI outputs of prepare_fmri (train, test, voxels of each configured ROI)."""
     names = fmri_output_names(config["fmri"]["rois"])
-    return [f"{fmri_dir(subject)}/{name}" for name in names if name.endswith((".npy", ".npz"))]
+    return [
+        f"{fmri_dir(subject)}/{name}"
+        for name in names
+        if name.endswith((".npy", ".npz"))
+    ]
 
 
 def fmri_atlases():
@@ -191,10 +220,14 @@ def fmri_inputs(wildcards):
     atlases, labelled = fmri_atlases()
     beta_format = config["nsd"]["beta_format"]
     return {
-        "betas": [nsd_file(nsd_layout.betas_key(subject, s, beta_format)) for s in SESSIONS],
+        "betas": [
+            nsd_file(nsd_layout.betas_key(subject, s, beta_format)) for s in SESSIONS
+        ],
         "expdesign": nsd_file(nsd_layout.expdesign_key()),
         "atlases": [nsd_file(nsd_layout.roi_key(subject, atlas)) for atlas in atlases],
-        "label_tables": [nsd_file(nsd_layout.label_table_key(atlas)) for atlas in labelled],
+        "label_tables": [
+            nsd_file(nsd_layout.label_table_key(atlas)) for atlas in labelled
+        ],
         "brainmask": nsd_file(nsd_layout.brainmask_key(subject)),
     }
 
@@ -214,8 +247,10 @@ def fmri_targets():
     targets = [f"results/{DATASET}/summary/fmri_qc.tsv"]
     for subject in SUBJECTS:
         targets += fmri_roi_outputs(subject)
-        targets += [f"{fmri_dir(subject)}/{name}"
-                    for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")]
+        targets += [
+            f"{fmri_dir(subject)}/{name}"
+            for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")
+        ]
     return targets
 
 
@@ -226,7 +261,11 @@ FEATURES_DIR = f"results/{DATASET}/features"
 RECON_SHARDS = config["reconstruction"]["n_shards"]
 
 for _feature in DECODED_FEATURES:
-    _unprepared = [roi for roi in config["decoding"][f"{_feature}_rois"] if roi not in config["fmri"]["rois"]]
+    _unprepared = [
+        roi
+        for roi in config["decoding"][f"{_feature}_rois"]
+        if roi not in config["fmri"]["rois"]
+    ]
     if _unprepared:
         raise WorkflowError(
             f"config key 'decoding.{_feature}_rois': {_unprepared} are not prepared; add them to "
@@ -286,7 +325,10 @@ def reconstruction_shard_dir(subject="{subject}", shard="{shard}"):
 
 
 def reconstruction_shard_dirs(wildcards):
-    return [reconstruction_shard_dir(wildcards.subject, shard) for shard in range(RECON_SHARDS)]
+    return [
+        reconstruction_shard_dir(wildcards.subject, shard)
+        for shard in range(RECON_SHARDS)
+    ]
 
 
 def sd_model_inputs():
@@ -306,7 +348,10 @@ TOY_MODEL_DIR = "resources/toy/model"
 def feature_inputs(wildcards):
     """Inputs of extract_features: the design (which images), the stimuli (z) or stim info and
     COCO captions (c), and the model folder when it is a file path (sd_model_inputs)."""
-    inputs = {"expdesign": nsd_file(nsd_layout.expdesign_key()), "model": sd_model_inputs()}
+    inputs = {
+        "expdesign": nsd_file(nsd_layout.expdesign_key()),
+        "model": sd_model_inputs(),
+    }
     if wildcards.feature == "z":
         inputs["stimuli"] = nsd_file(nsd_layout.stimuli_key())
     else:
@@ -318,18 +363,29 @@ def feature_inputs(wildcards):
 def feature_shard_outputs(feature="{feature}", shard="{shard}"):
     """Files of one extract_features job (shard of FEATURE_SHARDS; brainldm.features)."""
     stem = f"{FEATURES_DIR}/shards/{feature}_{shard}of{FEATURE_SHARDS}"
-    return {"features": f"{stem}.npy", "nsd_ids": f"{stem}_nsd_ids.npy", "record": f"{stem}.json"}
+    return {
+        "features": f"{stem}.npy",
+        "nsd_ids": f"{stem}_nsd_ids.npy",
+        "record": f"{stem}.json",
+    }
 
 
 def feature_shard_files(wildcards):
     """Inputs of merge_features: every shard's array, nsdIds and record."""
-    shards = [feature_shard_outputs(wildcards.feature, shard) for shard in range(FEATURE_SHARDS)]
-    return {key: [shard[key] for shard in shards] for key in ("features", "nsd_ids", "record")}
+    shards = [
+        feature_shard_outputs(wildcards.feature, shard)
+        for shard in range(FEATURE_SHARDS)
+    ]
+    return {
+        key: [shard[key] for shard in shards]
+        for key in ("features", "nsd_ids", "record")
+    }
 
 
 def feature_gpus():
     """gpu=1 unless model.device is cpu (``auto`` asks for a GPU: on a cluster the job lands on
-    one; locally, resources are not enforced beyond the profile's limit of one GPU job)."""
+    one; locally, resources are not enforced beyond the profile's limit of one GPU job).
+    """
     return 0 if config["model"]["device"] == "cpu" else 1
 
 
@@ -340,8 +396,11 @@ def feature_threads():
 
 
 def features_targets():
-    return [f"{FEATURES_DIR}/{feature}{suffix}" for feature in DECODED_FEATURES
-            for suffix in (".npy", "_nsd_ids.npy", ".json")]
+    return [
+        f"{FEATURES_DIR}/{feature}{suffix}"
+        for feature in DECODED_FEATURES
+        for suffix in (".npy", "_nsd_ids.npy", ".json")
+    ]
 
 
 def sd_gpus():
@@ -370,7 +429,9 @@ def decoding_targets():
 def reconstruction_targets():
     targets = []
     for subject in SUBJECTS:
-        targets += [reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)]
+        targets += [
+            reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)
+        ]
         targets.append(f"{reconstruction_dir(subject)}/figure.png")
     return targets
 
@@ -414,7 +475,10 @@ def maps_dir(subject="{subject}"):
 
 def surface_transform_files(wildcards):
     """The 8 NSD transforms of one subject (lh layerB1-3, lh fsaverage, then rh)."""
-    return [nsd_file(key) for key in nsd_layout.surface_transform_keys(int(wildcards.subject))]
+    return [
+        nsd_file(key)
+        for key in nsd_layout.surface_transform_keys(int(wildcards.subject))
+    ]
 
 
 def check_local_transforms():
@@ -425,7 +489,9 @@ def check_local_transforms():
     for subject in config["subjects"]:
         for key in nsd_layout.surface_transform_keys(subject):
             if not Path(nsd_file(key)).is_file():
-                message = surface_transforms.missing_transform_message(nsd_file(key), key)
+                message = surface_transforms.missing_transform_message(
+                    nsd_file(key), key
+                )
                 raise WorkflowError(message)
 
 
@@ -455,7 +521,13 @@ def maps_targets():
 
 REPORT_DIR = f"results/{DATASET}/report"
 # Summary tables shown in the report (the encoding one once the encoding stage is in the graph).
-REPORT_TABLES = ["fmri_qc", "decoding", "identification", "metrics", "metrics_comparison"]
+REPORT_TABLES = [
+    "fmri_qc",
+    "decoding",
+    "identification",
+    "metrics",
+    "metrics_comparison",
+]
 if "encoding" in config:
     REPORT_TABLES.append("encoding")
 
@@ -464,7 +536,9 @@ def report_targets():
     """Files made only for ``snakemake --report`` (configuration page, tables, figures)."""
     targets = [f"{REPORT_DIR}/configuration.html"]
     targets += [f"{REPORT_DIR}/{table}.html" for table in REPORT_TABLES]
-    targets += [f"{REPORT_DIR}/subj{subject}_reconstructions.png" for subject in SUBJECTS]
+    targets += [
+        f"{REPORT_DIR}/subj{subject}_reconstructions.png" for subject in SUBJECTS
+    ]
     return targets
 
 

@@ -1,6 +1,6 @@
-# Decoding: per subject, ridge maps from prepared fMRI to Stable Diffusion features, the paper's
-# settings (himalaya RidgeCV model: svd, alphas per target by 5-fold unshuffled KFold, X
-# standardised on the training trials, Y raw, no intercept); then one summary table.
+# Decoding stage. Per subject, ridge maps from prepared fMRI to Stable Diffusion features with
+# the paper's settings (himalaya RidgeCV model: svd, alphas per target by 5-fold unshuffled
+# KFold, X standardised on the training trials, Y raw, no intercept); then one summary table.
 
 
 rule fit_decoder:
@@ -8,20 +8,20 @@ rule fit_decoder:
         unpack(decoder_inputs),
     output:
         **decoder_outputs(),
+    log:
+        f"logs/{DATASET}/fit_decoder/subj{{subject}}_{{feature}}.log",
     wildcard_constraints:
         feature="z|c",
-    params:
-        rois=lambda wildcards: config["decoding"][f"{wildcards.feature}_rois"],
-        settings=config["decoding"],
+    conda:
+        "../../envs/decoding.yaml"
     threads: 8
     resources:
         mem_mb=decoder_mem_mb,
         runtime=240,
         gpu=decoder_gpus(),
-    log:
-        f"logs/{DATASET}/fit_decoder/subj{{subject}}_{{feature}}.log",
-    conda:
-        "../../envs/decoding.yaml"
+    params:
+        rois=lambda wildcards: config["decoding"][f"{wildcards.feature}_rois"],
+        settings=config["decoding"],
     script:
         "../scripts/fit_decoder.py"
 
@@ -29,16 +29,18 @@ rule fit_decoder:
 rule summarize_decoding:
     input:
         summaries=expand(
-            f"{decoding_dir('{subject}')}/{{feature}}.json", subject=SUBJECTS, feature=DECODED_FEATURES
+            f"{decoding_dir('{subject}')}/{{feature}}.json",
+            subject=SUBJECTS,
+            feature=DECODED_FEATURES,
         ),
     output:
         table=f"results/{DATASET}/summary/decoding.tsv",
-    params:
-        subjects=[int(s) for s in SUBJECTS for _ in DECODED_FEATURES],
     log:
         f"logs/{DATASET}/summarize_decoding.log",
     localrule: True
     conda:
         "../../envs/decoding.yaml"
+    params:
+        subjects=[int(s) for s in SUBJECTS for _ in DECODED_FEATURES],
     script:
         "../scripts/summarize_decoding.py"

@@ -1,5 +1,8 @@
 # Downloads, used when nsd.root / coco.root are null: every NSD key the config needs (one job per
 # file, output resources/nsd/<key>) from nsd.base_url, and COCO's two caption files.
+# Retries happen inside the job (brainldm.download: transient errors, with backoff); the rules set
+# retries: 0 (over any profile's --retries) so that a final failure (403/404, an MD5 that differs
+# again on a fresh full download) is not fetched again by Snakemake.
 # The gate and the plan run in the onstart hook, i.e. after the DAG is built and before any job,
 # and never in a dry run (-n): see check_downloads_before_run in common.smk.
 
@@ -16,23 +19,24 @@ announce_downloads()
 
 
 onstart:
+    record_lock_owner()
     check_downloads_before_run()
 
 
 rule download_nsd_file:
     output:
         f"{NSD_DOWNLOAD_DIR}/{{key}}",
-    wildcard_constraints:
-        key=NSD_KEY_PATTERN,
-    params:
-        base_url=config["nsd"]["base_url"],
-        accept_terms=config["nsd"]["accept_terms"],
     log:
         "logs/download/nsd/{key}.log",
-    retries: 2
+    wildcard_constraints:
+        key=NSD_KEY_PATTERN,
+    retries: 0
     localrule: True
     conda:
         "../../envs/download.yaml"
+    params:
+        base_url=config["nsd"]["base_url"],
+        accept_terms=config["nsd"]["accept_terms"],
     script:
         "../scripts/download_nsd_file.py"
 
@@ -41,13 +45,13 @@ rule download_coco_annotations:
     output:
         train=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[0]}",
         val=f"{COCO_DOWNLOAD_DIR}/{nsd_layout.COCO_CAPTION_FILES[1]}",
-    params:
-        url=config["coco"]["annotations_url"],
     log:
         "logs/download/coco_annotations.log",
-    retries: 2
+    retries: 0
     localrule: True
     conda:
         "../../envs/download.yaml"
+    params:
+        url=config["coco"]["annotations_url"],
     script:
         "../scripts/download_coco_annotations.py"

@@ -11,36 +11,38 @@ rule identify_reconstructions:
         stimuli=nsd_file(nsd_layout.stimuli_key()),
     output:
         table=f"{evaluation_dir()}/identification.tsv",
-    params:
-        settings=config["reconstruction"],
-        features=config["evaluation"]["identification_features"],
-        clip_model=config["evaluation"]["clip_model"],
-        device=config["model"]["device"],
+    log:
+        f"logs/{DATASET}/identify_reconstructions/subj{{subject}}.log",
+    conda:
+        "../../envs/evaluation.yaml"
     threads: sd_threads()
     resources:
         gpu=sd_gpus(),
         mem_mb=16000,
         runtime=240,
-    log:
-        f"logs/{DATASET}/identify_reconstructions/subj{{subject}}.log",
-    conda:
-        "../../envs/evaluation.yaml"
+    params:
+        settings=config["reconstruction"],
+        features=config["evaluation"]["identification_features"],
+        clip_model=config["evaluation"]["clip_model"],
+        device=config["model"]["device"],
     script:
         "../scripts/identify_reconstructions.py"
 
 
 rule summarize_identification:
     input:
-        tables=expand(f"{evaluation_dir('{subject}')}/identification.tsv", subject=SUBJECTS),
+        tables=expand(
+            f"{evaluation_dir('{subject}')}/identification.tsv", subject=SUBJECTS
+        ),
     output:
         table=f"results/{DATASET}/summary/identification.tsv",
-    params:
-        subjects=[int(s) for s in SUBJECTS],
     log:
         f"logs/{DATASET}/summarize_identification.log",
     localrule: True
     conda:
         "../../envs/evaluation.yaml"
+    params:
+        subjects=[int(s) for s in SUBJECTS],
     script:
         "../scripts/summarize_identification.py"
 

@@ -15,18 +15,17 @@ if TOY:
             captions=coco_caption_files(),
         output:
             model=directory(TOY_MODEL_DIR),
-        params:
-            seed=config["toy"]["seed"],
-            fit_steps=config["model"]["toy_fit_steps"],
-            fit_seconds=config["model"]["toy_fit_seconds"],
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=15,
         log:
             "logs/toy/make_toy_model.log",
         conda:
             "../../envs/features.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=15,
+        params:
+            seed=config["toy"]["seed"],
+            fit_steps=config["model"]["toy_fit_steps"],
         script:
             "../scripts/make_toy_model.py"
 
@@ -36,24 +35,24 @@ rule extract_features:
         unpack(feature_inputs),
     output:
         **feature_shard_outputs(),
+    log:
+        f"logs/{DATASET}/extract_features/{{feature}}_{{shard}}of{FEATURE_SHARDS}.log",
     wildcard_constraints:
         feature="z|c",
         shard=r"\d+",
+    conda:
+        "../../envs/features.yaml"
+    threads: feature_threads()
+    resources:
+        gpu=feature_gpus(),
+        mem_mb=16000,
+        runtime=240,
     params:
         model=config["model"],
         settings=config["features"],
         subjects=config["subjects"],
         sessions=SESSIONS,
         trials_per_session=trials_per_session(),
-    threads: feature_threads()
-    resources:
-        gpu=feature_gpus(),
-        mem_mb=16000,
-        runtime=240,
-    log:
-        f"logs/{DATASET}/extract_features/{{feature}}_{{shard}}of{FEATURE_SHARDS}.log",
-    conda:
-        "../../envs/features.yaml"
     script:
         "../scripts/extract_features.py"
 
@@ -66,18 +65,18 @@ rule merge_features:
         features=f"{FEATURES_DIR}/{{feature}}.npy",
         nsd_ids=f"{FEATURES_DIR}/{{feature}}_nsd_ids.npy",
         record=f"{FEATURES_DIR}/{{feature}}.json",
+    log:
+        f"logs/{DATASET}/merge_features/{{feature}}.log",
     wildcard_constraints:
         feature="z|c",
+    conda:
+        "../../envs/features.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         subjects=config["subjects"],
         sessions=SESSIONS,
         trials_per_session=trials_per_session(),
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    log:
-        f"logs/{DATASET}/merge_features/{{feature}}.log",
-    conda:
-        "../../envs/features.yaml"
     script:
         "../scripts/merge_features.py"

@@ -10,6 +10,14 @@ rule prepare_fmri:
         train_trials=f"{fmri_dir()}/train_trials.tsv",
         test_images=f"{fmri_dir()}/test_images.tsv",
         rois=fmri_roi_outputs(),
+    log:
+        f"logs/{DATASET}/prepare_fmri/subj{{subject}}.log",
+    conda:
+        "../../envs/fmri.yaml"
+    threads: 2
+    resources:
+        mem_mb=2500,
+        runtime=fmri_runtime_minutes(),
     params:
         sessions=SESSIONS,
         rois=config["fmri"]["rois"],
@@ -17,14 +25,6 @@ rule prepare_fmri:
         atlases=fmri_atlases()[0],
         labelled_atlases=fmri_atlases()[1],
         trials_per_session=trials_per_session(),
-    threads: 2
-    resources:
-        mem_mb=2500,
-        runtime=fmri_runtime_minutes(),
-    log:
-        f"logs/{DATASET}/prepare_fmri/subj{{subject}}.log",
-    conda:
-        "../../envs/fmri.yaml"
     script:
         "../scripts/prepare_fmri.py"
 

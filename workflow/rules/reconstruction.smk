@@ -13,21 +13,21 @@ rule reconstruct_images:
         model=sd_model_inputs(),
     output:
         shard=directory(reconstruction_shard_dir()),
+    log:
+        f"logs/{DATASET}/reconstruct_images/subj{{subject}}_shard{{shard}}.log",
     wildcard_constraints:
         shard=r"\d+",
-    params:
-        model=config["model"],
-        settings=config["reconstruction"],
-        n_shards=RECON_SHARDS,
+    conda:
+        "../../envs/reconstruction.yaml"
     threads: sd_threads()
     resources:
         gpu=sd_gpus(),
         mem_mb=16000,
         runtime=720,
-    log:
-        f"logs/{DATASET}/reconstruct_images/subj{{subject}}_shard{{shard}}.log",
-    conda:
-        "../../envs/reconstruction.yaml"
+    params:
+        model=config["model"],
+        settings=config["reconstruction"],
+        n_shards=RECON_SHARDS,
     script:
         "../scripts/reconstruct_images.py"
 
@@ -39,12 +39,12 @@ rule plot_reconstructions:
         stimuli=nsd_file(nsd_layout.stimuli_key()),
     output:
         figure=f"{reconstruction_dir()}/figure.png",
-    params:
-        methods=config["reconstruction"]["methods"],
-        n_images=config["reconstruction"]["figure_images"],
     log:
         f"logs/{DATASET}/plot_reconstructions/subj{{subject}}.log",
     conda:
         "../../envs/reconstruction.yaml"
+    params:
+        methods=config["reconstruction"]["methods"],
+        n_images=config["reconstruction"]["figure_images"],
     script:
         "../scripts/plot_reconstructions.py"

@@ -10,11 +10,11 @@ if TOY:
             expdesign=nsd_file(nsd_layout.expdesign_key()),
             captions=coco_file(nsd_layout.COCO_CAPTION_FILES[0]),
             other=toy_world_files(exclude_anchors=True),
-        params:
-            toy=config["toy"],
         log:
             "logs/toy/make_toy_nsd.log",
         conda:
             "../../envs/toy.yaml"
+        params:
+            toy=config["toy"],
         script:
             "../scripts/make_toy_nsd.py"

@@ -23,7 +23,6 @@ if "snakemake" in globals():
         captions,
         seed=params.seed,
         fit_steps=params.fit_steps,
-        fit_seconds=params.fit_seconds,
         threads=snakemake.threads,
         holdout=np.isin(all_ids, holdout),
     )

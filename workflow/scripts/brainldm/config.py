@@ -183,10 +183,60 @@ def _check_semantics(config: dict) -> None:
                 f"{n_trials} trials; expected n_sessions * trials_per_session = 3 * "
                 f"(n_shared_images + n_own_images) = {3 * n_images}, as in NSD's design"
             )
+    recon = config["reconstruction"]
+    if int(recon["ddim_steps"] * recon["strength"]) == 0:
+        raise ConfigError(
+            f"config key 'reconstruction.strength': value {recon['strength']!r} with ddim_steps "
+            f"{recon['ddim_steps']} leaves int({recon['ddim_steps']} * {recon['strength']!r}) = 0 "
+            f"img2img denoising steps; expected at least 1 / ddim_steps = {1 / recon['ddim_steps']:.4g}"
+        )
     for index, subject in enumerate(config["subjects"]):
         available = sessions_available(config, subject)
         if last > available:
             raise ConfigError(
                 f"config key 'sessions.last': value {last} exceeds the {available} sessions of "
                 f"subject {subject} (subjects[{index}]); expected at most {available}"
+            )
+
+
+def check_local_copies(config: dict, nsd_keys: list[str], coco_files: list[str]) -> None:
+    """Check that ``nsd.root`` and ``coco.root``, when set, hold what the run reads.
+
+    Run at startup, so that a wrong root stops with its key named rather than with Snakemake's
+    list of missing inputs. The toy world's roots are skipped (a rule writes them).
+
+    Parameters
+    ----------
+    nsd_keys : NSD keys the configuration needs (``brainldm.download.needed_keys``).
+    coco_files : COCO caption files relative to ``coco.root``.
+
+    Raises
+    ------
+    ConfigError
+        A root that does not exist, is not a folder, is empty, or lacks needed files.
+    """
+    if is_toy(config):
+        return
+    layouts = {
+        "nsd": (nsd_keys, "a local NSD copy holding nsddata/, nsddata_betas/ and nsddata_stimuli/"),
+        "coco": (coco_files, "a folder holding annotations/captions_{train,val}2017.json"),
+    }
+    for name, (needed, what) in layouts.items():
+        root = config[name]["root"]
+        if root is None:
+            continue
+        folder = Path(root)
+        hint = f"expected {what}, or null to download"
+        if not folder.exists():
+            raise ConfigError(f"config key '{name}.root': folder {root!r} does not exist; {hint}")
+        if not folder.is_dir():
+            raise ConfigError(f"config key '{name}.root': {root!r} is not a folder; {hint}")
+        if not any(folder.iterdir()):
+            raise ConfigError(f"config key '{name}.root': folder {root!r} is empty; {hint}")
+        missing = [key for key in needed if not (folder / key).is_file()]
+        if missing:
+            raise ConfigError(
+                f"config key '{name}.root': folder {root!r} lacks {len(missing)} of the "
+                f"{len(needed)} files this config reads, e.g. {', '.join(missing[:3])}; {hint} "
+                "(a partial copy must hold every file the configured subjects and sessions need)"
             )

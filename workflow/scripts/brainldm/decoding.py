@@ -830,7 +830,6 @@ def decode_feature(
         summary["mean_test_r_centered_shuffled"] = float(np.nanmean(
             per_image_correlation(deviations(ctrl.predictions), truth_dev)
         ))
-    summary["seconds"] = round(time.time() - t0, 2)
     save_npy(out_dir / f"{feature}_pred.npy", fit.predictions.reshape((len(test_ids),) + shape))
     save_npy(out_dir / f"{feature}_nsd_ids.npy", test_ids)
     save_npy(out_dir / f"{feature}_alphas.npy", fit.best_alphas)
@@ -841,7 +840,7 @@ def decode_feature(
     LOGGER.info(
         "%s: mean test r %.4f (shuffled control %s), median alpha %g, %.1f s",
         feature, summary["mean_test_r"], summary["mean_test_r_shuffled"], summary["median_alpha"],
-        summary["seconds"],
+        time.time() - t0,
     )
     return summary
 

@@ -15,10 +15,13 @@ How one file is fetched (:func:`download`)
   multipart ETags (``<md5 of part md5s>-<n parts>``) are checked too when the part size can be
   inferred (the usual 8 MiB or ``ceil(size / n)`` rounded up to a MiB); otherwise only the length
   is verified and the log says so.
-- 5xx, 408, 429, timeouts, connection resets, short bodies and MD5 mismatches are retried with
-  exponential backoff (``backoff * 2**k`` seconds, capped), at most ``attempts`` times; a mismatch
-  discards the ``.part`` first (its bytes cannot be trusted). 401/403/404/410 stop at once with a
-  message naming the key and the URL.
+- 5xx, 408, 429, timeouts, connection resets and short bodies are retried with exponential
+  backoff (``backoff * 2**k`` seconds, capped), at most ``attempts`` times. An MD5 mismatch
+  discards the ``.part`` (its bytes cannot be trusted) and is retried once, from byte 0; a second
+  mismatch, on that fresh full download, is final (the server's file and ETag disagree, and
+  fetching it again would only repeat that). 401/403/404/410 stop at once with a message naming
+  the key and the URL. These are the only retries: the download rules set ``retries: 0``, so
+  Snakemake does not rerun a job that failed for good.
 - Free disk space is checked before the body is read (remaining bytes, plus a reserve for large
   files).
 
@@ -92,6 +95,10 @@ class DownloadError(RuntimeError):
 
 class _Retry(Exception):
     """A failure that another attempt may fix (5xx, timeout, reset, short body, bad MD5)."""
+
+
+class _Mismatch(_Retry):
+    """Bytes that do not match the server's ETag: retried once from byte 0, then final."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -316,6 +323,7 @@ def download(url: str, dest: str | os.PathLike, *, key: str | None = None, attem
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     last_error = "no attempt made"
+    mismatches = 0
     for attempt in range(1, attempts + 1):
         try:
             result = _attempt(url, part, label, timeout=timeout, chunk_size=chunk_size,
@@ -323,6 +331,14 @@ def download(url: str, dest: str | os.PathLike, *, key: str | None = None, attem
                               progress=progress)
         except _Retry as error:
             last_error = str(error)
+            if isinstance(error, _Mismatch):
+                mismatches += 1
+                if mismatches == 2:  # the .part was discarded, so this was a fresh full GET
+                    raise DownloadError(
+                        f"{label}: {last_error}, for the second time, on a fresh full download "
+                        f"of {url}: the server's file does not match its ETag; not retried "
+                        "(check nsd.base_url, or try later if the file is being replaced)"
+                    ) from None
             if attempt == attempts:
                 break
             wait = min(backoff * 2 ** (attempt - 1), max_backoff)
@@ -477,8 +493,8 @@ def _verify(part: Path, total: int | None, etag: str | None, label: str, *, resu
     if expected is not None:
         if md5 != expected:
             part.unlink()
-            raise _Retry(f"MD5 {md5} differs from the server's ETag {expected}; the file was "
-                         "discarded and is fetched again")
+            raise _Mismatch(f"MD5 {md5} differs from the server's ETag {expected}; the file was "
+                            "discarded")
         return size, md5, "md5", resumed_from
     if multipart[0] in multipart_digests.values():
         return size, md5, "multipart-md5", resumed_from

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -599,7 +598,6 @@ def feature_record(components, settings: FeatureSettings, feature: str, extra: d
         "value_settings": settings.value_settings(feature),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "numpy": np.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if feature == "z" and getattr(components, "vae", None) is not None:
         record["vae_scaling_factor"] = float(components.vae.config.scaling_factor)

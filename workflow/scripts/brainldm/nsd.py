@@ -176,11 +176,19 @@ def read_expdesign(path: str | Path) -> ExpDesign:
     Raises
     ------
     NSDFormatError
-        A field is missing or not 1-based positive integers.
+        The file is not a readable MATLAB file, or a field is missing or not 1-based positive
+        integers.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    mat = loadmat(path)
+    try:
+        mat = loadmat(path)
+    except (MatReadError, ValueError, OSError, TypeError, IndexError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NSDFormatError(
+            f"{path}: not a readable MATLAB file ({reason}); expected NSD's nsd_expdesign.mat"
+        ) from error
     fields = {}
     for name in ("masterordering", "subjectim", "sharedix"):
         if name not in mat:
@@ -269,9 +277,20 @@ def read_coco_captions(paths: Iterable[str | Path]) -> dict[int, list[str]]:
     """
     by_image: dict[int, list[tuple[int, str]]] = {}
     for path in paths:
-        with open(path) as handle:
-            data = json.load(handle)
-        if "annotations" not in data:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise NSDFormatError(
+                f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                "expected a COCO captions file (captions_*2017.json)"
+            ) from error
+        except UnicodeDecodeError as error:
+            raise NSDFormatError(
+                f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected a COCO "
+                "captions file (captions_*2017.json)"
+            ) from error
+        if not isinstance(data, dict) or "annotations" not in data:
             raise NSDFormatError(f"{path}: key 'annotations' missing; expected COCO captions JSON")
         for annotation in data["annotations"]:
             by_image.setdefault(int(annotation["image_id"]), []).append(

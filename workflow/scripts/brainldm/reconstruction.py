@@ -343,7 +343,11 @@ def reconstruct_shard(
     *,
     progress: bool = True,
 ) -> list[tuple[int, str, int, str]]:
-    """Reconstruct the test images of one shard of one subject into ``out_dir``."""
+    """Reconstruct the test images of one shard of one subject into the folder ``out_dir``.
+
+    The folder is filled as a temporary sibling and renamed when every image and the manifest
+    are written, so ``out_dir`` never holds part of a shard (a killed job leaves nothing there).
+    """
     z, z_ids = load_decoded(decoding_dir, "z")
     c, c_ids = load_decoded(decoding_dir, "c")
     if not np.array_equal(z_ids, c_ids):
@@ -351,8 +355,9 @@ def reconstruct_shard(
     rows = shard_rows(len(z_ids), shard, n_shards)
     LOGGER.info("shard %d/%d: %d of %d test images, methods %s", shard, n_shards, len(rows),
                 len(z_ids), ",".join(settings.methods))
-    return reconstruct(Reconstructor(components, settings), z[rows], c[rows], z_ids[rows], out_dir,
-                       progress=progress)
+    with atomic_path(out_dir) as tmp:
+        return reconstruct(Reconstructor(components, settings), z[rows], c[rows], z_ids[rows], tmp,
+                           progress=progress)
 
 
 def figure_rows(n_images: int, n_figure: int) -> np.ndarray:

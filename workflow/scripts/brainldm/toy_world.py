@@ -196,14 +196,24 @@ def make_design(params: ToyParams, rng: np.random.Generator) -> tuple[nsd.ExpDes
     return nsd.ExpDesign(masterordering.astype(np.int64), subjectim, shared + 1), seen
 
 
+#: The 116-byte text that opens a MATLAB 5 file; scipy's savemat puts the current date there.
+MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, written by the brainldm toy world".ljust(116)
+
+
 def write_expdesign(path: Path, design: nsd.ExpDesign) -> None:
+    """``nsd_expdesign.mat`` (MATLAB 5 format, as NSD's), the same bytes for the same design."""
+    import io
+
     from scipy.io import savemat
 
+    buffer = io.BytesIO()
+    # MATLAB shapes as in NSD: masterordering and sharedix are 1 x n rows.
+    savemat(buffer, {"masterordering": design.masterordering[None, :].astype(np.float64),
+                     "subjectim": design.subjectim.astype(np.float64),
+                     "sharedix": design.sharedix[None, :].astype(np.float64)})
+    content = MAT_HEADER_TEXT + buffer.getvalue()[len(MAT_HEADER_TEXT):]
     with atomic_path(path) as tmp:
-        # MATLAB shapes as in NSD: masterordering and sharedix are 1 x n rows.
-        savemat(tmp, {"masterordering": design.masterordering[None, :].astype(np.float64),
-                      "subjectim": design.subjectim.astype(np.float64),
-                      "sharedix": design.sharedix[None, :].astype(np.float64)})
+        tmp.write_bytes(content)
 
 
 def write_stim_info(path: Path, design: nsd.ExpDesign, seen: np.ndarray, coco_ids: np.ndarray,
