@@ -125,3 +125,11 @@ def test_command_line_strings_are_converted_to_the_schemas_types():
     assert validate_config({"dataset": "nsd", "subjects": 5})["subjects"] == [5]
     with pytest.raises(ConfigError, match="'subjects\\[0\\]': value 'one'"):
         validate_config({"dataset": "nsd", "subjects": ["one"]})
+
+
+def test_run_subjects_selects_among_the_analysed_subjects():
+    config = merged_config(REPO / "config" / "toy.yaml", run_subjects="2")
+    assert validate_config(config)["run_subjects"] == [2]
+    assert validate_config(merged_config(REPO / "config" / "toy.yaml"))["run_subjects"] is None
+    with pytest.raises(ConfigError, match=r"'run_subjects\[1\]': value 3 is not an analysed subject.*\[1, 2\]"):
+        validate_config(merged_config(REPO / "config" / "toy.yaml", run_subjects=[1, 3]))

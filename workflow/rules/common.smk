@@ -18,6 +18,9 @@ except ConfigError as error:
 
 DATASET = config["dataset"]
 SUBJECTS = [f"{subject:02d}" for subject in config["subjects"]]
+# Subjects whose own jobs this run makes (config key run_subjects); SUBJECTS stays the analysed
+# set, which the features and the summary tables follow.
+RUN_SUBJECTS = [f"{subject:02d}" for subject in config["run_subjects"] or config["subjects"]]
 SESSIONS = list(range(config["sessions"]["first"], config["sessions"]["last"] + 1))
 TOY = is_toy(config)
 NSD_ROOT = config["nsd"]["root"] or "resources/nsd"
@@ -209,8 +212,8 @@ def fmri_runtime_minutes():
 
 def fmri_targets():
     """Every subject's prepared fMRI and the QC summary."""
-    targets = [f"results/{DATASET}/summary/fmri_qc.tsv"]
-    for subject in SUBJECTS:
+    targets = summary_targets("fmri_qc.tsv")
+    for subject in RUN_SUBJECTS:
         targets += fmri_roi_outputs(subject)
         targets += [f"{fmri_dir(subject)}/{name}"
                     for name in ("train_trials.tsv", "test_images.tsv", "qc.tsv")]
@@ -358,8 +361,8 @@ def evaluation_dir(subject="{subject}"):
 
 
 def decoding_targets():
-    targets = [f"results/{DATASET}/summary/decoding.tsv"]
-    for subject in SUBJECTS:
+    targets = summary_targets("decoding.tsv")
+    for subject in RUN_SUBJECTS:
         for feature in DECODED_FEATURES:
             targets += list(decoder_outputs(subject, feature).values())
     return targets
@@ -367,16 +370,22 @@ def decoding_targets():
 
 def reconstruction_targets():
     targets = []
-    for subject in SUBJECTS:
+    for subject in RUN_SUBJECTS:
         targets += [reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)]
         targets.append(f"{reconstruction_dir(subject)}/figure.png")
     return targets
 
 
 def evaluation_targets():
-    targets = [f"results/{DATASET}/summary/identification.tsv"]
-    targets += [f"{evaluation_dir(subject)}/identification.tsv" for subject in SUBJECTS]
+    targets = summary_targets("identification.tsv")
+    targets += [f"{evaluation_dir(subject)}/identification.tsv" for subject in RUN_SUBJECTS]
     return targets
+
+
+def summary_targets(name):
+    """The summary table ``name`` over all analysed subjects, unless run_subjects selects only
+    some of them: such a run leaves every summary as it is (the next full run updates it)."""
+    return [f"results/{DATASET}/summary/{name}"] if RUN_SUBJECTS == SUBJECTS else []
 
 
 def all_targets():

@@ -183,6 +183,12 @@ def _check_semantics(config: dict) -> None:
                 f"{n_trials} trials; expected n_sessions * trials_per_session = 3 * "
                 f"(n_shared_images + n_own_images) = {3 * n_images}, as in NSD's design"
             )
+    for index, subject in enumerate(config["run_subjects"] or []):
+        if subject not in config["subjects"]:
+            raise ConfigError(
+                f"config key 'run_subjects[{index}]': value {subject} is not an analysed subject; "
+                f"expected one of subjects {config['subjects']}"
+            )
     for index, subject in enumerate(config["subjects"]):
         available = sessions_available(config, subject)
         if last > available:
