@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 
 def copy_workflow(destination: Path) -> Path:
@@ -63,3 +65,71 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "config key 'subjects[1]'" in result.stdout + result.stderr
     assert not (directory / "resources").exists()
+
+
+def test_default_profile_limits_gpu_jobs_to_one(toy_run):
+    # Snakemake reads profiles/default beside the Snakefile by itself and, when it schedules jobs
+    # (one cheap job is forced here), states the limit it holds every gpu=1 job to;
+    # `--workflow-profile none` drops it.
+    force = ("--configfile", "config/toy.yaml", "--forcerun", "summarize_fmri_qc")
+    result = snakemake(toy_run, *force)
+    output = result.stdout + result.stderr
+    assert "workflow specific profile profiles/default" in output
+    assert re.search(r'Provided resources: gpu=Resource\("gpu", 1\)', output), output[-3000:]
+    result = snakemake(toy_run, *force, "--workflow-profile", "none")
+    output = result.stdout + result.stderr
+    assert "Finished jobid" in output and "Provided resources" not in output
+
+
+def result_hashes(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory/results``, by path relative to ``directory``."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((directory / "results").rglob("*"))
+        if path.is_file()
+    }
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule -> jobs), without the `all` and `total` rows."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(count) for rule, count in rows if rule not in ("all", "total")}
+
+
+def summary_rows(directory: Path, name: str, subject: int) -> list[str]:
+    lines = (directory / "results/toy/summary" / name).read_text().splitlines()
+    return [line for line in lines[1:] if int(line.split("\t")[0]) == subject]
+
+
+def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_run):
+    before = result_hashes(toy_run)
+    mtimes = {path: (toy_run / path).stat().st_mtime_ns for path in before}
+    rows = {name: summary_rows(toy_run, name, 2) for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv")}
+    subject_1 = "results/toy/subj01/"
+
+    result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
+                       "--forcerun", "prepare_fmri")
+    output = result.stdout + result.stderr
+    assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": 2,
+                                  "plot_reconstructions": 1, "identify_reconstructions": 1}
+    assert "subject=02" not in output
+    after = result_hashes(toy_run)
+    assert sorted(after) == sorted(before)
+    untouched = [path for path in before if not path.startswith(subject_1)]
+    assert any(path.startswith("results/toy/features/") for path in untouched)
+    assert any(path.startswith("results/toy/subj02/") for path in untouched)
+    assert [path for path in untouched if after[path] != before[path]] == []
+    assert [path for path in untouched if (toy_run / path).stat().st_mtime_ns != mtimes[path]] == []
+    rerun = [path for path in before if path.startswith(subject_1)]
+    assert rerun and all((toy_run / path).stat().st_mtime_ns > mtimes[path] for path in rerun)
+
+    # The next full run only brings the summaries up to date; subject 2's rows stay as they were.
+    result = snakemake(toy_run, "--configfile", "config/toy.yaml")
+    assert job_counts(result.stdout + result.stderr) == {
+        "summarize_fmri_qc": 1, "summarize_decoding": 1, "summarize_identification": 1}
+    for name, subject_2_rows in rows.items():
+        assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows
+        assert summary_rows(toy_run, name, 1)
+    assert all(result_hashes(toy_run)[path] == before[path] for path in untouched
+               if not path.startswith("results/toy/summary/"))
