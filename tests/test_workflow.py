@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from brainldm.config import validate_config
+from conftest import merged_config
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
 
@@ -111,7 +114,8 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
                        "--forcerun", "prepare_fmri")
     output = result.stdout + result.stderr
-    assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": 2,
+    shards = validate_config(merged_config(REPO / "config" / "toy.yaml"))["reconstruction"]["n_shards"]
+    assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
                                   "plot_reconstructions": 1, "identify_reconstructions": 1}
     assert "subject=02" not in output
     after = result_hashes(toy_run)
@@ -124,10 +128,12 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     rerun = [path for path in before if path.startswith(subject_1)]
     assert rerun and all((toy_run / path).stat().st_mtime_ns > mtimes[path] for path in rerun)
 
-    # The next full run only brings the summaries up to date; subject 2's rows stay as they were.
+    # The next full run at most brings the summaries up to date (Snakemake reruns one only where
+    # an input's content changed); subject 2's rows stay as they were.
     result = snakemake(toy_run, "--configfile", "config/toy.yaml")
-    assert job_counts(result.stdout + result.stderr) == {
-        "summarize_fmri_qc": 1, "summarize_decoding": 1, "summarize_identification": 1}
+    output = result.stdout + result.stderr
+    summaries = {"summarize_fmri_qc", "summarize_decoding", "summarize_identification"}
+    assert "Nothing to be done" in output or set(job_counts(output)) <= summaries, output[-3000:]
     for name, subject_2_rows in rows.items():
         assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows
         assert summary_rows(toy_run, name, 1)
