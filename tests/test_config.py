@@ -183,3 +183,10 @@ def test_complete_local_copies_and_the_toy_world_pass(tmp_path):
     check_roots(config)
     # the toy world's roots do not exist before its rule runs
     check_roots(validate_config(merged_config(REPO / "config" / "toy.yaml")))
+
+def test_run_subjects_selects_among_the_analysed_subjects():
+    config = merged_config(REPO / "config" / "toy.yaml", run_subjects="2")
+    assert validate_config(config)["run_subjects"] == [2]
+    assert validate_config(merged_config(REPO / "config" / "toy.yaml"))["run_subjects"] is None
+    with pytest.raises(ConfigError, match=r"'run_subjects\[1\]': value 3 is not an analysed subject.*\[1, 2\]"):
+        validate_config(merged_config(REPO / "config" / "toy.yaml", run_subjects=[1, 3]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from brainldm.config import validate_config
+from conftest import merged_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
@@ -116,8 +120,9 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
     """``snakemake --report`` of the toy run, opened in headless Chromium (tests/headless_chromium.py)."""
     from headless_chromium import find_chromium, open_page
 
-    snakemake(toy_run, "--configfile", "config/toy.yaml", "--report", "results/toy/report.html")
-    report = toy_run / "results/toy/report.html"
+    # written beside results/, so the run's own files stay those a fresh run makes
+    snakemake(toy_run, "--configfile", "config/toy.yaml", "--report", "report_test/report.html")
+    report = toy_run / "report_test/report.html"
     page = report.read_text()
     for table in ("fmri_qc", "decoding", "identification", "metrics", "metrics_comparison"):
         assert f"results/toy/report/{table}.html" in page, table
@@ -127,7 +132,8 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
     result = open_page(report, settle_seconds=3, clicks=("Reconstructions",))
     assert result.errors == [], result.errors
     assert "Summary tables" in open_page(report, settle_seconds=3).summary["text"]
-    (toy_run / "results/toy/report/report_screenshot.png").write_bytes(result.screenshot)
+    (toy_run / "report_test/report_screenshot.png").write_bytes(result.screenshot)
+
 
 # --------------------------------------------------------------------------- determinism, recovery
 
@@ -135,10 +141,10 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
 PRODUCED = ("results", "resources")
 
 
-def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``PRODUCED`` in ``directory``, by relative path."""
+def file_hashes(directory: Path, parts: tuple[str, ...] = PRODUCED) -> dict[str, str]:
+    """sha256 of every file under ``parts`` of ``directory``, by path relative to ``directory``."""
     hashes = {}
-    for part in PRODUCED:
+    for part in parts:
         for path in sorted((directory / part).rglob("*")):
             if path.is_file():
                 hashes[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -201,3 +207,68 @@ def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path)
     assert not list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
     hashes = file_hashes(directory)
     assert not differing(toy_hashes, hashes), differing(toy_hashes, hashes)[:20]
+
+
+def test_default_profile_limits_gpu_jobs_to_one(toy_run):
+    # Snakemake reads profiles/default beside the Snakefile by itself and, when it schedules jobs
+    # (one cheap job is forced here), states the limit it holds every gpu=1 job to;
+    # `--workflow-profile none` drops it.
+    force = ("--configfile", "config/toy.yaml", "--forcerun", "summarize_fmri_qc")
+    result = snakemake(toy_run, *force)
+    output = result.stdout + result.stderr
+    assert "workflow specific profile profiles/default" in output
+    assert re.search(r'Provided resources: gpu=Resource\("gpu", 1\)', output), output[-3000:]
+    result = snakemake(toy_run, *force, "--workflow-profile", "none")
+    output = result.stdout + result.stderr
+    assert "Finished jobid" in output and "Provided resources" not in output
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule -> jobs), without the `all` and `total` rows."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(count) for rule, count in rows if rule not in ("all", "total")}
+
+
+def summary_rows(directory: Path, name: str, subject: int) -> list[str]:
+    lines = (directory / "results/toy/summary" / name).read_text().splitlines()
+    return [line for line in lines[1:] if int(line.split("\t")[0]) == subject]
+
+
+def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_run):
+    before = file_hashes(toy_run, parts=("results",))
+    mtimes = {path: (toy_run / path).stat().st_mtime_ns for path in before}
+    rows = {name: summary_rows(toy_run, name, 2)
+            for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv")}
+    subject_1 = "results/toy/subj01/"
+
+    result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
+                       "--forcerun", "prepare_fmri")
+    output = result.stdout + result.stderr
+    shards = validate_config(merged_config(REPO / "config" / "toy.yaml"))["reconstruction"]["n_shards"]
+    assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
+                                  "plot_reconstructions": 1, "identify_reconstructions": 1,
+                                  "evaluate_reconstructions": 1, "report_reconstructions": 1}
+    assert "subject=02" not in output
+    after = file_hashes(toy_run, parts=("results",))
+    assert sorted(after) == sorted(before)
+    untouched = [path for path in before if not path.startswith(subject_1)]
+    assert any(path.startswith("results/toy/features/") for path in untouched)
+    assert any(path.startswith("results/toy/subj02/") for path in untouched)
+    assert [path for path in untouched if after[path] != before[path]] == []
+    assert [path for path in untouched if (toy_run / path).stat().st_mtime_ns != mtimes[path]] == []
+    rerun = [path for path in before if path.startswith(subject_1)]
+    assert rerun and all((toy_run / path).stat().st_mtime_ns > mtimes[path] for path in rerun)
+
+    # The next full run at most brings the summaries up to date (Snakemake reruns one only where
+    # an input's content changed); subject 2's rows stay as they were.
+    result = snakemake(toy_run, "--configfile", "config/toy.yaml")
+    output = result.stdout + result.stderr
+    summaries = {"summarize_fmri_qc", "summarize_decoding", "summarize_identification",
+                 "summarize_metrics", "report_table"}
+    assert "Nothing to be done" in output or set(job_counts(output)) <= summaries, output[-3000:]
+    for name, subject_2_rows in rows.items():
+        assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows
+        assert summary_rows(toy_run, name, 1)
+    assert all(file_hashes(toy_run, parts=("results",))[path] == before[path] for path in untouched
+               if not path.startswith("results/toy/summary/"))

@@ -32,6 +32,11 @@ if workflow.is_main_process:
 
 DATASET = config["dataset"]
 SUBJECTS = [f"{subject:02d}" for subject in config["subjects"]]
+# Subjects whose own jobs this run makes (config key run_subjects); SUBJECTS stays the analysed
+# set, which the features and the summary tables follow.
+RUN_SUBJECTS = [
+    f"{subject:02d}" for subject in config["run_subjects"] or config["subjects"]
+]
 SESSIONS = list(range(config["sessions"]["first"], config["sessions"]["last"] + 1))
 TOY = is_toy(config)
 NSD_ROOT = config["nsd"]["root"] or "resources/nsd"
@@ -244,8 +249,8 @@ def fmri_runtime_minutes():
 
 def fmri_targets():
     """Every subject's prepared fMRI and the QC summary."""
-    targets = [f"results/{DATASET}/summary/fmri_qc.tsv"]
-    for subject in SUBJECTS:
+    targets = summary_targets("fmri_qc.tsv")
+    for subject in RUN_SUBJECTS:
         targets += fmri_roi_outputs(subject)
         targets += [
             f"{fmri_dir(subject)}/{name}"
@@ -419,8 +424,8 @@ def evaluation_dir(subject="{subject}"):
 
 
 def decoding_targets():
-    targets = [f"results/{DATASET}/summary/decoding.tsv"]
-    for subject in SUBJECTS:
+    targets = summary_targets("decoding.tsv")
+    for subject in RUN_SUBJECTS:
         for feature in DECODED_FEATURES:
             targets += list(decoder_outputs(subject, feature).values())
     return targets
@@ -428,7 +433,7 @@ def decoding_targets():
 
 def reconstruction_targets():
     targets = []
-    for subject in SUBJECTS:
+    for subject in RUN_SUBJECTS:
         targets += [
             reconstruction_shard_dir(subject, shard) for shard in range(RECON_SHARDS)
         ]
@@ -437,13 +442,14 @@ def reconstruction_targets():
 
 
 def evaluation_targets():
-    targets = [f"results/{DATASET}/summary/identification.tsv"]
-    targets += [f"{evaluation_dir(subject)}/identification.tsv" for subject in SUBJECTS]
-    targets += [
-        f"results/{DATASET}/summary/{name}.tsv"
-        for name in ("metrics", "metrics_comparison")
-    ]
-    targets += [f"{evaluation_dir(subject)}/metrics.tsv" for subject in SUBJECTS]
+    targets = summary_targets(
+        "identification.tsv", "metrics.tsv", "metrics_comparison.tsv"
+    )
+    for subject in RUN_SUBJECTS:
+        targets += [
+            f"{evaluation_dir(subject)}/{name}.tsv"
+            for name in ("identification", "metrics")
+        ]
     return targets
 
 
@@ -509,7 +515,7 @@ def viewer_volume_names():
 
 def maps_targets():
     targets = []
-    for subject in SUBJECTS:
+    for subject in RUN_SUBJECTS:
         folder = maps_dir(subject)
         targets += [f"{folder}/surface/{name}.npz" for name in MAP_VOLUMES]
         targets += [f"{folder}/{name}.png" for name in MAP_FIGURES]
@@ -533,13 +539,26 @@ if "encoding" in config:
 
 
 def report_targets():
-    """Files made only for ``snakemake --report`` (configuration page, tables, figures)."""
-    targets = [f"{REPORT_DIR}/configuration.html"]
-    targets += [f"{REPORT_DIR}/{table}.html" for table in REPORT_TABLES]
+    """Files made only for ``snakemake --report`` (configuration page, tables, figures); a
+    run_subjects run makes only its subjects' figures and leaves the run-wide pages alone.
+    """
+    targets = []
+    if RUN_SUBJECTS == SUBJECTS:
+        targets.append(f"{REPORT_DIR}/configuration.html")
+        targets += [f"{REPORT_DIR}/{table}.html" for table in REPORT_TABLES]
     targets += [
-        f"{REPORT_DIR}/subj{subject}_reconstructions.png" for subject in SUBJECTS
+        f"{REPORT_DIR}/subj{subject}_reconstructions.png" for subject in RUN_SUBJECTS
     ]
     return targets
+
+
+def summary_targets(*names):
+    """The summary tables ``names`` over all analysed subjects, unless run_subjects selects only
+    some of them: such a run leaves every summary as it is (the next full run updates it).
+    """
+    if RUN_SUBJECTS != SUBJECTS:
+        return []
+    return [f"results/{DATASET}/summary/{name}" for name in names]
 
 
 def all_targets():

@@ -190,6 +190,13 @@ def _check_semantics(config: dict) -> None:
             f"{recon['ddim_steps']} leaves int({recon['ddim_steps']} * {recon['strength']!r}) = 0 "
             f"img2img denoising steps; expected at least 1 / ddim_steps = {1 / recon['ddim_steps']:.4g}"
         )
+
+    for index, subject in enumerate(config["run_subjects"] or []):
+        if subject not in config["subjects"]:
+            raise ConfigError(
+                f"config key 'run_subjects[{index}]': value {subject} is not an analysed subject; "
+                f"expected one of subjects {config['subjects']}"
+            )
     for index, subject in enumerate(config["subjects"]):
         available = sessions_available(config, subject)
         if last > available:
