@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,17 @@ def test_toy_run_writes_the_toy_world(toy_run):
     assert (toy_run / "resources/toy/nsd/nsddata/experiments/nsd/nsd_expdesign.mat").is_file()
     assert (toy_run / "resources/toy/coco/annotations/captions_val2017.json").is_file()
     assert (toy_run / "logs/toy/make_toy_nsd.log").read_text().strip()
+
+
+def test_toy_run_assembles_the_model_and_scores_attributes(toy_run):
+    record = json.loads((toy_run / "resources/toy/model/brainldm_toy_model.json").read_text())
+    assert record["weights"]["sha256"] == json.loads((REPO / "workflow/toy_model/manifest.json").read_text())["sha256"]
+    rows = (toy_run / "results/toy/summary/attributes.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["subject", "method", "attribute", "match", "chance", "n_images", "n_samples"]
+    seen = {tuple(row.split("\t")[:3]) for row in rows[1:]}
+    assert ("2", "c", "shape") in seen and ("1", "original", "position") in seen and len(seen) == 2 * 4 * 5
+    features = {row.split("\t")[2] for row in (toy_run / "results/toy/summary/identification.tsv").read_text().splitlines()[1:]}
+    assert features == {"pixels", "toy_semantic"}
 
 
 def test_toy_rerun_has_nothing_to_do(toy_run):

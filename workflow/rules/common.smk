@@ -9,7 +9,7 @@ from brainldm import download as nsd_download
 from brainldm import nsd as nsd_layout
 from brainldm.fmri import output_names as fmri_output_names
 from brainldm.config import ConfigError, is_toy, validate_config
-from brainldm.toy_world import ToyParams, toy_nsd_keys
+from brainldm.toy_world import ATTRIBUTES_KEY as TOY_ATTRIBUTES_KEY, ToyParams, toy_nsd_keys
 
 try:
     config.update(validate_config(config))
@@ -299,6 +299,15 @@ def sd_model_inputs():
 FEATURE_SHARDS = config["features"]["n_shards"]
 # Rule make_toy_model writes the toy Stable Diffusion here (config/toy.yaml's model.id).
 TOY_MODEL_DIR = "resources/toy/model"
+# The trained toy weights that ship with the workflow (brainldm.toy_training writes them).
+TOY_WEIGHTS_DIR = "workflow/toy_model"
+
+
+def toy_weight_files():
+    """The shipped toy weights folder's manifest and files (inputs of make_toy_model)."""
+    from brainldm.toy_model import MANIFEST, WEIGHT_FILES
+
+    return [f"{TOY_WEIGHTS_DIR}/{MANIFEST}"] + [f"{TOY_WEIGHTS_DIR}/{name}" for name in WEIGHT_FILES.values()]
 
 
 def feature_inputs(wildcards):
@@ -379,6 +388,15 @@ def evaluation_targets():
     return targets
 
 
+def toy_attribute_targets():
+    """On the toy world: the per-subject attribute match tables and their summary."""
+    if not TOY:
+        return []
+    targets = [f"results/{DATASET}/summary/attributes.tsv"]
+    targets += [f"{evaluation_dir(subject)}/attributes.tsv" for subject in SUBJECTS]
+    return targets
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []
@@ -387,4 +405,5 @@ def all_targets():
     targets += download_targets()
     targets += fmri_targets()
     targets += decoding_targets() + reconstruction_targets() + evaluation_targets()
+    targets += toy_attribute_targets()
     return targets
