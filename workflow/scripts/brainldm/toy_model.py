@@ -305,7 +305,7 @@ def fit_vae(
         schedule.step()
         losses.append(float(loss.detach()))
         if step % 100 == 0:
-            log.info("toy VAE fit: step %d/%d loss %.4f", step, steps, float(loss))
+            log.info("toy VAE fit: step %d/%d loss %.4f", step, steps, losses[-1])
     vae.eval().requires_grad_(False)
     return {
         "steps": steps,
