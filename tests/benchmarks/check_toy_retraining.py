@@ -3,7 +3,7 @@
 Reads ``workflow/toy_model/manifest.json`` (its settings, toy world and command), retrains into a
 temporary folder exactly as the documented command does
 (``PYTHONPATH=workflow/scripts nice python3 -m brainldm.toy_training --out workflow/toy_model``;
-about 40 minutes of one CPU core), and prints per file whether the bytes are identical; where
+about 12 minutes of one free CPU core), and prints per file whether the bytes are identical; where
 they are not (another CPU kind or library build rounds differently), the largest weight
 difference and the held-out results side by side. It passes (exit 0) when every file is
 identical, or when each held-out result (VAE PixCorr, classifier accuracy, text-to-image

@@ -1,6 +1,6 @@
 """Train the toy world's Stable Diffusion and semantic classifier; write the weights that ship.
 
-One command retrains everything (about 40 minutes on one CPU core) and writes the folder that
+One command retrains everything (about 12 minutes of one free CPU core) and writes the folder that
 ``workflow/toy_model/`` holds::
 
     PYTHONPATH=workflow/scripts nice python3 -m brainldm.toy_training --out workflow/toy_model
@@ -70,7 +70,7 @@ class TrainingSettings:
 
     seed: int = 0
     vae_steps: int = 240
-    ldm_steps: int = 1800
+    ldm_steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
