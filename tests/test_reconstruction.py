@@ -282,7 +282,7 @@ def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(tmp_path, toy_w
     assert row["match"] > row["chance"] + 0.4, row
     assert abs(match[("c", "position")]["match"] - match[("c", "position")]["chance"]) < 0.15
     assert ident[("zc", "toy_semantic")]["accuracy"] > ident[("z", "toy_semantic")]["accuracy"]
-    assert ident[("zc", "pixels")]["accuracy"] > ident[("c", "pixels")]["accuracy"] + 0.2
+    assert ident[("zc", "pixels")]["accuracy"] > ident[("c", "pixels")]["accuracy"] + 0.1
     # the classifier reads the originals themselves (the ceiling of every method)
     assert min(match[("original", a)]["match"] for a in ("shape", "colour", "size", "position")) > 0.9
 
