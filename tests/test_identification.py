@@ -146,7 +146,7 @@ def test_pixel_extractor_and_registry():
     feats = ident.get_extractor("pixels", pixel_size=8)(images, batch_size=1)
     assert feats["pixels"].shape == (2, 8 * 8 * 3)
     assert feats["pixels"][0].max() == 0 and feats["pixels"][1].min() == 1.0
-    assert set(ident.EXTRACTORS) == {"pixels", "clip", "alexnet", "inception"}
+    assert set(ident.EXTRACTORS) == {"pixels", "clip", "alexnet", "inception", "toy_semantic"}
     with pytest.raises(ValueError, match="unknown"):
         ident.get_extractor("vgg")
 

@@ -1,4 +1,5 @@
-"""The toy Stable Diffusion: SD v1.4's classes at tiny sizes, loadable like SD, VAE fitted."""
+"""The toy Stable Diffusion: SD v1.4's classes at tiny sizes, loadable like SD, assembled from
+the shipped trained weights (checked by sha256)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from brainldm.sd_model import (
 )
 from brainldm.toy_model import (
     EOS,
-    build_toy_model,
+    SHIPPED_WEIGHTS,
+    WEIGHT_FILES,
+    ToyWeightsError,
+    assemble_toy_model,
     caption_words,
     images_to_tensor,
     init_vae_as_pooling,
     learn_bpe,
     pixcorr,
+    read_manifest,
     toy_vocabulary,
     vae_roundtrip,
 )
-from toy_sd import TEST_FIT_STEPS, toy_sd
+from toy_sd import toy_sd
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,9 +67,11 @@ def test_folder_loads_with_sd_classes_and_sd_scheduler(built, components):
     # CLIP-format tokenizer files are there for older transformers too
     assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
     record = json.loads((folder / "brainldm_toy_model.json").read_text())
-    assert record["seed"] == 0 and record["vae_fit"]["steps"] == TEST_FIT_STEPS
-    assert record["n_holdout_images"] == int(built["holdout"].sum()) == 30
-    assert record["vae_scaling_factor"] == pytest.approx(components.vae.config.scaling_factor)
+    weights = record["weights"]
+    assert weights["toy"]["seed"] == 0 and weights["settings"]["seed"] == 0
+    assert weights["n_train_images"] == int((~built["holdout"]).sum()) == 180
+    assert weights["vae_scaling_factor"] == pytest.approx(components.vae.config.scaling_factor)
+    assert weights["command"].startswith("python3 -m brainldm.toy_training")
 
 
 def test_vae_reconstructs_held_out_toy_images(built, components):
@@ -76,10 +83,10 @@ def test_vae_reconstructs_held_out_toy_images(built, components):
     # it is each image that comes back, not a generic picture: pairing with other images is far worse
     shuffled = pixcorr(np.roll(held, 1, axis=0), recon)
     assert shuffled.mean() < r.mean() - 0.3
-    # and the short fit improved on the warm start
-    fit = built["record"]["vae_fit"]
+    # and the fit improved on the warm start
+    fit = built["record"]["weights"]["vae"]
     assert fit["last_loss"] < 0.5 * fit["first_loss"]
-    assert built["record"]["vae_pixcorr_holdout_images"] == pytest.approx(r.mean(), abs=0.02)
+    assert fit["pixcorr_holdout_images"] == pytest.approx(r.mean(), abs=0.02)
 
 
 def test_warm_start_encoder_is_average_pooling(built):
@@ -116,7 +123,7 @@ def test_vocabulary_makes_every_caption_word_one_token(built, components):
     padded = tokenizer(built["captions"][0][0], padding="max_length", max_length=77, return_tensors="pt").input_ids
     assert padded.shape == (1, 77) and int(padded[0, -1]) == tokenizer.convert_tokens_to_ids(EOS)
     assert int(padded[0, 0]) == tokenizer.bos_token_id
-    assert tokenizer.vocab_size == built["record"]["vocab_size"]
+    assert tokenizer.vocab_size == components.text_encoder.config.vocab_size
 
 
 def test_learn_bpe_is_deterministic_and_merges_each_word():
@@ -143,29 +150,36 @@ def test_img2img_pipeline_reads_the_folder(built):
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
 
-def test_build_is_seeded(tmp_path, built):
-    images, captions = built["images"][:12], built["captions"][:12]
-    kwargs = dict(fit_steps=2, threads=1)
-    a = build_toy_model(tmp_path / "a", images, captions, seed=3, **kwargs)
-    b = build_toy_model(tmp_path / "b", images, captions, seed=3, **kwargs)
-    c = build_toy_model(tmp_path / "c", images, captions, seed=4, **kwargs)
+def test_assembly_is_byte_identical_and_checks_sha256(tmp_path, built):
+    import shutil
+
+    assemble_toy_model(tmp_path / "again")
     for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors", "tokenizer/vocab.json", "brainldm_toy_model.json"):
-        assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
-    assert (tmp_path / "a" / "unet/diffusion_pytorch_model.safetensors").read_bytes() != (
-        tmp_path / "c" / "unet/diffusion_pytorch_model.safetensors").read_bytes()
-    assert a["vae_scaling_factor"] == b["vae_scaling_factor"] and a["seed"] != c["seed"]
-    # rebuilding over an existing folder replaces it
-    build_toy_model(tmp_path / "a", images, captions, seed=3, **kwargs)
-    assert not list(tmp_path.glob("a.tmp-*"))
-
-
-def test_bad_inputs_are_named(tmp_path, built):
-    with pytest.raises(ValueError, match=r"\(n, H, W, 3\) uint8"):
-        build_toy_model(tmp_path / "x", built["images"][:4].astype(np.float32), built["captions"][:4])
-    with pytest.raises(ValueError, match="caption list for each of the 4 images"):
-        build_toy_model(tmp_path / "x", built["images"][:4], built["captions"][:3])
+        assert (tmp_path / "again" / part).read_bytes() == (built["model_dir"] / part).read_bytes(), part
+    # assembling over an existing folder replaces it, nothing half-written stays
+    assemble_toy_model(tmp_path / "again")
+    assert not list(tmp_path.glob("again.tmp-*"))
+    # a changed weight file is refused by name, before anything is written
+    damaged = tmp_path / "damaged"
+    shutil.copytree(SHIPPED_WEIGHTS, damaged)
+    unet = damaged / WEIGHT_FILES["unet"]
+    data = bytearray(unet.read_bytes())
+    data[-1] ^= 1
+    unet.write_bytes(bytes(data))
+    with pytest.raises(ToyWeightsError, match=r"unet.safetensors: sha256 [0-9a-f]{64} differs"):
+        assemble_toy_model(tmp_path / "x", damaged)
+    (damaged / "manifest.json").unlink()
+    with pytest.raises(ToyWeightsError, match="manifest.json is missing"):
+        read_manifest(damaged)
     assert not (tmp_path / "x").exists()
+
+
+def test_shipped_weights_are_small_and_listed():
+    manifest = read_manifest()
+    total = sum((SHIPPED_WEIGHTS / name).stat().st_size for name in WEIGHT_FILES.values())
+    assert total < 4_000_000
+    assert sorted(manifest["sha256"]) == sorted(WEIGHT_FILES.values())
 
 
 def test_folder_without_weights_is_named(tmp_path, built):

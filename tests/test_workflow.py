@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -80,6 +81,17 @@ def test_toy_run_writes_the_toy_world(toy_run):
     assert (toy_run / "logs/toy/make_toy_nsd.log").read_text().strip()
 
 
+def test_toy_run_assembles_the_model_and_scores_attributes(toy_run):
+    record = json.loads((toy_run / "resources/toy/model/brainldm_toy_model.json").read_text())
+    assert record["weights"]["sha256"] == json.loads((REPO / "workflow/toy_model/manifest.json").read_text())["sha256"]
+    rows = (toy_run / "results/toy/summary/attributes.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["subject", "method", "attribute", "match", "chance", "n_images", "n_samples"]
+    seen = {tuple(row.split("\t")[:3]) for row in rows[1:]}
+    assert ("2", "c", "shape") in seen and ("1", "original", "position") in seen and len(seen) == 2 * 4 * 5
+    features = {row.split("\t")[2] for row in (toy_run / "results/toy/summary/identification.tsv").read_text().splitlines()[1:]}
+    assert features == {"pixels", "toy_semantic"}
+
+
 def test_toy_rerun_has_nothing_to_do(toy_run):
     result = snakemake(toy_run, "--configfile", "config/toy.yaml", "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
@@ -98,7 +110,7 @@ def test_toy_run_writes_the_field_metrics(toy_run):
 
     rows = read_rows(toy_run / "results/toy/summary/metrics.tsv")
     assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in ("1", "2") for m in ("z", "c", "zc")}
-    assert {r["metric"] for r in rows} == {"PixCorr", "SSIM", "two-way:pixels"}  # config/toy.yaml's list
+    assert {r["metric"] for r in rows} == {"PixCorr", "SSIM", "two-way:pixels", "two-way:toy_semantic"}
     assert all(r["protocol"] == "mindeye" and r["n_samples"] == "1" for r in rows)
     # two-way:pixels is the identification registry's pixel space on the first sample: the same
     # number as identify_reconstructions' two-way accuracy there
@@ -109,7 +121,7 @@ def test_toy_run_writes_the_field_metrics(toy_run):
             reference = two_way[(row["subject"], row["method"])]
             assert row["value"] == reference["two_way_accuracy"] and row["n_images"] == reference["n_images"]
     value = {(r["subject"], r["method"], r["metric"]): float(r["value"]) for r in rows}
-    for subject in ("1", "2"):  # z reconstructions carry the image, c ones (random text encoder) do not
+    for subject in ("1", "2"):  # z reconstructions carry the image's layout, c ones only what the caption says
         assert value[(subject, "z", "PixCorr")] > value[(subject, "c", "PixCorr")] + 0.2
     comparison = read_rows(toy_run / "results/toy/summary/metrics_comparison.tsv")
     assert [r["method"] for r in comparison if r["source"] == "this run"] == ["z", "c", "zc"]
@@ -248,7 +260,8 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     shards = validate_config(merged_config(REPO / "config" / "toy.yaml"))["reconstruction"]["n_shards"]
     assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
                                   "plot_reconstructions": 1, "identify_reconstructions": 1,
-                                  "evaluate_reconstructions": 1, "report_reconstructions": 1}
+                                  "evaluate_reconstructions": 1, "report_reconstructions": 1,
+                                  "match_toy_attributes": 1}
     assert "subject=02" not in output
     after = file_hashes(toy_run, parts=("results",))
     assert sorted(after) == sorted(before)
@@ -265,7 +278,7 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     result = snakemake(toy_run, "--configfile", "config/toy.yaml")
     output = result.stdout + result.stderr
     summaries = {"summarize_fmri_qc", "summarize_decoding", "summarize_identification",
-                 "summarize_metrics", "report_table"}
+                 "summarize_metrics", "summarize_toy_attributes", "report_table"}
     assert "Nothing to be done" in output or set(job_counts(output)) <= summaries, output[-3000:]
     for name, subject_2_rows in rows.items():
         assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows

@@ -122,13 +122,9 @@ def main() -> None:
 
     model_dir = work / "model"
     if not model_dir.exists():
-        from brainldm.toy_model import build_toy_model
+        from brainldm.toy_model import assemble_toy_model
 
-        all_ids = np.sort(nsd.read_stim_info(stim_info_path)["nsdId"])
-        stim_info = nsd.read_stim_info(stim_info_path)
-        coco = nsd.read_coco_captions(caption_paths)
-        build_toy_model(model_dir, nsd.read_stimuli(stimuli, all_ids), nsd.captions_for(stim_info, coco, all_ids),
-                        seed=0, fit_steps=20)
+        assemble_toy_model(model_dir)
     toy = load_stable_diffusion(str(model_dir), device=args.device, dtype=dtype)
     vae, text_encoder, tokenizer, size = toy.vae, toy.text_encoder, toy.tokenizer, params.image_size
     model_name = "toy model (VAE 16-32-32 ch, text 2x32)"

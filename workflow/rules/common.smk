@@ -12,7 +12,11 @@ from brainldm import surface as surface_transforms
 from brainldm.fmri import output_names as fmri_output_names
 from brainldm.config import ConfigError, check_local_copies, is_toy, validate_config
 from brainldm.recovery import clear_stale_lock, record_lock_owner
-from brainldm.toy_world import ToyParams, toy_nsd_keys
+from brainldm.toy_world import (
+    ATTRIBUTES_KEY as TOY_ATTRIBUTES_KEY,
+    ToyParams,
+    toy_nsd_keys,
+)
 
 try:
     config.update(validate_config(config))
@@ -348,6 +352,17 @@ def sd_model_inputs():
 FEATURE_SHARDS = config["features"]["n_shards"]
 # Rule make_toy_model writes the toy Stable Diffusion here (config/toy.yaml's model.id).
 TOY_MODEL_DIR = "resources/toy/model"
+# The trained toy weights that ship with the workflow (brainldm.toy_training writes them).
+TOY_WEIGHTS_DIR = "workflow/toy_model"
+
+
+def toy_weight_files():
+    """The shipped toy weights folder's manifest and files (inputs of make_toy_model)."""
+    from brainldm.toy_model import MANIFEST, WEIGHT_FILES
+
+    return [f"{TOY_WEIGHTS_DIR}/{MANIFEST}"] + [
+        f"{TOY_WEIGHTS_DIR}/{name}" for name in WEIGHT_FILES.values()
+    ]
 
 
 def feature_inputs(wildcards):
@@ -561,6 +576,15 @@ def summary_targets(*names):
     return [f"results/{DATASET}/summary/{name}" for name in names]
 
 
+def toy_attribute_targets():
+    """On the toy world: the per-subject attribute match tables and their summary."""
+    if not TOY:
+        return []
+    targets = summary_targets("attributes.tsv")
+    targets += [f"{evaluation_dir(subject)}/attributes.tsv" for subject in RUN_SUBJECTS]
+    return targets
+
+
 def all_targets():
     """Final outputs of the whole graph for the configured dataset and subjects."""
     targets = []
@@ -572,4 +596,5 @@ def all_targets():
     if MAPS:
         targets += maps_targets()
     targets += report_targets()
+    targets += toy_attribute_targets()
     return targets

@@ -86,3 +86,47 @@ rule summarize_metrics:
         subjects=[int(s) for s in SUBJECTS],
     script:
         "../scripts/summarize_metrics.py"
+
+
+# On the toy world: how often each method's reconstructions show the seen image's planted
+# attributes (shape, colour, size, position, background), read by the shipped toy classifier.
+if TOY:
+
+    rule match_toy_attributes:
+        input:
+            shards=reconstruction_shard_dirs,
+            test_ids=decoder_outputs(feature="z")["nsd_ids"],
+            stimuli=nsd_file(nsd_layout.stimuli_key()),
+            attributes=nsd_file(TOY_ATTRIBUTES_KEY),
+            weights=toy_weight_files(),
+        output:
+            table=f"{evaluation_dir()}/attributes.tsv",
+        log:
+            f"logs/{DATASET}/match_toy_attributes/subj{{subject}}.log",
+        conda:
+            "../../envs/evaluation.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            settings=config["reconstruction"],
+        script:
+            "../scripts/match_toy_attributes.py"
+
+    rule summarize_toy_attributes:
+        input:
+            tables=expand(
+                f"{evaluation_dir('{subject}')}/attributes.tsv", subject=SUBJECTS
+            ),
+        output:
+            table=f"results/{DATASET}/summary/attributes.tsv",
+        log:
+            f"logs/{DATASET}/summarize_toy_attributes.log",
+        localrule: True
+        conda:
+            "../../envs/evaluation.yaml"
+        params:
+            subjects=[int(s) for s in SUBJECTS],
+        script:
+            "../scripts/summarize_toy_attributes.py"

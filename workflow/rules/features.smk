@@ -2,17 +2,15 @@
 # sessions: z (VAE latents) and c (caption embeddings), in n_shards resumable jobs per feature,
 # merged into one array per feature indexed by ascending nsdId. Noise is seeded per
 # (seed, nsdId), so batch size and sharding never change a value. On the toy world, the tiny
-# Stable Diffusion it uses is built first by make_toy_model.
+# Stable Diffusion it uses is first assembled by make_toy_model from the trained weights that
+# ship in workflow/toy_model (retrained by brainldm.toy_training, not by the workflow).
 
 
 if TOY:
 
     rule make_toy_model:
         input:
-            stimuli=nsd_file(nsd_layout.stimuli_key()),
-            stim_info=nsd_file(nsd_layout.stim_info_key()),
-            expdesign=nsd_file(nsd_layout.expdesign_key()),
-            captions=coco_caption_files(),
+            weights=toy_weight_files(),
         output:
             model=directory(TOY_MODEL_DIR),
         log:
@@ -21,11 +19,8 @@ if TOY:
             "../../envs/features.yaml"
         threads: 1
         resources:
-            mem_mb=4000,
-            runtime=15,
-        params:
-            seed=config["toy"]["seed"],
-            fit_steps=config["model"]["toy_fit_steps"],
+            mem_mb=2000,
+            runtime=5,
         script:
             "../scripts/make_toy_model.py"
 

@@ -14,7 +14,8 @@ per image (the first sample).
 Feature extractors (:data:`EXTRACTORS`, :func:`get_extractor`): ``pixels`` (flattened RGB, for
 the toy), ``clip`` (CLIP ViT-L/14 image embedding, ``transformers``), ``inception`` (Inception-v3
 pooled, 2048) and ``alexnet`` (``features.5``, ``features.12``, ``classifier.5``), the last two
-from ``torchvision`` with IMAGENET1K_V1 weights. Every network gets the paper's preprocessing:
+from ``torchvision`` with IMAGENET1K_V1 weights, and ``toy_semantic`` (the toy world's trained
+attribute classifier, :mod:`brainldm.toy_semantic`). Every network gets the paper's preprocessing:
 Resize 299 (shorter side, bilinear) + CenterCrop 299 + ImageNet normalisation. Missing packages
 or weights give :class:`ExtractorUnavailable` with how to stage them (loading code in
 :mod:`brainldm.feature_networks`, shared with the field's eight metrics, :mod:`brainldm.evaluation`).
@@ -308,12 +309,21 @@ EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "clip": lambda **kw: ClipExtractor(model_id=kw.get("clip_model", CLIP_MODEL_ID), device=kw.get("device")),
     "alexnet": lambda **kw: AlexNetExtractor(device=kw.get("device")),
     "inception": lambda **kw: InceptionExtractor(device=kw.get("device")),
+    "toy_semantic": lambda **kw: _toy_semantic_extractor(kw.get("toy_weights")),
 }
+
+
+def _toy_semantic_extractor(weights_dir=None) -> FeatureExtractor:
+    """The toy world's semantic space (:mod:`brainldm.toy_semantic`; imported here, as it
+    imports this module)."""
+    from .toy_semantic import ToySemanticExtractor
+
+    return ToySemanticExtractor(weights_dir)
 
 
 def get_extractor(name: str, **options) -> FeatureExtractor:
     """Build the extractor ``name`` (see :data:`EXTRACTORS`); options: ``device``,
-    ``clip_model``, ``pixel_size``."""
+    ``clip_model``, ``pixel_size``, ``toy_weights`` (a toy weights folder; default the shipped one)."""
     if name not in EXTRACTORS:
         raise ValueError(f"feature extractor {name!r} is unknown; expected one of {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**options)
@@ -470,6 +480,12 @@ def read_subject_tables(paths: Sequence[str | Path], subjects: Sequence[int], co
 
 def summarize_identification(paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path) -> None:
     """Per-subject identification tables into one (columns :data:`SUMMARY_COLUMNS`)."""
+    summarize_tables(paths, subjects, IDENTIFICATION_COLUMNS, out_path)
+
+
+def summarize_tables(paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str],
+                     out_path: str | Path) -> None:
+    """Per-subject TSV tables with ``columns`` into one, a ``subject`` column first."""
     from .atomic import write_text
 
-    write_text(out_path, format_rows(read_subject_tables(paths, subjects, IDENTIFICATION_COLUMNS), SUMMARY_COLUMNS))
+    write_text(out_path, format_rows(read_subject_tables(paths, subjects, columns), ("subject", *columns)))

@@ -1,23 +1,26 @@
-"""A tiny Stable Diffusion in diffusers format for the toy world.
+"""A tiny Stable Diffusion in diffusers format for the toy world, trained on the toy stimuli.
 
-:func:`build_toy_model` writes a folder that :func:`brainldm.sd_model.load_stable_diffusion` and
-``StableDiffusionImg2ImgPipeline.from_pretrained`` read exactly like SD v1.4: the same classes
+:func:`assemble_toy_model` writes a folder that :func:`brainldm.sd_model.load_stable_diffusion`
+and ``StableDiffusionImg2ImgPipeline.from_pretrained`` read exactly like SD v1.4: the same classes
 (``AutoencoderKL``, ``UNet2DConditionModel``, ``CLIPTextModel``, ``CLIPTokenizer``,
-``DDIMScheduler`` with SD v1.4's scheduler settings), at tiny sizes:
+``DDIMScheduler`` with SD v1.4's scheduler settings), at tiny sizes (:data:`TOY_DEFAULTS`):
 
 - VAE: 3 blocks (downsampling x4: a 64 px toy image gives a (4, 16, 16) latent), warm-started
-  as an average-pooling encoder / smoothing decoder (:func:`init_vae_as_pooling`), then fitted
-  for a fixed number of seeded Adam steps on the toy images (posterior samples, MSE + a small KL
-  term) so that decode(encode(x)) is recognisably x; its ``scaling_factor`` is 1 / std of the
-  fitted latents, as SD chose 0.18215 for its own VAE.
+  as an average-pooling encoder / smoothing decoder (:func:`init_vae_as_pooling`) and fitted on
+  the toy images outside the shared (test) set; ``scaling_factor`` = 1 / std of its latents;
 - text encoder: a 2-layer CLIP text transformer with hidden size 32 and 77 positions (so c is
-  (77, 32), built by the same code path as SD's (77, 768)); random, seeded weights.
-- tokenizer: a byte-pair vocabulary learnt from the toy captions' words (every word in them is a
-  single token; any other text falls back to characters).
-- U-Net: 2 blocks (CrossAttnDownBlock2D + DownBlock2D, UpBlock2D + CrossAttnUpBlock2D), cross
-  attention on the text hidden size; random, seeded weights (not fitted).
+  (77, 32), built by the same code path as SD's (77, 768));
+- tokenizer: a byte-pair vocabulary of every word the toy captions can use (each a single
+  token; any other text falls back to characters);
+- U-Net: 2 levels (DownBlock2D + CrossAttnDownBlock2D, CrossAttnUpBlock2D + UpBlock2D, the
+  cross-attention mid block between them) with cross attention on the text hidden size at the
+  8 x 8 level (SD has it at its finer levels; on a CPU, attention over 16 x 16 positions would
+  more than double the cost of training).
 
-Everything the builder did is recorded in ``brainldm_toy_model.json`` inside the folder.
+Text encoder and U-Net are trained together as a text-to-image latent diffusion model by
+:mod:`brainldm.toy_training`, which writes the weights that ship in ``workflow/toy_model/``
+(safetensors, with their sha256 in ``manifest.json``); assembling only checks and copies them, so
+it takes seconds and gives the same bytes every time.
 """
 
 from __future__ import annotations
@@ -26,10 +29,8 @@ import collections
 import json
 import logging
 import os
-import platform
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +58,10 @@ TOY_DEFAULTS = {
     "text_intermediate_size": 64,
     "max_length": 77,
     "unet_block_out_channels": [32, 64],
+    # Cross attention at the 8 x 8 level only (SD has it at the finer levels): attention over
+    # 16 x 16 positions would more than double the CPU cost of a training step.
+    "unet_down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "unet_up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
     "unet_layers_per_block": 1,
     "unet_attention_head_dim": 8,
     "unet_norm_num_groups": 16,
@@ -273,20 +278,19 @@ def fit_vae(
     """Fit ``vae`` in place on ``images`` (n, H, W, 3) uint8 for ``steps`` seeded Adam steps.
 
     Batches are drawn and randomly flipped left-right by a generator seeded with ``seed``; the
-    posterior is sampled as in use. Runs all ``steps`` (no time cap: the weights depend on the
-    seed and the step count only); the duration goes to the log.
+    posterior is sampled as in use (MSE + a small KL term).
 
     Returns
     -------
     dict
-        steps, first/last loss and the fit's settings.
+        steps, first/last loss and the settings.
     """
     x_all = images_to_tensor(images)
     generator = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    start, losses = time.perf_counter(), []
+    losses = []
     for step in range(steps):
         index = torch.randint(len(x_all), (batch_size,), generator=generator)
         flip = torch.rand(batch_size, generator=generator) < 0.5
@@ -301,8 +305,7 @@ def fit_vae(
         schedule.step()
         losses.append(float(loss.detach()))
         if step % 100 == 0:
-            log.info("toy VAE fit: step %d/%d loss %.4f (%.0f s)", step, steps, loss, time.perf_counter() - start)
-    log.info("toy VAE fit: %d steps in %.1f s", steps, time.perf_counter() - start)
+            log.info("toy VAE fit: step %d/%d loss %.4f", step, steps, losses[-1])
     vae.eval().requires_grad_(False)
     return {
         "steps": steps,
@@ -314,188 +317,198 @@ def fit_vae(
     }
 
 
-# --------------------------------------------------------------------------- builder
+# --------------------------------------------------------------------------- components
 
 
-def build_toy_model(
-    out_dir: str | os.PathLike,
-    images: np.ndarray,
-    captions: Sequence[Sequence[str]],
-    seed: int = 0,
-    fit_steps: int = 240,
-    threads: int | None = 1,
-    sizes: dict | None = None,
-    holdout: np.ndarray | None = None,
-) -> dict:
-    """Write a tiny Stable Diffusion (diffusers format) fitted to the toy stimuli.
+def toy_component_configs(vocab: dict[str, int], image_size: int, sizes: dict | None = None) -> dict:
+    """Constructor arguments of the toy VAE, CLIP text config and U-Net (JSON-able).
+
+    Parameters
+    ----------
+    vocab : the tokenizer's vocabulary (its size and special token ids go into the text config)
+    image_size : side of the toy images in pixels (a multiple of the VAE's downsampling)
+    sizes : overrides of :data:`TOY_DEFAULTS`
+    """
+    sizes = {**TOY_DEFAULTS, **(sizes or {})}
+    sd = sd_v1_4_configs()
+    n_vae = len(sizes["vae_block_out_channels"])
+    factor = 2 ** (n_vae - 1)
+    if image_size % factor:
+        raise ValueError(f"toy model: image size {image_size} must be a multiple of {factor}")
+    eos_id, bos_id = vocab[EOS], vocab[BOS]
+    return {
+        "sizes": sizes,
+        "vae": dict(
+            in_channels=3, out_channels=3, latent_channels=sizes["latent_channels"],
+            block_out_channels=list(sizes["vae_block_out_channels"]),
+            layers_per_block=sizes["vae_layers_per_block"],
+            down_block_types=["DownEncoderBlock2D"] * n_vae, up_block_types=["UpDecoderBlock2D"] * n_vae,
+            norm_num_groups=sizes["vae_norm_num_groups"], sample_size=int(image_size), scaling_factor=1.0,
+        ),
+        "text_encoder": dict(
+            vocab_size=len(vocab), hidden_size=sizes["text_hidden_size"],
+            intermediate_size=sizes["text_intermediate_size"], num_hidden_layers=sizes["text_layers"],
+            num_attention_heads=sizes["text_heads"], max_position_embeddings=sizes["max_length"],
+            hidden_act=sd["text_encoder"]["hidden_act"], projection_dim=sizes["text_hidden_size"],
+            bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+        ),
+        "unet": dict(
+            in_channels=sizes["latent_channels"], out_channels=sizes["latent_channels"],
+            sample_size=int(image_size) // factor, block_out_channels=list(sizes["unet_block_out_channels"]),
+            layers_per_block=sizes["unet_layers_per_block"],
+            down_block_types=list(sizes["unet_down_block_types"]),
+            up_block_types=list(sizes["unet_up_block_types"]),
+            cross_attention_dim=sizes["text_hidden_size"], attention_head_dim=sizes["unet_attention_head_dim"],
+            norm_num_groups=sizes["unet_norm_num_groups"],
+        ),
+    }
+
+
+def new_toy_components(configs: dict, seed: int) -> dict:
+    """Freshly initialised ``vae``, ``text_encoder`` and ``unet`` from :func:`toy_component_configs`.
+
+    Each is seeded on its own (``seed``, ``seed + 10``, ``seed + 20``); the VAE starts as
+    :func:`init_vae_as_pooling` sets it.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**configs["vae"])
+    init_vae_as_pooling(vae)
+    torch.manual_seed(seed + 10)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    torch.manual_seed(seed + 20)
+    unet = UNet2DConditionModel(**configs["unet"])
+    return {"vae": vae.eval(), "text_encoder": text_encoder.eval(), "unet": unet.eval()}
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+#: The trained toy weights that ship with the workflow (written by brainldm.toy_training).
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "toy_model"
+MANIFEST = "manifest.json"
+#: Files of a weights folder, by role; their sha256 are in the manifest.
+WEIGHT_FILES = {
+    "vae": "vae.safetensors",
+    "text_encoder": "text_encoder.safetensors",
+    "unet": "unet.safetensors",
+    "semantic": "semantic.safetensors",
+    "vocab": "tokenizer/vocab.json",
+    "merges": "tokenizer/merges.txt",
+}
+
+
+class ToyWeightsError(ValueError):
+    """A toy weights folder is incomplete or a file's sha256 differs from its manifest."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(weights_dir: str | os.PathLike = SHIPPED_WEIGHTS, roles: Sequence[str] | None = None) -> dict:
+    """The manifest of a toy weights folder, after checking the sha256 of the files of ``roles``.
+
+    Raises
+    ------
+    ToyWeightsError
+        The manifest or a file is missing, or a file's sha256 differs from the manifest's.
+    """
+    weights_dir = Path(weights_dir)
+    path = weights_dir / MANIFEST
+    if not path.is_file():
+        raise ToyWeightsError(
+            f"{path} is missing: toy weights folders are written by "
+            "`PYTHONPATH=workflow/scripts python3 -m brainldm.toy_training`"
+        )
+    manifest = json.loads(path.read_text())
+    for role in roles if roles is not None else WEIGHT_FILES:
+        name = WEIGHT_FILES[role]
+        file = weights_dir / name
+        if not file.is_file():
+            raise ToyWeightsError(f"{file} is missing (toy weights: {role})")
+        expected = manifest["sha256"].get(name)
+        actual = sha256_of(file)
+        if actual != expected:
+            raise ToyWeightsError(
+                f"{file}: sha256 {actual} differs from {expected} in {path}; the file is damaged "
+                "or was changed without retraining (brainldm.toy_training writes both)"
+            )
+    return manifest
+
+
+def load_state(weights_dir: str | os.PathLike, role: str) -> dict[str, torch.Tensor]:
+    """A weights file of the folder as float32 tensors (stored as float16 to stay small)."""
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(Path(weights_dir) / WEIGHT_FILES[role]).items()}
+
+
+def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLike = SHIPPED_WEIGHTS) -> dict:
+    """Write the toy Stable Diffusion (diffusers format) from a trained weights folder.
 
     Parameters
     ----------
     out_dir : path
         Folder to create (written to a temporary sibling, then renamed).
-    images : (n_images, H, W, 3) uint8
-        Toy stimuli to fit the VAE on; H and W must be multiples of 4.
-    captions : list (n_images) of list of str
-        Captions of each image; their words make the tokenizer's vocabulary.
-    seed : int
-        Seeds every weight initialisation and the VAE fit.
-    fit_steps : int
-        Adam steps of the VAE fit (the only stopping rule, so the fit is repeatable).
-    threads : int or None
-        torch CPU threads during the build (restored afterwards); None leaves torch's setting.
-        One thread is the fastest for these tiny layers and does not stall on a shared CPU.
-    sizes : dict, optional
-        Overrides of :data:`TOY_DEFAULTS`.
-    holdout : (n_images,) bool, optional
-        Images left out of the VAE fit (their captions still make the vocabulary); the record
-        holds the VAE's PixCorr on them.
+    weights_dir : path
+        Written by :func:`brainldm.toy_training.write_weights`; every file's sha256 is checked
+        against its ``manifest.json`` first.
 
     Returns
     -------
     dict
-        The record written to ``brainldm_toy_model.json``.
+        The record written to ``brainldm_toy_model.json``: the manifest (training command,
+        settings and results, sha256 of each file) and the library versions used here.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    sizes = {**TOY_DEFAULTS, **(sizes or {})}
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"toy model images: expected (n, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    factor = 2 ** (len(sizes["vae_block_out_channels"]) - 1)
-    if images.shape[1] % factor or images.shape[2] % factor:
-        raise ValueError(f"toy model images: height and width {images.shape[1:3]} must be multiples of {factor}")
-    if len(captions) != len(images) or any(len(c) == 0 for c in captions):
-        raise ValueError(
-            f"toy model captions: expected a non-empty caption list for each of the {len(images)} "
-            f"images, got {len(captions)} lists"
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir, roles=("vae", "text_encoder", "unet", "vocab", "merges"))
+    configs = manifest["configs"]
+    vae = AutoencoderKL(**{**configs["vae"], "scaling_factor": manifest["vae_scaling_factor"]})
+    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    unet = UNet2DConditionModel(**configs["unet"])
+    for role, module in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet)):
+        module.load_state_dict(load_state(weights_dir, role), strict=True)
+        module.eval()
+    vocab = json.loads((weights_dir / WEIGHT_FILES["vocab"]).read_text())
+    merges = [tuple(line.split(" ")) for line in (weights_dir / WEIGHT_FILES["merges"]).read_text().splitlines()[1:] if line]
+    max_length = configs["sizes"]["max_length"]
+
+    import diffusers
+    import transformers
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        write_tokenizer_files(tmp / "tokenizer_src", vocab, merges, max_length)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer_src")
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
         )
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    started = time.perf_counter()
-    try:
-        sd = sd_v1_4_configs()
-        n_vae = len(sizes["vae_block_out_channels"])
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=sizes["latent_channels"],
-            block_out_channels=tuple(sizes["vae_block_out_channels"]),
-            layers_per_block=sizes["vae_layers_per_block"],
-            down_block_types=("DownEncoderBlock2D",) * n_vae,
-            up_block_types=("UpDecoderBlock2D",) * n_vae,
-            norm_num_groups=sizes["vae_norm_num_groups"],
-            sample_size=int(images.shape[1]),
-            scaling_factor=1.0,
-        )
-        init_vae_as_pooling(vae)
-        holdout = np.zeros(len(images), bool) if holdout is None else np.asarray(holdout, dtype=bool)
-        if holdout.shape != (len(images),) or holdout.all():
-            raise ValueError(f"toy model holdout: expected ({len(images)},) bool leaving images to fit on")
-        fit_images = images[~holdout]
-        fit = fit_vae(vae, fit_images, seed=seed, steps=fit_steps)
-        with torch.no_grad():
-            x = images_to_tensor(fit_images)
-            generator = torch.Generator().manual_seed(seed + 1)
-            latents = torch.cat([vae.encode(x[i : i + 64]).latent_dist.sample(generator=generator) for i in range(0, len(x), 64)])
-        scaling_factor = float(f"{1.0 / float(latents.std()):.5g}")
-        vae.register_to_config(scaling_factor=scaling_factor)
-        generator = torch.Generator().manual_seed(seed + 2)
-        fit_pixcorr = float(np.mean(pixcorr(fit_images, vae_roundtrip(vae, fit_images, generator))))
-        held = images[holdout]
-        held_pixcorr = float(np.mean(pixcorr(held, vae_roundtrip(vae, held, generator)))) if len(held) else None
-        log.info("toy VAE: %s, PixCorr fit %.3f held out %s, scaling factor %.5g", fit, fit_pixcorr, held_pixcorr, scaling_factor)
-
-        vocab, merges = toy_vocabulary(captions)
-        eos_id, bos_id = vocab[EOS], vocab[BOS]
-        torch.manual_seed(seed + 10)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=sizes["text_hidden_size"],
-                intermediate_size=sizes["text_intermediate_size"],
-                num_hidden_layers=sizes["text_layers"],
-                num_attention_heads=sizes["text_heads"],
-                max_position_embeddings=sizes["max_length"],
-                hidden_act=sd["text_encoder"]["hidden_act"],
-                projection_dim=sizes["text_hidden_size"],
-                bos_token_id=bos_id,
-                eos_token_id=eos_id,
-                pad_token_id=eos_id,
-            )
-        ).eval()
-
-        n_unet = len(sizes["unet_block_out_channels"])
-        torch.manual_seed(seed + 20)
-        unet = UNet2DConditionModel(
-            in_channels=sizes["latent_channels"],
-            out_channels=sizes["latent_channels"],
-            sample_size=int(images.shape[1]) // factor,
-            block_out_channels=tuple(sizes["unet_block_out_channels"]),
-            layers_per_block=sizes["unet_layers_per_block"],
-            down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
-            cross_attention_dim=sizes["text_hidden_size"],
-            attention_head_dim=sizes["unet_attention_head_dim"],
-            norm_num_groups=sizes["unet_norm_num_groups"],
-        ).eval()
-        scheduler = DDIMScheduler(**sd["scheduler"])
-
-        out_dir = Path(out_dir)
-        with atomic_path(out_dir) as tmp:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            write_tokenizer_files(tmp / "tokenizer_src", vocab, merges, sizes["max_length"])
-            tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer_src")
-            pipe = StableDiffusionPipeline(
-                vae=vae,
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-            pipe.save_pretrained(tmp, safe_serialization=True)
-            # transformers 5 saves tokenizer.json only; keep the CLIP-format files beside it too.
-            write_tokenizer_files(tmp / "tokenizer", vocab, merges, sizes["max_length"])
-            shutil.rmtree(tmp / "tokenizer_src")
-            import diffusers
-            import transformers
-
-            record = {
-                "what": "brainldm toy Stable Diffusion (SD v1.4 classes at tiny sizes)",
-                "seed": seed,
-                "n_images": int(len(images)),
-                "n_fit_images": int(len(fit_images)),
-                "n_holdout_images": int(holdout.sum()),
-                "image_size": [int(images.shape[1]), int(images.shape[2])],
-                "latent_shape": [sizes["latent_channels"], int(images.shape[1]) // factor, int(images.shape[2]) // factor],
-                "sizes": sizes,
-                "vae_fit": fit,
-                "vae_init": "init_vae_as_pooling (average-pool encoder, smoothing decoder), then the fit",
-                "vae_pixcorr_fit_images": round(fit_pixcorr, 4),
-                "vae_pixcorr_holdout_images": None if held_pixcorr is None else round(held_pixcorr, 4),
-                "vae_scaling_factor": scaling_factor,
-                "vocab_size": len(vocab),
-                "n_merges": len(merges),
-                "n_caption_words": len(caption_words(captions)),
-                "scheduler": sd["scheduler"],
-                "threads": torch.get_num_threads(),
-                "versions": {
-                    "torch": torch.__version__,
-                    "diffusers": diffusers.__version__,
-                    "transformers": transformers.__version__,
-                    "python": platform.python_version(),
-                },
-            }
-            (tmp / "brainldm_toy_model.json").write_text(json.dumps(record, indent=2) + "\n")
-            log.info("toy model built in %.1f s", time.perf_counter() - started)
-            if out_dir.exists():  # os.replace cannot replace a non-empty folder
-                shutil.rmtree(out_dir)
-    finally:
-        torch.set_num_threads(previous_threads)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # transformers 5 saves tokenizer.json only; keep the CLIP-format files beside it too.
+        write_tokenizer_files(tmp / "tokenizer", vocab, merges, max_length)
+        shutil.rmtree(tmp / "tokenizer_src")
+        record = {
+            "what": "brainldm toy Stable Diffusion (SD v1.4 classes at tiny sizes, trained on the toy world)",
+            "weights": manifest,
+            "assembled_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                               "transformers": transformers.__version__},
+        }
+        (tmp / "brainldm_toy_model.json").write_text(json.dumps(record, indent=2) + "\n")
+        if out_dir.exists():  # os.replace cannot replace a non-empty folder
+            shutil.rmtree(out_dir)
     return record

@@ -27,22 +27,8 @@ import numpy as np
 
 from . import nsd
 from .atomic import atomic_path, write_text
+from .toy_attributes import ATTRIBUTE_VALUES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
 from .toy_surface import write_toy_transforms
-
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 70, 220),
-    "yellow": (235, 215, 40),
-    "white": (245, 245, 245),
-}
-SIZES = {"small": 0.16, "large": 0.3}  # object radius as a fraction of the image side
-POSITIONS = {
-    "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7),
-    "centre": (0.5, 0.5),
-}
-BACKGROUNDS = {"gray": (128, 128, 128), "dark": (30, 30, 40), "sand": (200, 180, 140)}
 
 SYNONYMS = {
     "circle": ["circle", "disk", "round shape"], "square": ["square", "box", "block"],
@@ -128,9 +114,7 @@ def planted_key(subject: int) -> str:
 
 def draw_attributes(n_images: int, rng: np.random.Generator) -> list[dict[str, str]]:
     """Random attributes (shape, colour, size, position, background) for each image."""
-    pools = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
-             "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
-    return [{key: str(rng.choice(values)) for key, values in pools.items()} for _ in range(n_images)]
+    return [{key: str(rng.choice(values)) for key, values in ATTRIBUTE_VALUES.items()} for _ in range(n_images)]
 
 
 def render_image(attributes: dict[str, str], size: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,6 +149,16 @@ def write_captions(attributes: dict[str, str], rng: np.random.Generator, n_capti
         caption = template.format(**words)
         captions.append(caption[0].upper() + caption[1:] + ".")
     return captions
+
+
+def caption_corpus() -> list[str]:
+    """Every word the toy captions can use: the templates' own words and every synonym.
+
+    A vocabulary learnt from these covers the captions of any toy seed.
+    """
+    texts = [" ".join(template.replace("{", " ").replace("}", " ").split()) for template in TEMPLATES]
+    texts = [" ".join(w for w in text.split() if w not in ATTRIBUTE_VALUES) + " ." for text in texts]
+    return texts + [phrase for phrases in SYNONYMS.values() for phrase in phrases]
 
 
 # --------------------------------------------------------------------------- design
@@ -402,6 +396,54 @@ def write_subject(nsd_root: Path, subject: int, params: ToyParams, design: nsd.E
 # --------------------------------------------------------------------------- entry point
 
 
+@dataclass(frozen=True)
+class ToyStimuli:
+    """The toy world's stimuli and design, drawn from ``params.seed`` (nsdId = row index).
+
+    Attributes
+    ----------
+    attributes : list (n_images) of dict
+    images : (n_images, image_size, image_size, 3) uint8
+    captions : list (n_images) of list of str
+    design : brainldm.nsd.ExpDesign
+    seen : (n_images, n_subjects) bool
+    coco_ids : (n_images,) int64
+    coco_splits : list (n_images) of str
+    subject_seeds : list of numpy SeedSequence, one per subject (its betas and atlases)
+    """
+
+    attributes: list
+    images: np.ndarray
+    captions: list
+    design: nsd.ExpDesign
+    seen: np.ndarray
+    coco_ids: np.ndarray
+    coco_splits: list
+    subject_seeds: list
+
+    @property
+    def shared_nsd_ids(self) -> np.ndarray:
+        """0-based nsdIds of the shared (test) images."""
+        return self.design.shared_nsd_ids()
+
+
+def toy_stimuli(params: ToyParams) -> ToyStimuli:
+    """Draw the toy world's stimuli, captions and design without writing anything.
+
+    The same draws as :func:`write_toy_world` (which calls it), so training code can use the
+    exact images and captions of a toy world.
+    """
+    seeds = np.random.SeedSequence(params.seed).spawn(3 + params.n_subjects)
+    stimulus_rng, design_rng, caption_rng = (np.random.default_rng(s) for s in seeds[:3])
+    attributes = draw_attributes(params.n_images, stimulus_rng)
+    images = np.stack([render_image(a, params.image_size, stimulus_rng) for a in attributes])
+    design, seen = make_design(params, design_rng)
+    coco_ids = 100_000 + design_rng.choice(900_000, size=params.n_images, replace=False)
+    coco_splits = ["val2017" if design_rng.random() < 0.2 else "train2017" for _ in range(params.n_images)]
+    captions = [write_captions(a, caption_rng) for a in attributes]
+    return ToyStimuli(attributes, images, captions, design, seen, coco_ids, coco_splits, list(seeds[3:]))
+
+
 def write_toy_world(nsd_root: str | Path, coco_root: str | Path, params: ToyParams) -> None:
     """Write the whole toy world: NSD files under ``nsd_root``, caption JSONs under ``coco_root``.
 
@@ -410,26 +452,20 @@ def write_toy_world(nsd_root: str | Path, coco_root: str | Path, params: ToyPara
     import h5py
 
     nsd_root, coco_root = Path(nsd_root), Path(coco_root)
-    seeds = np.random.SeedSequence(params.seed).spawn(3 + params.n_subjects)
-    stimulus_rng, design_rng, caption_rng = (np.random.default_rng(s) for s in seeds[:3])
-
-    attributes = draw_attributes(params.n_images, stimulus_rng)
-    images = np.stack([render_image(a, params.image_size, stimulus_rng) for a in attributes])
+    world = toy_stimuli(params)
+    attributes, images, captions, design, seen = (
+        world.attributes, world.images, world.captions, world.design, world.seen)
     with atomic_path(nsd_root / nsd.stimuli_key()) as tmp, h5py.File(tmp, "w") as handle:
         handle.create_dataset("imgBrick", data=images, chunks=(1, *images.shape[1:]))
 
-    design, seen = make_design(params, design_rng)
     write_expdesign(nsd_root / nsd.expdesign_key(), design)
-    coco_ids = 100_000 + design_rng.choice(900_000, size=params.n_images, replace=False)
-    coco_splits = ["val2017" if design_rng.random() < 0.2 else "train2017" for _ in range(params.n_images)]
-    write_stim_info(nsd_root / nsd.stim_info_key(), design, seen, coco_ids, coco_splits)
-    captions = [write_captions(a, caption_rng) for a in attributes]
-    write_coco(coco_root, coco_ids, coco_splits, captions, params.image_size)
+    write_stim_info(nsd_root / nsd.stim_info_key(), design, seen, world.coco_ids, world.coco_splits)
+    write_coco(coco_root, world.coco_ids, world.coco_splits, captions, params.image_size)
     for atlas, labels in (("streams", STREAMS_LABELS), ("prf-visualrois", PRF_LABELS)):
         write_text(nsd_root / nsd.label_table_key(atlas),
                    "".join(f"{value} {name}\n" for name, value in labels.items()))
 
     for subject in range(1, params.n_subjects + 1):
         write_subject(nsd_root, subject, params, design, images, attributes,
-                      np.random.default_rng(seeds[3 + subject - 1]))
+                      np.random.default_rng(world.subject_seeds[subject - 1]))
     write_text(nsd_root / ATTRIBUTES_KEY, json.dumps(attributes))
