@@ -63,3 +63,17 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "config key 'subjects[1]'" in result.stdout + result.stderr
     assert not (directory / "resources").exists()
+
+
+def test_toy_run_encoding_finds_the_planted_tuning(toy_run):
+    """The whole graph's encoding stage: z best in early, c best in ventral, for every subject."""
+    import csv
+
+    with open(toy_run / "results/toy/summary/encoding.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    r = {(row["subject"], row["model"], row["roi"]): float(row["mean_r"]) for row in rows if not row["unique_space"]}
+    for subject in ("1", "2"):
+        assert r[(subject, "z", "early")] > r[(subject, "z", "ventral")]
+        assert r[(subject, "c", "ventral")] > r[(subject, "c", "early")]
+    for name in ("z+c_unique_c.nii.gz", "zc0.5_significant.nii.gz", "unet_best_step.nii.gz"):
+        assert (toy_run / "results/toy/subj02/encoding/volumes" / name).is_file(), name

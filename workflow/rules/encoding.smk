@@ -1,6 +1,7 @@
-# Encoding: voxelwise models predicting every voxel of encoding.mask from the LDM's parts.
-# First the encoding features of every seen image (zc at each noise level, pooled U-Net block
-# outputs at early/middle/late denoising steps; sharded and resumable like extract_features),
+# Voxelwise models predicting every voxel of the configured mask from the LDM's parts.
+# First the features of this stage for every seen image (zc at each noise level, pooled U-Net
+# block outputs at early/middle/late denoising steps; sharded and resumable like
+# extract_features),
 # then per subject one job per model (single spaces z, c, zc*, unet_*; banded joints z+c, z+zc*),
 # then per subject the voxel table, NIfTI volumes and ROI summary; then one summary table.
 
@@ -13,21 +14,21 @@ rule extract_encoding_features:
         model=sd_model_inputs(),
     output:
         **encoding_shard_outputs(),
+    log:
+        f"logs/{DATASET}/extract_encoding_features/{{shard}}of{ENCODING_SHARDS}.log",
     wildcard_constraints:
         shard=r"\d+",
-    params:
-        model=config["model"],
-        encoding=ENCODING,
-        sampler=config["reconstruction"],
+    conda:
+        "../../envs/features.yaml"
     threads: feature_threads()
     resources:
         gpu=feature_gpus(),
         mem_mb=16000,
         runtime=720,
-    log:
-        f"logs/{DATASET}/extract_encoding_features/{{shard}}of{ENCODING_SHARDS}.log",
-    conda:
-        "../../envs/features.yaml"
+    params:
+        model=config["model"],
+        encoding=ENCODING,
+        sampler=config["reconstruction"],
     script:
         "../scripts/extract_encoding_features.py"
 
@@ -40,13 +41,13 @@ rule merge_encoding_features:
         features=f"{ENCODING_FEATURES_DIR}/encoding.npy",
         nsd_ids=f"{ENCODING_FEATURES_DIR}/encoding_nsd_ids.npy",
         record=f"{ENCODING_FEATURES_DIR}/encoding.json",
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         f"logs/{DATASET}/merge_encoding_features.log",
     conda:
         "../../envs/features.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
     script:
         "../scripts/merge_encoding_features.py"
 
@@ -56,20 +57,20 @@ rule fit_encoding_model:
         unpack(encoder_inputs),
     output:
         scores=f"{encoding_dir()}/{{model}}.npz",
+    log:
+        f"logs/{DATASET}/fit_encoding_model/subj{{subject}}_{{model}}.log",
     wildcard_constraints:
         model=encoding_model_pattern(),
-    params:
-        encoding=ENCODING,
-        encoding_features_dir=ENCODING_FEATURES_DIR,
+    conda:
+        "../../envs/encoding.yaml"
     threads: 8
     resources:
         mem_mb=16000,
         runtime=240,
         gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
-    log:
-        f"logs/{DATASET}/fit_encoding_model/subj{{subject}}_{{model}}.log",
-    conda:
-        "../../envs/encoding.yaml"
+    params:
+        encoding=ENCODING,
+        encoding_features_dir=ENCODING_FEATURES_DIR,
     script:
         "../scripts/fit_encoding_model.py"
 
@@ -77,22 +78,26 @@ rule fit_encoding_model:
 rule map_encoding:
     input:
         unpack(encoding_atlas_inputs),
-        scores=expand(f"{encoding_dir()}/{{model}}.npz", model=ENCODING_MODELS, allow_missing=True),
+        scores=expand(
+            f"{encoding_dir()}/{{model}}.npz",
+            model=ENCODING_MODELS,
+            allow_missing=True,
+        ),
         mask_voxels=f"{fmri_dir()}/{ENCODING['mask']}_voxels.npz",
     output:
         voxels=f"{encoding_dir()}/voxels.npz",
         table=f"{encoding_dir()}/summary.tsv",
         volumes=encoding_volume_files(),
-    params:
-        encoding=ENCODING,
-        atlases=ENCODING_SUMMARY_ATLASES,
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         f"logs/{DATASET}/map_encoding/subj{{subject}}.log",
     conda:
         "../../envs/encoding.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        encoding=ENCODING,
+        atlases=ENCODING_SUMMARY_ATLASES,
     script:
         "../scripts/map_encoding.py"
 

@@ -21,7 +21,8 @@ himalaya itself):
   handful of products give every alpha's held-out predictions;
 - the refit is done once at the end, per distinct best ``gamma``, and only for test predictions
   (himalaya refits dual weights for every improving candidate, one ``n x n`` operator per alpha);
-- losses accumulate in float64.
+- every alpha's held-out loss of a target batch comes from three large products per fold
+  (``U.T Y``, the stacked basis operators, the alpha coefficients), not one per alpha.
 """
 
 from __future__ import annotations
@@ -214,18 +215,19 @@ def banded_ridge_cv_predict(
             # himalaya: alphas below twice a negative (float32) eigenvalue cannot be selected
             usable = alphas >= -2 * min(lam.min(initial=0.0), 0.0)
             coef, basis = _filter_factors(lam, alphas[usable], filter_tol)
+            # held-out predictions of all alphas: sum_m coef[a, m] (A diag(basis_m) U.T) Y_train
             A = K[va][:, tr] @ U  # (n_val, n_train)
+            A_stack = A[None] * ops.asarray(basis, dtype)[:, None, :]  # (q, n_val, n_train)
+            coef_d = ops.asarray(coef, dtype)  # (n_usable, q)
             for start in range(0, n_targets, batch):
                 cols = slice(start, min(start + batch, n_targets))
                 y_train, y_val = Yd[tr, cols], Yd[va, cols]
-                B = U.T @ y_train  # (n_train, tb)
-                parts = [A @ (ops.asarray(b, dtype)[:, None] * B) for b in basis]
-                for a_index, c_row in zip(np.flatnonzero(usable), coef):
-                    pred = parts[0] * float(c_row[0])
-                    for m in range(1, len(parts)):
-                        pred = pred + parts[m] * float(c_row[m])
-                    residual = y_val - pred
-                    score_sum[a_index, cols] -= ops.to_numpy(ops.colsum64(residual, residual)) / len(val)
+                parts = A_stack @ (U.T @ y_train)  # (q, n_val, tb)
+                pred = (coef_d @ parts.reshape(len(basis), -1)).reshape(len(coef), len(val), -1)
+                residual = y_val[None] - pred
+                # l2_neg_loss in the compute dtype, as himalaya scores each fold
+                score_sum[usable, cols] -= ops.to_numpy((residual * residual).mean(1)).astype(np.float64)
+                del parts, pred, residual
             score_sum[~usable] -= 1e5
         scores = score_sum / len(folds) + tie_break[:, None]
         argmax = scores.argmax(axis=0)
