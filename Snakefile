@@ -21,6 +21,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/decoding.smk"
 include: "workflow/rules/reconstruction.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/encoding.smk"
 include: "workflow/rules/maps.smk"
 include: "workflow/rules/report.smk"
 

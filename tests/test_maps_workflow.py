@@ -1,10 +1,10 @@
 """The maps rules and the report through Snakemake's command line, on the toy world.
 
-The maps stage reads the encoding stage's volumes by the interface contract's names. Until the
-encoding stage is on this branch, the test writes stand-in volumes at those paths
-(``encoding_volumes.py``) and gives the copied workflow an ``encoding`` config block (a
-permissive schema entry, added only if the schema has none). The report and one interactive
-page are then opened in real headless Chromium.
+The maps stage reads the encoding stage's volumes by the interface contract's names. Here the
+test writes volumes of known truth at those paths (``encoding_volumes.py``: z in early, c in
+ventral) and runs the maps rules alone, so what the maps show can be checked against that truth
+(the whole toy graph, encoding included, runs in test_workflow.py). The report and one
+interactive page are then opened in real headless Chromium.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ def maps_targets(subjects=("01", "02")) -> list[str]:
 @pytest.fixture(scope="module")
 def maps_run(tmp_path_factory):
     directory = copy_workflow(tmp_path_factory.mktemp("maps_workflow"))
-    schema_path = directory / "workflow/schemas/config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
-    if "encoding" not in schema["properties"]:
-        schema["properties"]["encoding"] = {"type": "object", "default": {}}
-        schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
     (directory / "config/maps_test.yaml").write_text(yaml.safe_dump({"encoding": ENCODING}))
     snakemake(directory, "resources/toy/nsd/nsddata/experiments/nsd/nsd_expdesign.mat", *TOY_CONFIGS)
     for subject in (1, 2):

@@ -251,17 +251,23 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     before = file_hashes(toy_run, parts=("results",))
     mtimes = {path: (toy_run / path).stat().st_mtime_ns for path in before}
     rows = {name: summary_rows(toy_run, name, 2)
-            for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv")}
+            for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv", "encoding.tsv")}
     subject_1 = "results/toy/subj01/"
 
     result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
                        "--forcerun", "prepare_fmri")
     output = result.stdout + result.stderr
-    shards = validate_config(merged_config(REPO / "config" / "toy.yaml"))["reconstruction"]["n_shards"]
+    from brainldm.encoding import model_names
+
+    config = validate_config(merged_config(REPO / "config" / "toy.yaml"))
+    shards = config["reconstruction"]["n_shards"]
+    n_encoding_models = sum(len(names) for names in model_names(config["encoding"]))
     assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
                                   "plot_reconstructions": 1, "identify_reconstructions": 1,
                                   "evaluate_reconstructions": 1, "report_reconstructions": 1,
-                                  "match_toy_attributes": 1}
+                                  "match_toy_attributes": 1, "fit_encoding_model": n_encoding_models,
+                                  "map_encoding": 1, "project_to_surface": 1, "plot_cortical_maps": 1,
+                                  "plot_accuracy_density": 1, "view_surface": 1}
     assert "subject=02" not in output
     after = file_hashes(toy_run, parts=("results",))
     assert sorted(after) == sorted(before)
@@ -278,10 +284,24 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     result = snakemake(toy_run, "--configfile", "config/toy.yaml")
     output = result.stdout + result.stderr
     summaries = {"summarize_fmri_qc", "summarize_decoding", "summarize_identification",
-                 "summarize_metrics", "summarize_toy_attributes", "report_table"}
+                 "summarize_metrics", "summarize_toy_attributes", "summarize_encoding",
+                 "report_table"}
     assert "Nothing to be done" in output or set(job_counts(output)) <= summaries, output[-3000:]
     for name, subject_2_rows in rows.items():
         assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows
         assert summary_rows(toy_run, name, 1)
     assert all(file_hashes(toy_run, parts=("results",))[path] == before[path] for path in untouched
                if not path.startswith("results/toy/summary/"))
+
+def test_toy_run_encoding_finds_the_planted_tuning(toy_run):
+    """The whole graph's encoding stage: z best in early, c best in ventral, for every subject."""
+    import csv
+
+    with open(toy_run / "results/toy/summary/encoding.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    r = {(row["subject"], row["model"], row["roi"]): float(row["mean_r"]) for row in rows if not row["unique_space"]}
+    for subject in ("1", "2"):
+        assert r[(subject, "z", "early")] > r[(subject, "z", "ventral")]
+        assert r[(subject, "c", "ventral")] > r[(subject, "c", "early")]
+    for name in ("z+c_unique_c.nii.gz", "zc0.5_significant.nii.gz", "unet_best_step.nii.gz"):
+        assert (toy_run / "results/toy/subj02/encoding/volumes" / name).is_file(), name

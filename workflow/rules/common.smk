@@ -597,4 +597,131 @@ def all_targets():
         targets += maps_targets()
     targets += report_targets()
     targets += toy_attribute_targets()
+    targets += encoding_targets()
+    return targets
+
+
+# --------------------------------------------------------------------------- encoding
+
+from brainldm.encoding import model_names as encoding_model_names
+
+ENCODING = config["encoding"]
+ENCODING_FEATURES_DIR = f"results/{DATASET}/encoding_features"
+ENCODING_SHARDS = ENCODING["n_shards"]
+ENCODING_SINGLE_MODELS, ENCODING_JOINT_MODELS = encoding_model_names(ENCODING)
+ENCODING_MODELS = ENCODING_SINGLE_MODELS + ENCODING_JOINT_MODELS
+# Atlases of the per-ROI summary: every streams label and the prf-visualrois areas.
+ENCODING_SUMMARY_ATLASES = ("streams", "prf-visualrois")
+
+if ENCODING["mask"] not in config["fmri"]["rois"]:
+    raise WorkflowError(
+        f"config key 'encoding.mask': value {ENCODING['mask']!r} is not prepared; add it to "
+        f"fmri.rois (now {config['fmri']['rois']})"
+    )
+if ENCODING["unet_strength"] not in ENCODING["zc_strengths"]:
+    raise WorkflowError(
+        f"config key 'encoding.unet_strength': value {ENCODING['unet_strength']} is not one of "
+        f"encoding.zc_strengths {ENCODING['zc_strengths']}; the U-Net features are recorded "
+        "during one of the zc denoisings"
+    )
+
+
+def encoding_dir(subject="{subject}"):
+    """Folder of one subject's encoding outputs (``subject`` = two digits or the wildcard)."""
+    return f"results/{DATASET}/subj{subject}/encoding"
+
+
+def encoding_shard_outputs(shard="{shard}"):
+    """Files of one extract_encoding_features job (brainldm.encoding_features)."""
+    stem = f"{ENCODING_FEATURES_DIR}/shards/encoding_{shard}of{ENCODING_SHARDS}"
+    return {
+        "features": f"{stem}.npy",
+        "nsd_ids": f"{stem}_nsd_ids.npy",
+        "record": f"{stem}.json",
+    }
+
+
+def encoding_shard_files(wildcards):
+    shards = [encoding_shard_outputs(shard) for shard in range(ENCODING_SHARDS)]
+    return {
+        key: [shard[key] for shard in shards]
+        for key in ("features", "nsd_ids", "record")
+    }
+
+
+def encoding_model_pattern():
+    """Regex of the configured model names (the ``{model}`` wildcard)."""
+    import re
+
+    return "|".join(re.escape(model) for model in ENCODING_MODELS)
+
+
+def encoder_inputs(wildcards):
+    """Inputs of fit_encoding_model: the mask's prepared betas and each space's features."""
+    folder = fmri_dir(wildcards.subject)
+    mask = ENCODING["mask"]
+    spaces = wildcards.model.split("+")
+    inputs = {
+        "train": f"{folder}/{mask}_train.npy",
+        "test": f"{folder}/{mask}_test.npy",
+        "train_trials": f"{folder}/train_trials.tsv",
+        "test_images": f"{folder}/test_images.tsv",
+        "features": [f"{FEATURES_DIR}/{space}.npy" for space in ("z", "c")],
+    }
+    if any(space not in ("z", "c") for space in spaces):
+        inputs["encoding_features"] = f"{ENCODING_FEATURES_DIR}/encoding.npy"
+    return inputs
+
+
+def encoding_volume_files(subject="{subject}"):
+    """The NIfTI volumes of map_encoding (names of the maps contract)."""
+    folder = f"{encoding_dir(subject)}/volumes"
+    files = []
+    for model in ENCODING_MODELS:
+        files += [f"{folder}/{model}_r.nii.gz", f"{folder}/{model}_significant.nii.gz"]
+    for joint in ENCODING_JOINT_MODELS:
+        files += [
+            f"{folder}/{joint}_unique_{space}.nii.gz" for space in joint.split("+")
+        ]
+    files += [
+        f"{folder}/unet_best_{kind}.{ext}"
+        for kind in ("block", "step")
+        for ext in ("nii.gz", "json")
+    ]
+    return files
+
+
+def encoding_atlas_inputs(wildcards):
+    subject = int(wildcards.subject)
+    return {
+        "atlases": [
+            nsd_file(nsd_layout.roi_key(subject, atlas))
+            for atlas in ENCODING_SUMMARY_ATLASES
+        ],
+        "label_tables": [
+            nsd_file(nsd_layout.label_table_key(atlas))
+            for atlas in ENCODING_SUMMARY_ATLASES
+        ],
+    }
+
+
+def encoding_subject_targets(subject):
+    """Every encoding output of one subject."""
+    folder = encoding_dir(subject)
+    targets = [f"{folder}/{model}.npz" for model in ENCODING_MODELS]
+    targets += [
+        f"{folder}/voxels.npz",
+        f"{folder}/summary.tsv",
+    ] + encoding_volume_files(subject)
+    return targets
+
+
+def encoding_targets():
+    targets = summary_targets("encoding.tsv")
+    targets += [
+        f"{ENCODING_FEATURES_DIR}/encoding{suffix}"
+        for suffix in (".npy", "_nsd_ids.npy", ".json")
+    ]
+    for subject in RUN_SUBJECTS:
+        targets += encoding_subject_targets(subject)
     return targets

@@ -1,0 +1,384 @@
+"""Encoding models: the banded solver equals himalaya, scores are right, the toy's truth is found."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainldm import scoring
+from brainldm.banded import banded_ridge_cv_predict, candidate_gammas, himalaya_banded_predict, linear_kernels
+from brainldm.encoding import (
+    EncodingSettings,
+    best_unet,
+    encode_model,
+    map_subject,
+    model_names,
+    training_rows,
+    variance_partition,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def multikernel_problem(n_targets=40, weights=None, seed=0, noise=0.3, n_train=160, n_test=60, widths=(20, 200)):
+    """himalaya's synthetic problem, its spaces split apart."""
+    from himalaya.backend import set_backend
+    from himalaya.utils import generate_multikernel_dataset
+
+    set_backend("numpy")
+    X_train, X_test, Y_train, Y_test, planted, widths = generate_multikernel_dataset(
+        n_kernels=len(widths), n_targets=n_targets, n_samples_train=n_train, n_samples_test=n_test,
+        n_features_list=list(widths), kernel_weights=weights, random_state=seed, noise=noise)
+    bounds = np.cumsum([0, *widths])
+    split = lambda X: [np.asarray(X)[:, bounds[i]:bounds[i + 1]] for i in range(len(widths))]  # noqa: E731
+    return split(X_train), split(X_test), np.asarray(Y_train), np.asarray(Y_test), np.asarray(planted)
+
+
+def relative(a, b):
+    return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed):
+    train, test, Y, _, _ = multikernel_problem(seed=seed)
+    Ks, Ks_test = linear_kernels(train, test)
+    ours = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=20, random_state=seed, n_targets_batch=16)
+    pred, split, deltas = himalaya_banded_predict(train, Y, test, n_iter=20, random_state=seed)
+    assert relative(ours.predictions, pred) < 1e-4
+    assert relative(ours.split_predictions, split) < 1e-4
+    # the same kernel weights / alpha (exp(deltas)) for (nearly) every target; a space weighted
+    # below 1e-6 of the other counts as 0, where float32 noise decides between equivalent candidates
+    ours_w, ref_w = np.exp(ours.deltas), np.exp(deltas)
+    same = np.isclose(ours_w, ref_w, rtol=1e-3, atol=1e-6 * ref_w.max(0)).all(axis=0)
+    assert same.mean() > 0.9
+    assert len(np.unique(ours.best_gammas[0])) > 2  # the search really chose different weights
+
+
+def test_single_space_equals_himalaya_kernel_ridge_cv():
+    from himalaya.backend import set_backend
+    from himalaya.kernel_ridge import KernelRidgeCV
+    from sklearn.model_selection import KFold
+
+    train, test, Y, _, _ = multikernel_problem(widths=(300,), seed=3)
+    alphas = np.logspace(0, 6, 7)
+    Ks, Ks_test = linear_kernels(train, test)
+    ours = banded_ridge_cv_predict(Ks, Y, Ks_test, alphas=alphas)
+    set_backend("numpy")
+    centred = train[0] - train[0].mean(0)
+    model = KernelRidgeCV(alphas=alphas, kernel="linear", cv=KFold(5)).fit(centred.astype(np.float32), Y)
+    reference = np.asarray(model.predict((test[0] - train[0].mean(0)).astype(np.float32)))
+    assert relative(ours.predictions, reference) < 1e-4
+    np.testing.assert_allclose(ours.best_alphas, np.asarray(model.best_alphas_), rtol=1e-5)
+    assert len(np.unique(ours.best_alphas)) >= 2
+
+
+def test_candidates_are_himalayas_with_uniform_first():
+    gammas = candidate_gammas(2, 20, random_state=5)
+    assert gammas.shape == (20, 2)
+    np.testing.assert_allclose(gammas.sum(1), 1.0)
+    np.testing.assert_allclose(gammas[0], [0.5, 0.5])
+    assert not np.allclose(gammas[1:], 0.5)
+    np.testing.assert_array_equal(candidate_gammas(2, 20, random_state=5), gammas)
+
+
+def test_unique_variance_and_split_recover_planted_space_weights():
+    """Targets planted mostly on space 0 or mostly on space 1: both measures say which.
+
+    Equal widths: himalaya scales each space's weights by 1 / n_features, so only then is the
+    planted weight the share of variance.
+    """
+    n_targets = 60
+    share = np.linspace(0.05, 0.95, n_targets)  # planted weight of space 0
+    weights = np.stack([share, 1 - share], axis=1)
+    train, test, Y, Y_test, planted = multikernel_problem(n_targets=n_targets, weights=weights, noise=0.2,
+                                                           n_train=300, n_test=150, widths=(50, 50), seed=2)
+    np.testing.assert_allclose(planted, weights, rtol=1e-5)
+    scores = {}
+    for name, idx in (("a", [0]), ("b", [1]), ("a+b", [0, 1])):
+        Ks, Ks_test = linear_kernels([train[i] for i in idx], [test[i] for i in idx])
+        fit = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=30, random_state=0)
+        scores[name] = {"r2": scoring.voxel_r2(fit.predictions, Y_test)}
+        if name == "a+b":
+            split_r = scoring.split_correlation(fit.split_predictions, Y_test)
+            gammas = fit.best_gammas
+    parts = variance_partition(scores, ["a+b"])
+    unique_a, unique_b = parts["a+b_unique_a"], parts["a+b_unique_b"]
+    mostly_a, mostly_b = share > 0.7, share < 0.3
+    assert np.all(unique_a[mostly_a] > unique_b[mostly_a])
+    assert np.all(unique_b[mostly_b] > unique_a[mostly_b])
+    assert np.all(split_r[0][mostly_a] > split_r[1][mostly_a])
+    assert np.all(split_r[1][mostly_b] > split_r[0][mostly_b])
+    assert np.corrcoef(split_r[0] / split_r.sum(0), share)[0, 1] > 0.9
+    assert np.corrcoef(unique_a - unique_b, share)[0, 1] > 0.9
+    assert np.corrcoef(gammas[0], share)[0, 1] > 0.5
+
+
+def test_scores_against_scipy_and_sklearn():
+    from scipy import stats
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((40, 30))
+    pred = truth * np.linspace(0, 1, 30) + rng.standard_normal((40, 30))
+    r = scoring.voxel_correlation(pred, truth)
+    p = scoring.correlation_p_values(r, 40)
+    for v in range(30):
+        ref = stats.pearsonr(pred[:, v], truth[:, v], alternative="greater")
+        assert r[v] == pytest.approx(ref.statistic, rel=1e-10)
+        assert p[v] == pytest.approx(ref.pvalue, rel=1e-6)
+    q = scoring.fdr_q_values(p)
+    order = np.argsort(p)
+    manual = np.minimum.accumulate((p[order] * 30 / np.arange(1, 31))[::-1])[::-1]
+    np.testing.assert_allclose(q[order], np.minimum(manual, 1), rtol=1e-12)
+    np.testing.assert_allclose(scoring.voxel_r2(pred, truth), r2_score(truth, pred, multioutput="raw_values"))
+    constant = scoring.voxel_correlation(np.ones((5, 2)), rng.standard_normal((5, 2)))
+    assert np.isnan(constant).all() and np.all(scoring.correlation_p_values(constant, 5) == 1)
+
+
+def test_training_rows_average_repeats_in_first_presentation_order():
+    betas = np.arange(12, dtype=np.float32).reshape(6, 2)
+    ids = np.array([7, 3, 7, 5, 3, 7])
+    Y, images = training_rows(betas, ids, "images")
+    np.testing.assert_array_equal(images, [7, 3, 5])
+    np.testing.assert_allclose(Y[0], betas[[0, 2, 5]].mean(0))
+    np.testing.assert_allclose(Y[1], betas[[1, 4]].mean(0))
+    Y_trials, trial_ids = training_rows(betas, ids, "trials")
+    np.testing.assert_array_equal(trial_ids, ids)
+    with pytest.raises(ValueError, match="encoding.train_on"):
+        training_rows(betas, ids, "runs")
+
+
+def test_best_unet_block_and_step():
+    r = {"unet_a_early": [0.1, np.nan, 0.5], "unet_a_late": [0.3, np.nan, 0.1],
+         "unet_b_early": [0.2, np.nan, 0.2], "unet_b_late": [0.0, np.nan, 0.6]}
+    block, step = best_unet({k: {"r": np.asarray(v)} for k, v in r.items()}, ["a", "b"], ["early", "late"])
+    np.testing.assert_array_equal(block[[0, 2]], [0, 1])
+    np.testing.assert_array_equal(step[[0, 2]], [1, 1])
+    assert np.isnan(block[1]) and np.isnan(step[1])
+
+
+def test_model_names_follow_the_maps_contract(paper_config):
+    singles, joints = model_names(paper_config["encoding"])
+    assert singles[:2] == ["z", "c"]
+    assert "zc0.5" in singles and "unet_mid_middle" in singles
+    assert joints == ["z+c", "z+zc0.25", "z+zc0.5", "z+zc0.75"]
+
+
+# --------------------------------------------------------------------------- the toy's truth
+
+
+@pytest.fixture(scope="module")
+def toy_spaces(tmp_path_factory, toy_world):
+    """z and c of the toy's seen images (toy SD of the session) and a small set of encoding features."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy_sd import toy_sd
+
+    from brainldm import features as F
+    from brainldm import nsd
+    from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
+    from brainldm.sd_model import load_stable_diffusion
+
+    built = toy_sd(tmp_path_factory, toy_world)
+    components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
+    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
+    out = tmp_path_factory.mktemp("features")
+    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
+    settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
+    for feature in ("z", "c"):
+        path = out / "shards" / f"{feature}_0of1.npy"
+        F.extract_feature_shard(feature, components, ids, path, settings,
+                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
+                                progress=False, chunk_size=64)
+        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+    enc_settings = EncodingFeatureSettings(zc_strengths=(0.5,), unet_strength=0.5, unet_blocks=("mid", "up_1"),
+                                           unet_steps=("early", "late"), max_dims=512, ddim_steps=6)
+    enc_dir = tmp_path_factory.mktemp("encoding_features")
+    shard = enc_dir / "shards" / "encoding_0of1.npy"
+    extract_encoding_shard(components, enc_settings, out, ids, shard, batch_size=16, progress=False)
+    F.merge_shards("encoding", [shard], enc_dir, expected_nsd_ids=ids)
+    return {"features": out, "encoding": enc_dir, "components": components, "settings": enc_settings,
+            "ids": ids}
+
+
+def encode_subject(nsd_root, spaces, out, models, **settings):
+    from brainldm.fmri import prepare_subject_from_root
+
+    fmri = out / "fmri"
+    prepare_subject_from_root(nsd_root, fmri, subject=1, sessions=range(1, 5), rois=["nsdgeneral"],
+                              trials_per_session=72, progress=False)
+    s = EncodingSettings(backend="numpy", **settings)
+    for model in models:
+        encode_model(fmri, spaces["features"], spaces["encoding"], model, out / f"{model}.npz", s, progress=False)
+    return fmri
+
+
+def roi_means(out, fmri, nsd_root, key, model):
+    import nibabel as nib
+
+    from brainldm import nsd
+
+    ijk = np.load(fmri / "nsdgeneral_voxels.npz")["ijk"]
+    streams = np.asarray(nib.load(str(nsd_root / nsd.roi_key(1, "streams"))).dataobj)[tuple(ijk.T)]
+    values = key(np.load(out / f"{model}.npz")) if callable(key) else np.load(out / f"{model}.npz")[key]
+    return {"early": float(np.nanmean(values[streams == 1])), "ventral": float(np.nanmean(values[streams == 5]))}
+
+
+def test_toy_planted_tuning_is_found_through_the_real_features(tmp_path, toy_world, toy_spaces):
+    """Early voxels are tuned to the image's colours, ventral ones to the captions' semantics."""
+    root = toy_world["nsd_root"]
+    fmri = encode_subject(root, toy_spaces, tmp_path, ["z", "c", "z+c"])
+    z = roi_means(tmp_path, fmri, root, "r", "z")
+    c = roi_means(tmp_path, fmri, root, "r", "c")
+    assert z["early"] > z["ventral"] + 0.1
+    assert c["ventral"] > c["early"] + 0.05
+    r2 = {m: np.load(tmp_path / f"{m}.npz")["r2"] for m in ("z", "c", "z+c")}
+    parts = variance_partition({m: {"r2": v} for m, v in r2.items()}, ["z+c"])
+    np.save(tmp_path / "uz.npy", parts["z+c_unique_z"])
+    np.save(tmp_path / "uc.npy", parts["z+c_unique_c"])
+    unique_z = roi_means(tmp_path, fmri, root, lambda _: np.load(tmp_path / "uz.npy"), "z")
+    unique_c = roi_means(tmp_path, fmri, root, lambda _: np.load(tmp_path / "uc.npy"), "z")
+    assert unique_z["early"] > unique_c["early"]
+    assert unique_c["ventral"] > unique_z["ventral"]
+    split = roi_means(tmp_path, fmri, root, lambda d: d["split_r"][0] - d["split_r"][1], "z+c")
+    assert split["early"] > 0 > split["ventral"]
+
+
+def test_toy_snr0_leaves_at_most_five_percent_significant(tmp_path, toy_world, toy_spaces):
+    from brainldm.toy_world import write_toy_world
+
+    params0 = dataclasses.replace(toy_world["params"], snr=0.0)
+    write_toy_world(tmp_path / "nsd0", tmp_path / "coco0", params0)
+    encode_subject(tmp_path / "nsd0", toy_spaces, tmp_path, ["z", "c", "z+c", "zc0.5"])
+    for model in ("z", "c", "z+c", "zc0.5"):
+        scores = np.load(tmp_path / f"{model}.npz")
+        assert scores["significant"].mean() <= 0.05, f"{model}: {scores['significant'].mean():.3f} significant with no signal"
+        assert abs(np.nanmean(scores["r"])) < 0.1
+
+
+def test_volumes_and_summary_follow_the_contract(tmp_path, toy_world, toy_spaces):
+    import nibabel as nib
+
+    from brainldm import nsd
+
+    encoding = {"zc_strengths": [0.5], "unet_blocks": ["mid", "up_1"], "unet_steps": ["early", "late"]}
+    singles, joints = model_names(encoding)
+    root = toy_world["nsd_root"]
+    fmri = encode_subject(root, toy_spaces, tmp_path, singles + joints, n_iter=5)
+    atlases = {atlas: (root / nsd.roi_key(1, atlas), root / nsd.label_table_key(atlas))
+               for atlas in ("streams", "prf-visualrois")}
+    rows = map_subject(tmp_path, fmri / "nsdgeneral_voxels.npz", atlases, encoding, 1, tmp_path / "volumes",
+                       tmp_path / "summary.tsv")
+    voxels = np.load(tmp_path / "voxels.npz")
+    ijk = voxels["ijk"]
+    z_r = nib.load(str(tmp_path / "volumes" / "z_r.nii.gz"))
+    data = np.asarray(z_r.dataobj)
+    assert data.dtype == np.float32 and data.shape == tuple(voxels["shape"])
+    np.testing.assert_allclose(z_r.affine, voxels["affine"])
+    np.testing.assert_allclose(data[tuple(ijk.T)], np.load(tmp_path / "z.npz")["r"], rtol=1e-6)
+    outside = np.ones(data.shape, bool)
+    outside[tuple(ijk.T)] = False
+    assert np.isnan(data[outside]).all()
+    significant = np.asarray(nib.load(str(tmp_path / "volumes" / "z+c_significant.nii.gz")).dataobj)[tuple(ijk.T)]
+    assert set(np.unique(significant)) <= {0.0, 1.0} and significant.mean() > 0.2
+    for name in ("z+c_unique_z", "z+c_unique_c", "z+zc0.5_unique_zc0.5", "unet_best_block", "unet_best_step"):
+        assert (tmp_path / "volumes" / f"{name}.nii.gz").is_file(), name
+    block = np.asarray(nib.load(str(tmp_path / "volumes" / "unet_best_block.nii.gz")).dataobj)[tuple(ijk.T)]
+    assert set(np.unique(block)) <= {0.0, 1.0}
+    assert json.loads((tmp_path / "volumes" / "unet_best_block.json").read_text()) == ["mid", "up_1"]
+    by_roi = {(row["model"], row["roi"], row["unique_space"]): row for row in rows}
+    assert by_roi[("z", "early", "")]["mean_r"] > by_roi[("z", "ventral", "")]["mean_r"]
+    assert {"V1v", "hV4", "early", "ventral", "lateral"} <= {row["roi"] for row in rows}
+    assert by_roi[("z+c", "early", "z")]["mean_unique"] > by_roi[("z+c", "early", "c")]["mean_unique"]
+    header = (tmp_path / "summary.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["subject", "model", "atlas"] and "mean_unique" in header
+
+
+def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
+    """Our zc equals diffusers' img2img pipeline run from z (as latents) with the same noise."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from brainldm.encoding_features import EncodingFeatureExtractor, noise_seed
+    from brainldm.features import load_features
+
+    comp, settings = toy_spaces["components"], toy_spaces["settings"]
+    ids = toy_spaces["ids"][:2]
+    z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
+    c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
+    extractor = EncodingFeatureExtractor(comp, settings)
+    zc, _ = extractor.denoise(z, c, ids, 0.5)
+    pipe = StableDiffusionImg2ImgPipeline(vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer,
+                                          unet=comp.unet, scheduler=comp.scheduler, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    for row, nsd_id in enumerate(ids):
+        out = pipe(prompt_embeds=torch.as_tensor(c[row:row + 1]), negative_prompt_embeds=extractor.uncond,
+                   image=torch.as_tensor(z[row:row + 1]), strength=0.5, num_inference_steps=settings.ddim_steps,
+                   guidance_scale=settings.guidance_scale, eta=settings.ddim_eta, output_type="latent",
+                   generator=torch.Generator().manual_seed(noise_seed(settings.seed, int(nsd_id), 0.5))).images
+        np.testing.assert_allclose(zc[row], out[0].numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(zc, z, atol=1e-2)
+
+
+def test_encoding_features_do_not_depend_on_batching(toy_spaces):
+    from brainldm.encoding_features import EncodingFeatureExtractor, load_encoding_space
+    from brainldm.features import load_features
+
+    comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]
+    z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
+    c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
+    extractor = EncodingFeatureExtractor(comp, settings)
+    together = extractor.compute(z, c, ids)
+    alone = np.concatenate([extractor.compute(z[i:i + 1], c[i:i + 1], ids[i:i + 1]) for i in range(3)])
+    np.testing.assert_array_equal(together, alone)
+    layout = json.loads((toy_spaces["encoding"] / "encoding.json").read_text())["layout"]
+    assert list(layout) == ["zc0.5", "unet_mid_early", "unet_mid_late", "unet_up_1_early", "unet_up_1_late"]
+    assert all(entry["stop"] - entry["start"] <= 512 for name, entry in layout.items() if name.startswith("unet"))
+    stored = load_encoding_space(toy_spaces["encoding"], "unet_mid_late", ids[::-1])
+    np.testing.assert_allclose(stored, together[::-1, layout["unet_mid_late"]["start"]:layout["unet_mid_late"]["stop"]],
+                               rtol=1e-3, atol=1e-3)  # float16 on disk
+    assert not np.allclose(load_encoding_space(toy_spaces["encoding"], "unet_mid_early", ids), stored[::-1], atol=1e-3)
+    with pytest.raises(KeyError, match="no encoding space 'zc0.9'"):
+        load_encoding_space(toy_spaces["encoding"], "zc0.9", ids)
+
+
+def test_pool_to_respects_max_dims():
+    import torch
+
+    from brainldm.encoding_features import pool_to, step_indices
+
+    x = torch.arange(2 * 8 * 6 * 6, dtype=torch.float32).reshape(2, 8, 6, 6)
+    assert pool_to(x, 8 * 36).shape == (2, 8 * 36)
+    assert pool_to(x, 100).shape == (2, 8 * 9)  # 3 x 3 per channel
+    np.testing.assert_allclose(pool_to(x, 8).numpy(), x.mean(dim=(2, 3)).numpy())
+    assert pool_to(x, 4).shape == (2, 4)
+    assert step_indices(7, ["early", "middle", "late"]) == {"early": 0, "middle": 3, "late": 6}
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+def dry_run(*args):
+    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_paper_dry_run_lists_encoding_jobs_per_subject():
+    text = dry_run()
+    for subject in ("01", "02", "05", "07"):
+        assert f"results/nsd/subj{subject}/encoding/z+c.npz" in text
+        assert f"results/nsd/subj{subject}/encoding/volumes/z+c_unique_c.nii.gz" in text
+    assert "results/nsd/summary/encoding.tsv" in text
+    one = dry_run("--config", "subjects=5")
+    assert "subj05/encoding/unet_mid_late.npz" in one
+    assert "subj01/encoding" not in one and "subj07/encoding" not in one

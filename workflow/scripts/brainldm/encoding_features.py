@@ -1,0 +1,307 @@
+"""Encoding features: ``zc`` at several noise levels and the denoising U-Net's block outputs.
+
+For every seen image, from its TRUE ``z`` and ``c`` (the features stage's arrays):
+
+- ``zc{s}`` for each img2img strength ``s`` of ``encoding.zc_strengths``: the DDIM schedule of
+  ``ddim_steps`` steps is entered at ``int(ddim_steps * s)`` steps before its end (diffusers'
+  img2img rule), ``z`` is noised to that timestep with the scheduler's ``add_noise`` and denoised
+  to the end conditioned on the image's own ``c``, with classifier-free guidance against the
+  empty prompt (``guidance_scale``, ``eta``): the paper's sampler. The final latent is ``zc{s}``.
+- ``unet_{block}_{step}``: during the denoising at strength ``encoding.unet_strength``, the output
+  of each U-Net block of ``encoding.unet_blocks`` (``down_<i>``, ``mid``, ``up_<i>``; the
+  conditional half of the guided batch) at the first (``early``), middle (``middle``) and last
+  (``late``) denoising step, average-pooled over space to at most ``encoding.max_dims`` values
+  (``channels x s x s`` with the largest ``s`` that fits; channels are averaged in groups when
+  even ``s = 1`` is too many).
+
+The noise of image ``nsdId`` at strength ``s`` comes from its own generator seeded by
+``(seed, nsdId, s)``, so values never depend on batching, sharding or order (and on CPU every
+image goes through the U-Net alone: bit-identical whatever the batch size).
+
+All spaces of an image are stored side by side in one row, float16:
+``encoding_features/encoding.npy`` (n_images, n_columns), ``encoding_nsd_ids.npy`` and
+``encoding.json`` whose ``layout`` maps each space to its columns and shape
+(:func:`load_encoding_space`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger("brainldm.encoding_features")
+
+STEP_NAMES = ("early", "middle", "late")
+
+
+@dataclass(frozen=True)
+class EncodingFeatureSettings:
+    """What determines the encoding features' values (recorded beside them)."""
+
+    zc_strengths: tuple[float, ...] = (0.25, 0.5, 0.75)
+    unet_strength: float = 0.75
+    unet_blocks: tuple[str, ...] = ("down_0", "mid", "up_1")
+    unet_steps: tuple[str, ...] = STEP_NAMES
+    max_dims: int = 6400
+    ddim_steps: int = 50
+    ddim_eta: float = 0.0
+    guidance_scale: float = 5.0
+    seed: int = 42
+
+    @classmethod
+    def from_config(cls, encoding: dict, reconstruction: dict) -> "EncodingFeatureSettings":
+        """From the validated ``encoding`` and ``reconstruction`` (the sampler) config sections."""
+        return cls(
+            zc_strengths=tuple(float(s) for s in encoding["zc_strengths"]),
+            unet_strength=float(encoding["unet_strength"]),
+            unet_blocks=tuple(encoding["unet_blocks"]), unet_steps=tuple(encoding["unet_steps"]),
+            max_dims=int(encoding["max_dims"]), ddim_steps=int(reconstruction["ddim_steps"]),
+            ddim_eta=float(reconstruction["ddim_eta"]), guidance_scale=float(reconstruction["guidance_scale"]),
+            seed=int(encoding["seed"]),
+        )
+
+    def spaces(self) -> list[str]:
+        """Names of the stored spaces: ``zc{s}`` then ``unet_{block}_{step}``."""
+        return zc_names(self.zc_strengths) + unet_names(self.unet_blocks, self.unet_steps)
+
+
+def zc_names(strengths: Sequence[float]) -> list[str]:
+    """``zc{strength}`` with Python's ``str`` of the float (``zc0.5``)."""
+    return [f"zc{float(s)}" for s in strengths]
+
+
+def unet_names(blocks: Sequence[str], steps: Sequence[str]) -> list[str]:
+    return [f"unet_{block}_{step}" for block in blocks for step in steps]
+
+
+def denoising_timesteps(scheduler, ddim_steps: int, strength: float) -> torch.Tensor:
+    """The timesteps img2img runs at ``strength``: the last ``int(ddim_steps * strength)`` of the schedule."""
+    scheduler.set_timesteps(ddim_steps)
+    n = min(int(ddim_steps * strength), ddim_steps)
+    if n < 1:
+        raise ValueError(f"encoding strength {strength} with {ddim_steps} DDIM steps denoises no step; "
+                         "use a larger strength or more reconstruction.ddim_steps")
+    return scheduler.timesteps[ddim_steps - n:]
+
+
+def step_indices(n_steps: int, steps: Sequence[str]) -> dict[str, int]:
+    """Index of the ``early`` (first), ``middle`` and ``late`` (last) denoising step."""
+    table = {"early": 0, "middle": (n_steps - 1) // 2, "late": n_steps - 1}
+    unknown = [s for s in steps if s not in table]
+    if unknown:
+        raise ValueError(f"encoding.unet_steps {unknown}: expected names among {list(table)}")
+    return {s: table[s] for s in steps}
+
+
+def unet_block(unet, name: str):
+    """The module of U-Net block ``down_<i>``, ``mid`` or ``up_<i>``."""
+    if name == "mid":
+        return unet.mid_block
+    kind, _, index = name.partition("_")
+    blocks = {"down": unet.down_blocks, "up": unet.up_blocks}.get(kind)
+    if blocks is None or not index.isdigit() or int(index) >= len(blocks):
+        n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+        raise ValueError(f"encoding.unet_blocks: {name!r} is not a block of this U-Net; expected mid, "
+                         f"down_0..down_{n_down - 1} or up_0..up_{n_up - 1}")
+    return blocks[int(index)]
+
+
+def pool_to(features: torch.Tensor, max_dims: int) -> torch.Tensor:
+    """Average-pool (n, C, H, W) to at most ``max_dims`` values per image: (n, C', s, s) flattened.
+
+    ``s`` is the largest side with ``C s^2 <= max_dims`` (at most the input's); if even ``s = 1``
+    is too many, channels are averaged in consecutive groups to ``max_dims``.
+    """
+    n, channels, height, width = features.shape
+    side = int(np.floor(np.sqrt(max_dims / channels))) if channels <= max_dims else 0
+    if side >= 1:
+        side = min(side, height, width)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(features.float(), side)
+        return pooled.reshape(n, -1)
+    pooled = features.float().mean(dim=(2, 3))  # (n, C)
+    return torch.nn.functional.adaptive_avg_pool1d(pooled[:, None, :], max_dims)[:, 0]
+
+
+def noise_seed(seed: int, nsd_id: int, strength: float) -> int:
+    """Seed of the noise added to image ``nsd_id`` at ``strength``: a hash of the three."""
+    state = np.random.SeedSequence([int(seed), int(nsd_id), int(round(strength * 1e6)), 0xE7]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
+class EncodingFeatureExtractor:
+    """Runs the denoising of one batch of images and collects every encoding space.
+
+    Parameters
+    ----------
+    components : brainldm.sd_model.SDComponents
+        ``unet``, ``scheduler``, ``text_encoder`` and ``tokenizer`` (for the empty prompt).
+    settings : EncodingFeatureSettings
+    per_sample : bool, optional
+        One image per U-Net pass (default on CPU: bit-identical whatever the batch).
+    """
+
+    def __init__(self, components, settings: EncodingFeatureSettings, per_sample: bool | None = None):
+        self.unet = components.unet
+        self.scheduler = components.scheduler
+        self.settings = settings
+        self.device = torch.device(getattr(components, "device", "cpu"))
+        self.dtype = getattr(components, "dtype", torch.float32)
+        self.per_sample = self.device.type == "cpu" if per_sample is None else bool(per_sample)
+        tok = components.tokenizer
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.device)
+        with torch.no_grad():
+            self.uncond = components.text_encoder(ids)[0].to(self.dtype)  # (1, L, d)
+        self.blocks = {name: unet_block(self.unet, name) for name in settings.unet_blocks}
+        self.layout = None
+
+    @torch.no_grad()
+    def denoise(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int], strength: float,
+                record: dict[str, int] | None = None):
+        """``zc`` at ``strength``: (n, 4, h, w) float32; with ``record`` also the block outputs.
+
+        ``record`` maps step names to step indices; returns ``(zc, {space: (n, dims) float32})``.
+        """
+        s = self.settings
+        if tuple(c.shape[1:]) != tuple(self.uncond.shape[1:]):
+            raise ValueError(f"c has per-image shape {tuple(c.shape[1:])} but this model's text embedding "
+                             f"is {tuple(self.uncond.shape[1:])}")
+        timesteps = denoising_timesteps(self.scheduler, s.ddim_steps, strength)
+        latents = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        noise = torch.stack([
+            torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(noise_seed(s.seed, n, strength)))
+            for n in nsd_ids
+        ])
+        latents = self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(latents)))
+        latents = latents.to(self.device, self.dtype)
+        cond = torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
+        captured: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        hooks = []
+        if record:
+            for name, module in self.blocks.items():
+                def hook(_module, _inputs, output, name=name):
+                    captured[name] = output[0] if isinstance(output, tuple) else output
+                hooks.append(module.register_forward_hook(hook))
+        try:
+            for index, t in enumerate(timesteps):
+                guided = self._guided_noise(latents, cond, t, captured)
+                if record:
+                    for step, at in record.items():
+                        if at == index:
+                            for name, value in captured.items():
+                                out[f"unet_{name}_{step}"] = pool_to(value, s.max_dims).cpu()
+                latents = self.scheduler.step(guided, t, latents, eta=s.ddim_eta).prev_sample
+        finally:
+            for handle in hooks:
+                handle.remove()
+        return latents.float().cpu().numpy(), {k: v.numpy() for k, v in out.items()}
+
+    def _guided_noise(self, latents, cond, t, captured):
+        """Classifier-free guided noise; ``captured`` keeps the conditional half of each block output."""
+        rows = range(len(latents))
+        chunks = [rows[i:i + 1] for i in rows] if self.per_sample else [rows]
+        guided, kept = [], {}
+        for chunk in chunks:
+            sl = slice(chunk.start, chunk.stop)
+            n = chunk.stop - chunk.start
+            batch = torch.cat([latents[sl], latents[sl]])
+            context = torch.cat([self.uncond.expand(n, -1, -1), cond[sl]])
+            predicted = self.unet(batch, t, encoder_hidden_states=context).sample
+            uncond, conditional = predicted.chunk(2)
+            guided.append(uncond + self.settings.guidance_scale * (conditional - uncond))
+            for name, value in captured.items():
+                kept.setdefault(name, []).append(value[n:])
+        for name, parts in kept.items():
+            captured[name] = torch.cat(parts)
+        return torch.cat(guided)
+
+    def compute(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int]) -> np.ndarray:
+        """Every space of a batch side by side: (n, n_columns) float32 (layout in ``self.layout``)."""
+        s = self.settings
+        parts: dict[str, np.ndarray] = {}
+        unet_parts: dict[str, np.ndarray] = {}
+        for strength, name in zip(s.zc_strengths, zc_names(s.zc_strengths)):
+            record = None
+            if np.isclose(strength, s.unet_strength):
+                n_steps = len(denoising_timesteps(self.scheduler, s.ddim_steps, strength))
+                record = step_indices(n_steps, s.unet_steps)
+            zc, unet = self.denoise(z, c, nsd_ids, strength, record)
+            parts[name] = zc.reshape(len(zc), -1)
+            unet_parts.update(unet)
+        for name in unet_names(s.unet_blocks, s.unet_steps):
+            parts[name] = unet_parts[name]
+        layout, start = {}, 0
+        for name in s.spaces():
+            width = parts[name].shape[1]
+            shape = list(z.shape[1:]) if name.startswith("zc") else [width]
+            layout[name] = {"start": start, "stop": start + width, "shape": shape}
+            start += width
+        self.layout = layout
+        return np.concatenate([parts[name] for name in s.spaces()], axis=1).astype(np.float32)
+
+
+def extract_encoding_shard(components, settings: EncodingFeatureSettings, features_dir: str | os.PathLike,
+                           nsd_ids: np.ndarray, out_path: str | os.PathLike, batch_size: int = 8,
+                           per_sample: bool | None = None, progress: bool = True) -> np.ndarray:
+    """Compute the encoding features of one shard's ``nsd_ids`` resumably and write ``out_path``.
+
+    ``z`` and ``c`` are read from ``features_dir`` (the features stage); the shard's record
+    (``.json`` beside it) holds the settings, the model and the column ``layout``.
+    """
+    from .features import extract_shard, load_features
+
+    extractor = EncodingFeatureExtractor(components, settings, per_sample)
+
+    def compute(ids: np.ndarray) -> np.ndarray:
+        z = load_features(features_dir, "z", ids, dtype=np.float32)
+        c = load_features(features_dir, "c", ids, dtype=np.float32)
+        return extractor.compute(z, c, ids)
+
+    probe_ids = np.asarray(nsd_ids[:1], dtype=np.int64)
+    if len(probe_ids):  # the layout (column widths) of this model, for the record
+        extractor.compute(load_features(features_dir, "z", probe_ids, dtype=np.float32),
+                          load_features(features_dir, "c", probe_ids, dtype=np.float32), probe_ids)
+    value_settings = asdict(settings)
+    record = {
+        "model": components.describe() if hasattr(components, "describe") else {},
+        "value_settings": value_settings, "layout": extractor.layout, "per_sample": extractor.per_sample,
+        "versions": _versions(),
+    }
+    return extract_shard("encoding", compute, nsd_ids, out_path, batch_size, "float16",
+                         settings=value_settings, record=record, progress=progress)
+
+
+def _versions() -> dict:
+    import diffusers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
+
+
+def load_encoding_space(encoding_dir: str | os.PathLike, space: str, nsd_ids: Sequence[int] | None = None) -> np.ndarray:
+    """Rows of one encoding space for ``nsd_ids`` (in that order): (n, dims) float32.
+
+    Raises
+    ------
+    KeyError
+        ``space`` is not in the stored layout (names the stored spaces), or nsdIds are missing.
+    """
+    from .features import load_features
+
+    encoding_dir = Path(encoding_dir)
+    record_file = encoding_dir / "encoding.json"
+    if not record_file.exists():
+        raise FileNotFoundError(f"{record_file}: no encoding features; run merge_encoding_features first")
+    layout = json.loads(record_file.read_text())["layout"]
+    if space not in layout:
+        raise KeyError(f"{record_file}: no encoding space {space!r}; stored: {sorted(layout)}")
+    columns = slice(layout[space]["start"], layout[space]["stop"])
+    array = load_features(encoding_dir, "encoding", nsd_ids)
+    return np.asarray(array[:, columns], dtype=np.float32)
