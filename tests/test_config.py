@@ -135,6 +135,9 @@ def test_img2img_strength_must_leave_a_denoising_step():
     with pytest.raises(ConfigError, match=r"'reconstruction.strength'.*expected at least 1 / ddim_steps = 0.1"):
         validate_config(merged_config(reconstruction={"strength": 0.05, "ddim_steps": 10}))
     assert validate_config(merged_config(reconstruction={"strength": 0.1, "ddim_steps": 10}))["reconstruction"]["strength"] == 0.1
+    # the encoding stage's zc denoisings use the same sampler
+    with pytest.raises(ConfigError, match=r"'encoding.zc_strengths\[0\]': value 0.25 with reconstruction.ddim_steps 3 leaves no"):
+        validate_config(merged_config(reconstruction={"ddim_steps": 3}, encoding={"zc_strengths": [0.25, 0.5]}))
 
 
 def local_config(tmp_path, **roots):

@@ -143,6 +143,6 @@ def test_missing_transform_of_a_local_nsd_copy_stops_before_any_job_naming_it(ma
                        check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert f"{local / missing}: NSD surface transform missing" in output
-    assert f"aws s3 cp s3://natural-scenes-dataset/{missing} . --no-sign-request" in output
+    assert "config key 'nsd.root'" in output and missing in output
+    assert f"aws s3 cp s3://natural-scenes-dataset/{missing} {local / missing} --no-sign-request" in output
     assert not (directory / "results/local").exists()

@@ -21,12 +21,12 @@ from test_workflow import copy_workflow, file_hashes
 REPO = Path(__file__).resolve().parents[1]
 
 # Command-line overrides of config/toy.yaml: 2 of the 5 sessions (27 test images), one sample
-# per method and 3 DDIM steps, one reconstruction shard per subject.
+# per method and 4 DDIM steps (zc at strength 0.25 needs one), one reconstruction shard per subject.
 SMALL_TOY = (
     "--configfile", "config/toy.yaml",
     "--config",
     'sessions={"last": 2}',
-    'reconstruction={"n_samples": 1, "ddim_steps": 3, "n_shards": 1}',
+    'reconstruction={"n_samples": 1, "ddim_steps": 4, "n_shards": 1}',
 )
 
 RUN_TIMEOUT_S = 2400

@@ -8,7 +8,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from brainldm import download as nsd_download
 from brainldm import map_specs
 from brainldm import nsd as nsd_layout
-from brainldm import surface as surface_transforms
 from brainldm.fmri import output_names as fmri_output_names
 from brainldm.config import ConfigError, check_local_copies, is_toy, validate_config
 from brainldm.recovery import clear_stale_lock, record_lock_owner
@@ -478,9 +477,8 @@ except ValueError as error:
 
 # --------------------------------------------------------------------------- cortical maps
 
-# The maps read the encoding stage's volumes by the names of its interface contract; they are
-# part of the graph once the encoding stage (and its config block) is.
-MAPS = config["maps"]["enabled"] and "encoding" in config
+# The maps read the encoding stage's volumes by the names of its interface contract.
+MAPS = config["maps"]["enabled"]
 MAP_VOLUMES = map_specs.surface_volume_names(config["encoding"]) if MAPS else []
 MAP_FIGURES = map_specs.figure_names(config["encoding"]) if MAPS else []
 
@@ -500,20 +498,6 @@ def surface_transform_files(wildcards):
         nsd_file(key)
         for key in nsd_layout.surface_transform_keys(int(wildcards.subject))
     ]
-
-
-def check_local_transforms():
-    """Stop at parse time, naming the file and how to get it, when a local NSD copy
-    (``nsd.root``) lacks a surface transform that the maps need."""
-    if not MAPS or TOY or config["nsd"]["root"] is None:
-        return
-    for subject in config["subjects"]:
-        for key in nsd_layout.surface_transform_keys(subject):
-            if not Path(nsd_file(key)).is_file():
-                message = surface_transforms.missing_transform_message(
-                    nsd_file(key), key
-                )
-                raise WorkflowError(message)
 
 
 def viewer_volume_names():
@@ -541,16 +525,15 @@ def maps_targets():
 # --------------------------------------------------------------------------- report
 
 REPORT_DIR = f"results/{DATASET}/report"
-# Summary tables shown in the report (the encoding one once the encoding stage is in the graph).
+# Summary tables shown in the report.
 REPORT_TABLES = [
     "fmri_qc",
     "decoding",
     "identification",
     "metrics",
     "metrics_comparison",
+    "encoding",
 ]
-if "encoding" in config:
-    REPORT_TABLES.append("encoding")
 
 
 def report_targets():

@@ -1,9 +1,7 @@
 # Cortical maps of the encoding results: per subject, the encoding stage's NIfTI volumes go to
 # fsaverage through NSD's own transforms (cubic, mean of three cortical depths, nearest to
 # fsaverage), then figures on fsaverage5 (flat and inflated), a 2-D accuracy density and one
-# interactive page. Rules exist once the encoding stage is in the graph (MAPS in common.smk).
-
-check_local_transforms()
+# interactive page, when maps.enabled (MAPS in common.smk).
 
 
 if MAPS:

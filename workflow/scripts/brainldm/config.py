@@ -190,6 +190,13 @@ def _check_semantics(config: dict) -> None:
             f"{recon['ddim_steps']} leaves int({recon['ddim_steps']} * {recon['strength']!r}) = 0 "
             f"img2img denoising steps; expected at least 1 / ddim_steps = {1 / recon['ddim_steps']:.4g}"
         )
+    for index, strength in enumerate(config["encoding"]["zc_strengths"]):
+        if int(recon["ddim_steps"] * strength) == 0:
+            raise ConfigError(
+                f"config key 'encoding.zc_strengths[{index}]': value {strength!r} with "
+                f"reconstruction.ddim_steps {recon['ddim_steps']} leaves no denoising step for zc; "
+                f"expected at least 1 / ddim_steps = {1 / recon['ddim_steps']:.4g}"
+            )
 
     for index, subject in enumerate(config["run_subjects"] or []):
         if subject not in config["subjects"]:
@@ -242,8 +249,12 @@ def check_local_copies(config: dict, nsd_keys: list[str], coco_files: list[str])
             raise ConfigError(f"config key '{name}.root': folder {root!r} is empty; {hint}")
         missing = [key for key in needed if not (folder / key).is_file()]
         if missing:
+            fetch = ""
+            if name == "nsd":
+                fetch = (f"; get a missing key from NSD's bucket with `aws s3 cp "
+                         f"s3://natural-scenes-dataset/{missing[0]} {folder / missing[0]} --no-sign-request`")
             raise ConfigError(
                 f"config key '{name}.root': folder {root!r} lacks {len(missing)} of the "
                 f"{len(needed)} files this config reads, e.g. {', '.join(missing[:3])}; {hint} "
-                "(a partial copy must hold every file the configured subjects and sessions need)"
+                f"(a partial copy must hold every file the configured subjects and sessions need){fetch}"
             )
