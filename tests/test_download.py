@@ -453,10 +453,10 @@ def test_offline_plan_uses_the_typical_sizes_table(paper_config):
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     plan = dl.plan_downloads(url, dl.needed_keys(paper_config), timeout=2.0, show=False)
-    assert {e.source for e in plan.entries} == {"table"} and plan.n_files == 196
+    assert {e.source for e in plan.entries} == {"table"} and plan.n_files == 201
     betas = 4 * 37 * dl.typical_size(BETAS_KEY)[0]
     assert betas + 73000 * 425 * 425 * 3 < plan.total_bytes < betas + 73000 * 425 * 425 * 3 + 10**9
-    assert plan.summary().startswith("download plan: 196 files, 187.") and "betas: 148 files" in plan.summary()
+    assert plan.summary().startswith("download plan: 201 files, 187.") and "betas: 148 files" in plan.summary()
 
 
 # --------------------------------------------------------------------------- COCO
@@ -531,15 +531,15 @@ def test_paper_dry_run_plans_every_input_without_network(fresh, tmp_path):
     result = snakemake(directory, "-n", env=proxy)  # any HTTP(S) request would reach `fresh`
     output = result.stdout + result.stderr
     planned = re.findall(r"wildcards: key=(\S+)", output)
-    assert len(planned) == len(set(planned)) == 196
+    assert len(planned) == len(set(planned)) == 201
     for subject in (1, 2, 5, 7):
         sessions = sorted(int(m) for m in re.findall(rf"subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session(\d\d)\.nii\.gz", " ".join(planned)))
         assert sessions == list(range(1, 38))
         assert {nsd.roi_key(subject, "streams"), nsd.roi_key(subject, "nsdgeneral"), nsd.brainmask_key(subject)} <= set(planned)
     assert {nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key(), nsd.label_table_key("streams")} <= set(planned)
     stats = dict(re.findall(r"^(download_\w+)\s+(\d+)$", output, flags=re.M))
-    assert stats == {"download_nsd_file": "196", "download_coco_annotations": "1"}
-    assert "download plan: 196 files" in output and "nsd.accept_terms is false" in output
+    assert stats == {"download_nsd_file": "201", "download_coco_annotations": "1"}
+    assert "download plan: 201 files" in output and "nsd.accept_terms is false" in output
     assert fresh.requests == []
     assert not (directory / "resources").exists()
 

@@ -133,6 +133,7 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
     from headless_chromium import find_chromium, open_page
 
     # written beside results/, so the run's own files stay those a fresh run makes
+    (toy_run / "report_test").mkdir(exist_ok=True)
     snakemake(toy_run, "--configfile", "config/toy.yaml", "--report", "report_test/report.html")
     report = toy_run / "report_test/report.html"
     page = report.read_text()
@@ -252,7 +253,7 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     mtimes = {path: (toy_run / path).stat().st_mtime_ns for path in before}
     rows = {name: summary_rows(toy_run, name, 2)
             for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv", "encoding.tsv")}
-    subject_1 = "results/toy/subj01/"
+    subject_1 = ("results/toy/subj01/", "results/toy/report/subj01_")  # its folder and report figure
 
     result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
                        "--forcerun", "prepare_fmri")

@@ -594,7 +594,7 @@ ENCODING_SHARDS = ENCODING["n_shards"]
 ENCODING_SINGLE_MODELS, ENCODING_JOINT_MODELS = encoding_model_names(ENCODING)
 ENCODING_MODELS = ENCODING_SINGLE_MODELS + ENCODING_JOINT_MODELS
 # Atlases of the per-ROI summary: every streams label and the prf-visualrois areas.
-ENCODING_SUMMARY_ATLASES = ("streams", "prf-visualrois")
+ENCODING_SUMMARY_ATLASES = nsd_layout.ENCODING_SUMMARY_ATLASES
 
 if ENCODING["mask"] not in config["fmri"]["rois"]:
     raise WorkflowError(

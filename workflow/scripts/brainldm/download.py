@@ -512,7 +512,8 @@ def needed_keys(config: dict) -> list[str]:
     The design and stim-info files, the stimulus brick (NSD offers it only whole, ~37 GiB; the
     workflow then reads just the rows it needs), and per subject the betas of every configured
     session, the ROI atlases (and their label tables) of every ROI in ``fmri.rois``,
-    ``decoding.z_rois`` and ``decoding.c_rois``, the brain mask, and with ``maps.enabled`` the
+    ``decoding.z_rois`` and ``decoding.c_rois``, the brain mask, the atlases the encoding
+    summary reports by label (``nsd.ENCODING_SUMMARY_ATLASES``), and with ``maps.enabled`` the
     8 surface transforms (``nsd.surface_transform_keys``). Order: shared files first,
     then by subject; no duplicates.
     """
@@ -522,6 +523,8 @@ def needed_keys(config: dict) -> list[str]:
     keys = [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
     for subject in config["subjects"]:
         keys += nsd.subject_keys(subject, sessions, config["nsd"]["beta_format"], rois)
+        keys += [nsd.roi_key(subject, atlas) for atlas in nsd.ENCODING_SUMMARY_ATLASES]
+        keys += [nsd.label_table_key(atlas) for atlas in nsd.ENCODING_SUMMARY_ATLASES]
         if config.get("maps", {}).get("enabled", False):
             keys += nsd.surface_transform_keys(subject)
     return list(dict.fromkeys(keys))

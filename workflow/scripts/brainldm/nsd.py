@@ -121,6 +121,10 @@ def atlases_for(rois: Iterable[str]) -> list[str]:
     return sorted({ROI_ATLAS[roi] for roi in rois})
 
 
+#: Atlases whose every label the encoding summary reports (one row per label).
+ENCODING_SUMMARY_ATLASES = ("streams", "prf-visualrois")
+
+
 def subject_keys(subject: int, sessions: Sequence[int], beta_format: str,
                  rois: Iterable[str]) -> list[str]:
     """Every key that preparing ``subject`` needs: betas sessions, ROI volumes, brain mask."""
