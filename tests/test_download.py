@@ -408,7 +408,9 @@ def test_terms_refused_means_no_request(fresh, tmp_path):
 
 def test_needed_keys_of_the_paper_config(paper_config):
     keys = dl.needed_keys(paper_config)
-    assert len(keys) == len(set(keys)) == 164 + 4 * 8  # + the surface transforms of maps.enabled
+    # + the surface transforms of maps.enabled, + prf-visualrois (4 volumes and its label table),
+    # which the encoding summary reports by area
+    assert len(keys) == len(set(keys)) == 164 + 4 * 8 + 4 + 1
     for subject in (1, 2, 5, 7):
         betas = [k for k in keys if f"subj{subject:02d}/" in k and "/betas_session" in k]
         assert sorted(betas) == [nsd.betas_key(subject, s, "nifti") for s in range(1, 38)]
@@ -417,7 +419,7 @@ def test_needed_keys_of_the_paper_config(paper_config):
         assert nsd.betas_key(subject, 38, "nifti") not in keys
         assert set(nsd.surface_transform_keys(subject)) <= set(keys)
     assert keys[:3] == [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
-    assert [k for k in keys if k.endswith(".ctab")] == [nsd.label_table_key("streams")]
+    assert [k for k in keys if k.endswith(".ctab")] == [nsd.label_table_key(a) for a in ("streams", "prf-visualrois")]
 
 
 def test_needed_keys_follow_beta_format_and_rois(paper_config):
@@ -597,7 +599,8 @@ def end_to_end(nsd_sized_world, tmp_path_factory):
 def test_end_to_end_download_fetches_the_tree_byte_for_byte(end_to_end, nsd_sized_world):
     directory = end_to_end["download"]
     keys = end_to_end["keys"]
-    assert len(keys) == 3 + 2 * (1 + 2 + 1 + 8) + 1
+    # shared; per subject betas, atlases (streams, nsdgeneral, prf-visualrois), mask, transforms; 2 label tables
+    assert len(keys) == 3 + 2 * (1 + 3 + 1 + 8) + 2
     for key in keys:
         assert (directory / "resources/nsd" / key).read_bytes() == (nsd_sized_world / "nsd" / key).read_bytes(), key
     for name in nsd.COCO_CAPTION_FILES:
