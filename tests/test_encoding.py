@@ -178,26 +178,15 @@ def test_model_names_follow_the_maps_contract(paper_config):
 def toy_spaces(tmp_path_factory, toy_world):
     """z and c of the toy's seen images (toy SD of the session) and a small set of encoding features."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from toy_sd import toy_sd
+    from toy_sd import toy_sd, toy_z_c_features
 
     from brainldm import features as F
-    from brainldm import nsd
     from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
     from brainldm.sd_model import load_stable_diffusion
 
     built = toy_sd(tmp_path_factory, toy_world)
     components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
-    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
-    out = tmp_path_factory.mktemp("features")
-    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
-    settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
-    for feature in ("z", "c"):
-        path = out / "shards" / f"{feature}_0of1.npy"
-        F.extract_feature_shard(feature, components, ids, path, settings,
-                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
-                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
-                                progress=False, chunk_size=64)
-        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+    out, ids = toy_z_c_features(tmp_path_factory, toy_world, built, components)
     enc_settings = EncodingFeatureSettings(zc_strengths=(0.5,), unet_strength=0.5, unet_blocks=("mid", "up_1"),
                                            unet_steps=("early", "late"), max_dims=512, ddim_steps=6)
     enc_dir = tmp_path_factory.mktemp("encoding_features")

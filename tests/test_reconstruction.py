@@ -227,26 +227,13 @@ def toy_features(tmp_path_factory, toy_world):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from toy_sd import toy_sd
+    from toy_sd import toy_sd, toy_z_c_features
 
-    from brainldm import features as F
-    from brainldm import nsd
     from brainldm.sd_model import load_stable_diffusion
 
     built = toy_sd(tmp_path_factory, toy_world)
     components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
-    params = toy_world["params"]
-    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), params.trials_per_session)
-    out = tmp_path_factory.mktemp("features")
-    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
-    settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
-    for feature in ("z", "c"):
-        path = out / "shards" / f"{feature}_0of1.npy"
-        F.extract_feature_shard(feature, components, ids, path, settings,
-                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
-                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
-                                progress=False, chunk_size=64)
-        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+    out, _ = toy_z_c_features(tmp_path_factory, toy_world, built, components)
     return {"dir": out, "components": components}
 
 

@@ -35,3 +35,25 @@ def toy_sd(tmp_path_factory, toy_world) -> dict:
     """Assemble (once) the toy SD; return its folder and the session's toy world data."""
     out = tmp_path_factory.getbasetemp() / "toy_sd" / "model"
     return _build(str(toy_world["nsd_root"]), str(toy_world["coco_root"]), str(out))
+
+
+def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tuple[Path, list[int]]:
+    """z and c of subject 1's images in sessions 1-4, in the features stage's files.
+
+    Returns the features folder and the nsdIds (ascending) it holds.
+    """
+    from brainldm import features as F
+    from brainldm import nsd
+
+    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
+    out = tmp_path_factory.mktemp("features")
+    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
+    settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
+    for feature in ("z", "c"):
+        path = out / "shards" / f"{feature}_0of1.npy"
+        F.extract_feature_shard(feature, components, ids, path, settings,
+                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
+                                progress=False, chunk_size=64)
+        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+    return out, ids
