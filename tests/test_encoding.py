@@ -197,13 +197,13 @@ def toy_spaces(tmp_path_factory, toy_world):
             "ids": ids}
 
 
-def encode_subject(nsd_root, spaces, out, models, **settings):
+def encode_subject(nsd_root, spaces, out, models, mask="nsdgeneral", **settings):
     from brainldm.fmri import prepare_subject_from_root
 
     fmri = out / "fmri"
-    prepare_subject_from_root(nsd_root, fmri, subject=1, sessions=range(1, 5), rois=["nsdgeneral"],
+    prepare_subject_from_root(nsd_root, fmri, subject=1, sessions=range(1, 5), rois=[mask],
                               trials_per_session=72, progress=False)
-    s = EncodingSettings(backend="numpy", **settings)
+    s = EncodingSettings(backend="numpy", mask=mask, **settings)
     for model in models:
         encode_model(fmri, spaces["features"], spaces["encoding"], model, out / f"{model}.npz", s, progress=False)
     return fmri
@@ -238,6 +238,31 @@ def test_toy_planted_tuning_is_found_through_the_real_features(tmp_path, toy_wor
     assert unique_c["ventral"] > unique_z["ventral"]
     split = roi_means(tmp_path, fmri, root, lambda d: d["split_r"][0] - d["split_r"][1], "z+c")
     assert split["early"] > 0 > split["ventral"]
+
+
+def test_whole_brain_mask_predicts_planted_voxels_and_not_the_noise(tmp_path, toy_world, toy_spaces):
+    """``encoding.mask: brainmask``: every brain voxel is a target; the toy's planted voxels are
+    predicted and its noise voxels (the brain outside early and ventral) are not."""
+    import nibabel as nib
+
+    from brainldm import nsd
+    from brainldm.toy_world import VOXEL_CLASS, planted_key
+
+    root = toy_world["nsd_root"]
+    fmri = encode_subject(root, toy_spaces, tmp_path, ["z"], mask="brainmask")
+    ijk = np.load(fmri / "brainmask_voxels.npz")["ijk"]
+    brain = np.asarray(nib.load(str(root / nsd.brainmask_key(1))).dataobj) > 0
+    scores = np.load(tmp_path / "z.npz")
+    assert scores["r"].shape == (brain.sum(),) == (len(ijk),)
+    planted = np.load(root / planted_key(1))
+    np.testing.assert_array_equal(planted["brain_ijk"], ijk)
+    voxel_class = planted["voxel_class"]
+    early, noise = voxel_class == VOXEL_CLASS["early"], voxel_class == VOXEL_CLASS["noise"]
+    assert noise.sum() > early.sum() > 0
+    assert np.nanmean(scores["r"][early]) > 0.5
+    assert scores["significant"][early].mean() > 0.9
+    assert scores["significant"][noise].mean() <= 0.05
+    assert abs(np.nanmean(scores["r"][noise])) < 0.05
 
 
 def test_toy_snr0_leaves_at_most_five_percent_significant(tmp_path, toy_world, toy_spaces):

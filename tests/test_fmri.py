@@ -25,7 +25,7 @@ from brainldm.fmri import (
 from brainldm.split import split_counts
 from brainldm.toy_world import VOXEL_CLASS, planted_key
 
-ROIS = ["early", "ventral", "lateral", "nsdgeneral", "V1v", "hV4"]
+ROIS = ["early", "ventral", "lateral", "nsdgeneral", "V1v", "hV4", "brainmask"]
 SESSIONS = [1, 2, 3, 4]
 
 
@@ -55,6 +55,8 @@ def label_value(nsd_root: Path, atlas: str, name: str) -> int:
 
 
 def expected_mask(nsd_root: Path, subject: int, roi: str) -> np.ndarray:
+    if roi == "brainmask":
+        return np.asarray(nib.load(nsd_root / nsd.brainmask_key(subject)).dataobj) > 0
     atlas = nsd.ROI_ATLAS[roi]
     volume = np.asarray(nib.load(nsd_root / nsd.roi_key(subject, atlas)).dataobj)
     if roi == "nsdgeneral":
@@ -233,7 +235,8 @@ def test_hdf5_betas_and_concurrent_reading_give_identical_outputs(toy_world, pre
 @pytest.mark.parametrize("roi", ROIS)
 def test_voxel_indices_round_trip_into_the_volume(toy_world, prepared, roi):
     root = toy_world["nsd_root"]
-    atlas_image = nib.load(root / nsd.roi_key(1, nsd.ROI_ATLAS[roi]))
+    atlas = nsd.ROI_ATLAS[roi]
+    atlas_image = nib.load(root / (nsd.brainmask_key(1) if atlas == "brainmask" else nsd.roi_key(1, atlas)))
     mask = expected_mask(root, 1, roi)
     voxels = np.load(prepared[1] / f"{roi}_voxels.npz")
     ijk = voxels["ijk"]
@@ -264,6 +267,14 @@ def test_roi_by_name_across_atlases(toy_world, prepared):
     assert v1v["ijk"].shape[0] == (prf == label_value(root, "prf-visualrois", "V1v")).sum()
     general_ijk = np.load(prepared[1] / "nsdgeneral_voxels.npz")["ijk"]
     assert general_ijk.shape[0] == (general > 0).sum() and (general[tuple(general_ijk.T)] == 1).all()
+    # The whole brain: every brain-mask voxel, nsdgeneral's among them, and more.
+    brain = np.asarray(nib.load(root / nsd.brainmask_key(1)).dataobj) > 0
+    whole = np.load(prepared[1] / "brainmask_voxels.npz")
+    assert str(whole["atlas"]) == "brainmask" and int(whole["label"]) == 0
+    assert whole["ijk"].shape[0] == brain.sum() > general_ijk.shape[0]
+    assert brain[tuple(whole["ijk"].T)].all()
+    whole_c = set(np.ravel_multi_index(tuple(whole["ijk"].T), brain.shape).tolist())
+    assert set(np.ravel_multi_index(tuple(general_ijk.T), brain.shape).tolist()) <= whole_c
 
 
 # --------------------------------------------------------------------------- QC

@@ -15,9 +15,9 @@ Each runs in its own process with one BLAS thread, which reports wall and CPU ti
 the fair measure on a shared machine) and peak resident memory (ru_maxrss);
 scores are compared voxel by voxel (test r of each fit).
 
-Whole brain: ``--whole-brain-voxels N`` (e.g. 100,000) fits ours on ``--voxels`` targets and
-prints the time extrapolated to N targets from the target-linear part of our cost (measured by
-fitting twice, with ``--voxels`` and half of them).
+Whole brain: ``--whole-brain-voxels N`` (e.g. 100,000) fits each solver a second time on half
+of the scale's voxels and, from the two fits, splits its CPU time and peak memory into a fixed
+part and a part linear in the targets; it prints both, extrapolated to N targets.
 
 Usage::
 
@@ -135,12 +135,20 @@ def main():
               f"{100 * close:.2f} % of voxels within 1e-3")
     if args.whole_brain_voxels:
         half = (*shapes[:2], shapes[2] // 2, *shapes[3:])
-        fewer = in_child("ours", half, args.n_iter, args.threads)
-        per_voxel = (ours["cpu"] - fewer["cpu"]) / (shapes[2] - half[2])
-        fixed = ours["cpu"] - per_voxel * shapes[2]
-        print(f"ours with {half[2]} voxels: {fewer['cpu']:.1f} s CPU -> {per_voxel * 1e3:.2f} ms per voxel + {fixed:.1f} s; "
-              f"extrapolated to {args.whole_brain_voxels} voxels: {fixed + per_voxel * args.whole_brain_voxels:.0f} s CPU")
-
+        fits = {"ours": ours} if args.skip_himalaya else {"ours": ours, "himalaya": ref}
+        whole = {}
+        for which, full in fits.items():
+            fewer = in_child(which, half, args.n_iter, args.threads)
+            per_voxel = {key: (full[key] - fewer[key]) / (shapes[2] - half[2]) for key in ("cpu", "peak_mb")}
+            fixed = {key: full[key] - per_voxel[key] * shapes[2] for key in ("cpu", "peak_mb")}
+            whole[which] = {key: fixed[key] + per_voxel[key] * args.whole_brain_voxels for key in ("cpu", "peak_mb")}
+            print(f"{which} with {half[2]} voxels: {fewer['cpu']:.1f} s CPU, peak {fewer['peak_mb']:.0f} MB -> "
+                  f"CPU {fixed['cpu']:.1f} s + {per_voxel['cpu'] * 1e3:.2f} ms per voxel, peak {fixed['peak_mb']:.0f} MB + "
+                  f"{per_voxel['peak_mb'] * 1e3:.1f} MB per 1000 voxels; extrapolated to {args.whole_brain_voxels} voxels: "
+                  f"{whole[which]['cpu']:.0f} s CPU, peak {whole[which]['peak_mb']:.0f} MB")
+        if "himalaya" in whole:
+            print(f"whole brain ({args.whole_brain_voxels} voxels, extrapolated): speed-up "
+                  f"{whole['himalaya']['cpu'] / whole['ours']['cpu']:.2f}x CPU")
 
 if __name__ == "__main__":
     main()

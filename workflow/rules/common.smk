@@ -218,7 +218,9 @@ def fmri_roi_outputs(subject="{subject}"):
 def fmri_atlases():
     """ROI atlases the configured ROIs need, and those of them that have a label table."""
     atlases = nsd_layout.atlases_for(config["fmri"]["rois"])
-    return atlases, [atlas for atlas in atlases if atlas != "nsdgeneral"]
+    return atlases, [
+        atlas for atlas in atlases if atlas not in nsd_layout.WHOLE_VOLUME_ATLASES
+    ]
 
 
 def fmri_inputs(wildcards):

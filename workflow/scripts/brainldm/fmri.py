@@ -299,7 +299,7 @@ class RoiSet:
     columns : dict roi -> (n_voxels_roi,) int64
         Columns of each ROI's voxels within the union (each ROI in C order too).
     atlas : dict roi -> str
-    label : dict roi -> int (the atlas value; 0 stands for nsdgeneral's "> 0")
+    label : dict roi -> int (the atlas value; 0 stands for nsdgeneral's and brainmask's "> 0")
     in_brain : (n_union,) bool
         Whether each union voxel lies inside the brain mask.
     """
@@ -379,12 +379,13 @@ def load_rois(rois: Sequence[str], atlas_paths: Mapping[str, str | Path],
     _check_same_grid(Path(brainmask_path), brainmask.shape, mask_affine, ref_path, ref_shape, ref_affine)
     if ref_affine is None:
         ref_affine = mask_affine
+    volumes["brainmask"] = brainmask
 
     masks, atlas_of, label_of = {}, {}, {}
     for roi in rois:
         atlas = nsd.ROI_ATLAS[roi]
         table = None
-        if atlas != "nsdgeneral":
+        if atlas not in nsd.WHOLE_VOLUME_ATLASES:
             table_path = label_table_paths.get(atlas)
             if table_path is None or not Path(table_path).is_file():
                 raise FMRIDataError(f"{table_path or atlas}: label table of atlas {atlas!r} missing")
@@ -397,7 +398,7 @@ def load_rois(rois: Sequence[str], atlas_paths: Mapping[str, str | Path],
         if not masks[roi].any():
             what = "values > 0" if table is None else f"label {table[roi]}"
             raise FMRIDataError(
-                f"{atlas_paths[atlas]}: ROI {roi!r} ({what} of atlas {atlas!r}) has no voxels"
+                f"{atlas_paths.get(atlas, brainmask_path)}: ROI {roi!r} ({what} of atlas {atlas!r}) has no voxels"
             )
     union = np.logical_or.reduce([masks[roi] for roi in rois])
     ijk = np.argwhere(union).astype(np.int32)
@@ -779,7 +780,7 @@ def prepare_subject_from_root(nsd_root: str | Path, out_dir: str | Path, *, subj
         betas_paths=[root / nsd.betas_key(subject, s, beta_format) for s in sessions],
         expdesign_path=root / nsd.expdesign_key(),
         atlas_paths={a: root / nsd.roi_key(subject, a) for a in atlases},
-        label_table_paths={a: root / nsd.label_table_key(a) for a in atlases if a != "nsdgeneral"},
+        label_table_paths={a: root / nsd.label_table_key(a) for a in atlases if a not in nsd.WHOLE_VOLUME_ATLASES},
         brainmask_path=root / nsd.brainmask_key(subject), rois=rois, **options)
 
 

@@ -31,7 +31,11 @@ ROI_ATLAS = {
        ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal")},
     **{name: "prf-visualrois" for name in ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4")},
     "nsdgeneral": "nsdgeneral",
+    # The whole brain: every voxel of the subject's brain mask, which has a key of its own.
+    "brainmask": "brainmask",
 }
+#: "Atlases" whose ROI is every voxel > 0 of one volume (no label table).
+WHOLE_VOLUME_ATLASES = ("nsdgeneral", "brainmask")
 
 
 class NSDFormatError(ValueError):
@@ -114,11 +118,12 @@ def root_of(path: str | Path, key: str) -> Path:
 
 
 def atlases_for(rois: Iterable[str]) -> list[str]:
-    """The atlases (ROI volumes) needed for ``rois``, sorted."""
+    """The ROI volumes under ``roi/`` needed for ``rois``, sorted (the brain mask, which every
+    subject's preparation reads anyway, is not one of them)."""
     unknown = [roi for roi in rois if roi not in ROI_ATLAS]
     if unknown:
         raise ValueError(f"unknown ROI {unknown[0]!r}: expected one of {sorted(ROI_ATLAS)}")
-    return sorted({ROI_ATLAS[roi] for roi in rois})
+    return sorted({ROI_ATLAS[roi] for roi in rois} - {"brainmask"})
 
 
 #: Atlases whose every label the encoding summary reports (one row per label).
@@ -131,7 +136,7 @@ def subject_keys(subject: int, sessions: Sequence[int], beta_format: str,
     atlases = atlases_for(rois)
     keys = [betas_key(subject, session, beta_format) for session in sessions]
     keys += [roi_key(subject, atlas) for atlas in atlases]
-    keys += [label_table_key(atlas) for atlas in atlases if atlas != "nsdgeneral"]
+    keys += [label_table_key(atlas) for atlas in atlases if atlas not in WHOLE_VOLUME_ATLASES]
     keys.append(brainmask_key(subject))
     return keys
 
@@ -344,9 +349,10 @@ def read_label_table(path: str | Path) -> dict[str, int]:
 def roi_mask(roi: str, atlas_volume: np.ndarray, label_table: dict[str, int] | None) -> np.ndarray:
     """Boolean (X, Y, Z) mask of ``roi`` in its atlas volume.
 
-    ``nsdgeneral`` is ``> 0``; other ROIs are the voxels whose value is the label's.
+    ``nsdgeneral`` and ``brainmask`` (``atlas_volume`` is then the brain mask) are ``> 0``; other
+    ROIs are the voxels whose value is the label's.
     """
-    if roi == "nsdgeneral":
+    if roi in WHOLE_VOLUME_ATLASES:
         return atlas_volume > 0
     if label_table is None or roi not in label_table:
         raise NSDFormatError(f"ROI {roi!r} is not in the label table of atlas {ROI_ATLAS.get(roi)!r}")
