@@ -287,10 +287,10 @@ def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(tmp_path, toy_w
     assert ident[("z", "pixels")]["accuracy"] > 0.85
     assert match[("z", "position")]["match"] > match[("z", "position")]["chance"] + 0.4
     assert ident[("c", "toy_semantic")]["accuracy"] > 0.7
-    # the shipped LDM (800 steps) draws the caption's colour; its shapes are still blobs, so
-    # shape is not asserted (see README, "Toy results")
     row = match[("c", "colour")]
     assert row["match"] > row["chance"] + 0.4, row
+    row = match[("c", "shape")]
+    assert row["match"] > row["chance"] + 0.2, row
     assert abs(match[("c", "position")]["match"] - match[("c", "position")]["chance"]) < 0.15
     assert ident[("zc", "toy_semantic")]["accuracy"] > ident[("z", "toy_semantic")]["accuracy"]
     assert ident[("zc", "pixels")]["accuracy"] > ident[("c", "pixels")]["accuracy"] + 0.1

@@ -70,7 +70,7 @@ class TrainingSettings:
 
     seed: int = 0
     vae_steps: int = 240
-    ldm_steps: int = 800
+    ldm_steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
