@@ -343,7 +343,8 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
 
 
 def test_encoding_features_do_not_depend_on_batching(toy_spaces):
-    from brainldm.encoding_features import EncodingFeatureExtractor, load_encoding_space
+    from brainldm.encoding_features import EncodingFeatureExtractor
+    from brainldm.encoding_spaces import load_encoding_space
     from brainldm.features import load_features
 
     comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]

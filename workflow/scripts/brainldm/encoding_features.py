@@ -21,7 +21,7 @@ image goes through the U-Net alone: bit-identical whatever the batch size).
 All spaces of an image are stored side by side in one row, float16:
 ``encoding_features/encoding.npy`` (n_images, n_columns), ``encoding_nsd_ids.npy`` and
 ``encoding.json`` whose ``layout`` maps each space to its columns and shape
-(:func:`load_encoding_space`).
+(:func:`brainldm.encoding_spaces.load_encoding_space`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .encoding_spaces import unet_names, zc_names
 
 LOGGER = logging.getLogger("brainldm.encoding_features")
 
@@ -70,15 +72,6 @@ class EncodingFeatureSettings:
     def spaces(self) -> list[str]:
         """Names of the stored spaces: ``zc{s}`` then ``unet_{block}_{step}``."""
         return zc_names(self.zc_strengths) + unet_names(self.unet_blocks, self.unet_steps)
-
-
-def zc_names(strengths: Sequence[float]) -> list[str]:
-    """``zc{strength}`` with Python's ``str`` of the float (``zc0.5``)."""
-    return [f"zc{float(s)}" for s in strengths]
-
-
-def unet_names(blocks: Sequence[str], steps: Sequence[str]) -> list[str]:
-    return [f"unet_{block}_{step}" for block in blocks for step in steps]
 
 
 def denoising_timesteps(scheduler, ddim_steps: int, strength: float) -> torch.Tensor:
@@ -283,25 +276,3 @@ def _versions() -> dict:
     import diffusers
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
-
-
-def load_encoding_space(encoding_dir: str | os.PathLike, space: str, nsd_ids: Sequence[int] | None = None) -> np.ndarray:
-    """Rows of one encoding space for ``nsd_ids`` (in that order): (n, dims) float32.
-
-    Raises
-    ------
-    KeyError
-        ``space`` is not in the stored layout (names the stored spaces), or nsdIds are missing.
-    """
-    from .features import load_features
-
-    encoding_dir = Path(encoding_dir)
-    record_file = encoding_dir / "encoding.json"
-    if not record_file.exists():
-        raise FileNotFoundError(f"{record_file}: no encoding features; run merge_encoding_features first")
-    layout = json.loads(record_file.read_text())["layout"]
-    if space not in layout:
-        raise KeyError(f"{record_file}: no encoding space {space!r}; stored: {sorted(layout)}")
-    columns = slice(layout[space]["start"], layout[space]["stop"])
-    array = load_features(encoding_dir, "encoding", nsd_ids)
-    return np.asarray(array[:, columns], dtype=np.float32)
