@@ -21,12 +21,15 @@ from test_workflow import copy_workflow, file_hashes
 REPO = Path(__file__).resolve().parents[1]
 
 # Command-line overrides of config/toy.yaml: 2 of the 5 sessions (27 test images), one sample
-# per method and 4 DDIM steps (zc at strength 0.25 needs one), one reconstruction shard per subject.
+# per method and 4 DDIM steps, one reconstruction shard per subject, and 9 encoding models per
+# subject instead of 18 (one zc level; 2 U-Net blocks x 2 steps): each SLURM job costs its status
+# polling on top of its work.
 SMALL_TOY = (
     "--configfile", "config/toy.yaml",
     "--config",
     'sessions={"last": 2}',
     'reconstruction={"n_samples": 1, "ddim_steps": 4, "n_shards": 1}',
+    'encoding={"zc_strengths": [0.5], "unet_strength": 0.5, "unet_blocks": ["mid", "up_1"], "unet_steps": ["early", "late"]}',
 )
 
 RUN_TIMEOUT_S = 2400
