@@ -36,7 +36,9 @@ def test_config_yaml_equals_the_schema_defaults(paper_config):
 
 def test_toy_config_overrides_only_what_differs(toy_config, paper_config):
     assert toy_config["dataset"] == "toy"
-    assert toy_config["decoding"] == paper_config["decoding"]
+    # the toy decodes with the paper's settings; only its tiny fits run one thread each
+    assert toy_config["decoding"] == {**paper_config["decoding"], "threads": 1}
+    assert paper_config["decoding"]["threads"] == paper_config["encoding"]["threads"] == 8
     assert toy_config["nsd"]["root"] == "resources/toy/nsd"
 
 

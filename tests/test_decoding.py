@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,8 @@ from brainldm.decoding import (
 )
 
 WIDE_ALPHAS = [1e-2, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 
 
 def make_data(n=240, p=30, t=24, n_images=80, n_test=12, seed=0, dtype="float64", offset=0.0):
@@ -165,6 +171,27 @@ def test_bad_inputs_name_the_problem():
         ridge_cv_predict(X, F[rows], X_test, alphas=[0.0, 1.0])
     with pytest.raises(ValueError, match="unknown"):
         decoding.resolve_backend("jax")
+
+
+def test_auto_backend_without_a_gpu_driver_is_numpy_and_leaves_torch_unimported(tmp_path):
+    probe = ("import sys; from brainldm import decoding; "
+             "decoding.GPU_DRIVER_FILES = (%r,); "
+             "print(decoding.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver"))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
+    assert result.stdout.split() == ["numpy", "False"]
+
+
+def test_auto_backend_asks_torch_when_a_driver_file_exists(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    driver = tmp_path / "version"
+    driver.write_text("NVRM version: test\n")
+    monkeypatch.setattr(decoding, "GPU_DRIVER_FILES", (str(driver),))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert decoding.resolve_backend("auto") == "torch_cuda"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert decoding.resolve_backend("auto") == "numpy"
 
 
 def write_contract_inputs(tmp_path, X, F, rows, X_test, F_test, nsd_offset=1000):

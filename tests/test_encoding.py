@@ -17,6 +17,7 @@ from brainldm.encoding import (
     EncodingSettings,
     best_unet,
     encode_model,
+    encode_models,
     map_subject,
     model_names,
     training_rows,
@@ -79,13 +80,18 @@ def test_single_space_equals_himalaya_kernel_ridge_cv():
     assert len(np.unique(ours.best_alphas)) >= 2
 
 
-def test_candidates_are_himalayas_with_uniform_first():
-    gammas = candidate_gammas(2, 20, random_state=5)
-    assert gammas.shape == (20, 2)
+@pytest.mark.parametrize("n_spaces, n_iter, concentration", [(2, 20, (0.1, 1.0)), (3, 7, (0.1, 1.0)),
+                                                               (4, 9, (0.5, np.inf, 2.0))])
+def test_candidates_are_himalayas_with_uniform_first(n_spaces, n_iter, concentration):
+    from himalaya.kernel_ridge import generate_dirichlet_samples
+
+    gammas = candidate_gammas(n_spaces, n_iter, random_state=5, concentration=concentration)
+    reference = np.asarray(generate_dirichlet_samples(n_iter, n_spaces, list(concentration), 5))
+    assert gammas.shape == (n_iter, n_spaces)
+    np.testing.assert_array_equal(gammas[1:], reference[1:])
     np.testing.assert_allclose(gammas.sum(1), 1.0)
-    np.testing.assert_allclose(gammas[0], [0.5, 0.5])
-    assert not np.allclose(gammas[1:], 0.5)
-    np.testing.assert_array_equal(candidate_gammas(2, 20, random_state=5), gammas)
+    np.testing.assert_allclose(gammas[0], 1.0 / n_spaces)
+    assert not np.allclose(gammas[1:], 1.0 / n_spaces)
 
 
 def test_unique_variance_and_split_recover_planted_space_weights():
@@ -207,6 +213,20 @@ def encode_subject(nsd_root, spaces, out, models, mask="nsdgeneral", **settings)
     for model in models:
         encode_model(fmri, spaces["features"], spaces["encoding"], model, out / f"{model}.npz", s, progress=False)
     return fmri
+
+
+def test_one_job_for_all_models_writes_the_files_of_one_job_per_model(tmp_path, toy_world, toy_spaces):
+    models = ["z", "zc0.5", "unet_mid_late", "z+c"]
+    fmri = encode_subject(toy_world["nsd_root"], toy_spaces, tmp_path, models)
+    s = EncodingSettings(backend="numpy")
+    together = [tmp_path / f"together_{model}.npz" for model in models]
+    summaries = encode_models(fmri, toy_spaces["features"], toy_spaces["encoding"], models, together, s,
+                              progress=False)
+    assert [summary["model"] for summary in summaries] == models
+    for model, path in zip(models, together):
+        assert path.read_bytes() == (tmp_path / f"{model}.npz").read_bytes(), model
+    with pytest.raises(ValueError, match="4 models but 3 output paths"):
+        encode_models(fmri, toy_spaces["features"], toy_spaces["encoding"], models, together[:3], s)
 
 
 def roi_means(out, fmri, nsd_root, key, model):
@@ -394,6 +414,16 @@ def test_paper_dry_run_lists_encoding_jobs_per_subject():
         assert f"results/nsd/subj{subject}/encoding/z+c.npz" in text
         assert f"results/nsd/subj{subject}/encoding/volumes/z+c_unique_c.nii.gz" in text
     assert "results/nsd/summary/encoding.tsv" in text
+    assert "rule fit_encoding_model:" in text and "rule fit_encoding_models:" not in text
     one = dry_run("--config", "subjects=5")
     assert "subj05/encoding/unet_mid_late.npz" in one
     assert "subj01/encoding" not in one and "subj07/encoding" not in one
+
+
+def test_per_subject_jobs_fit_every_model_of_a_subject_in_one_job():
+    text = dry_run("--config", "subjects=5", 'encoding={"jobs": "per_subject"}')
+    assert "rule fit_encoding_model:" not in text
+    assert text.count("rule fit_encoding_models:") == 1
+    job = text.split("rule fit_encoding_models:", 1)[1].split("\n\n", 1)[0]
+    for model in ("z", "c", "zc0.25", "unet_down_0_early", "z+c", "z+zc0.75"):
+        assert f"results/nsd/subj05/encoding/{model}.npz" in job

@@ -67,12 +67,12 @@ def fake_sinfo(tmp_path):
 
 
 def test_slurm_profile_caps_threads_at_the_largest_node(workflow_copy, fake_sinfo):
-    jobs = dry_run_jobs(workflow_copy, "--workflow-profile", "profiles/slurm", "--configfile", "config/toy.yaml",
-                        path_prefix=fake_sinfo)
+    eight = ("--configfile", "config/toy.yaml", "--config", 'decoding={"threads": 8}')  # the paper config's
+    jobs = dry_run_jobs(workflow_copy, "--workflow-profile", "profiles/slurm", *eight, path_prefix=fake_sinfo)
     decoders = [job for job in jobs if job["rule"] == "fit_decoder"]
     assert decoders and all(job["threads"] == 6 for job in decoders)  # the rule asks for 8
     # Without the profile the rule's own 8 threads stand (16 cores given).
-    uncapped = dry_run_jobs(workflow_copy, "--workflow-profile", "none", "--configfile", "config/toy.yaml")
+    uncapped = dry_run_jobs(workflow_copy, "--workflow-profile", "none", *eight)
     assert {job["threads"] for job in uncapped if job["rule"] == "fit_decoder"} == {8}
 
 

@@ -263,10 +263,12 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     config = validate_config(merged_config(REPO / "config" / "toy.yaml"))
     shards = config["reconstruction"]["n_shards"]
     n_encoding_models = sum(len(names) for names in model_names(config["encoding"]))
+    encoding_jobs = ({"fit_encoding_models": 1} if config["encoding"]["jobs"] == "per_subject"
+                     else {"fit_encoding_model": n_encoding_models})
     assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
                                   "plot_reconstructions": 1, "identify_reconstructions": 1,
                                   "evaluate_reconstructions": 1, "report_reconstructions": 1,
-                                  "match_toy_attributes": 1, "fit_encoding_model": n_encoding_models,
+                                  "match_toy_attributes": 1, **encoding_jobs,
                                   "map_encoding": 1, "project_to_surface": 1, "plot_cortical_maps": 1,
                                   "plot_accuracy_density": 1, "view_surface": 1}
     assert "subject=02" not in output

@@ -643,9 +643,18 @@ def encoding_model_pattern():
 
 def encoder_inputs(wildcards):
     """Inputs of fit_encoding_model: the mask's prepared betas and each space's features."""
-    folder = fmri_dir(wildcards.subject)
+    return encoder_inputs_of(wildcards.subject, wildcards.model.split("+"))
+
+
+def subject_encoder_inputs(wildcards):
+    """Inputs of fit_encoding_models: those of every configured model."""
+    spaces = {space for model in ENCODING_MODELS for space in model.split("+")}
+    return encoder_inputs_of(wildcards.subject, spaces)
+
+
+def encoder_inputs_of(subject, spaces):
+    folder = fmri_dir(subject)
     mask = ENCODING["mask"]
-    spaces = wildcards.model.split("+")
     inputs = {
         "train": f"{folder}/{mask}_train.npy",
         "test": f"{folder}/{mask}_test.npy",

@@ -14,7 +14,7 @@ rule fit_decoder:
         feature="z|c",
     conda:
         "../../envs/decoding.yaml"
-    threads: 8
+    threads: config["decoding"]["threads"]
     resources:
         mem_mb=decoder_mem_mb,
         runtime=240,

@@ -2,7 +2,8 @@
 # First the features of this stage for every seen image (zc at each noise level, pooled U-Net
 # block outputs at early/middle/late denoising steps; sharded and resumable like
 # extract_features),
-# then per subject one job per model (single spaces z, c, zc*, unet_*; banded joints z+c, z+zc*),
+# then per subject one job per model (single spaces z, c, zc*, unet_*; banded joints z+c, z+zc*)
+# or, with encoding.jobs per_subject, one job for all of them,
 # then per subject the voxel table, NIfTI volumes and ROI summary; then one summary table.
 
 
@@ -52,27 +53,57 @@ rule merge_encoding_features:
         "../scripts/merge_encoding_features.py"
 
 
-rule fit_encoding_model:
-    input:
-        unpack(encoder_inputs),
-    output:
-        scores=f"{encoding_dir()}/{{model}}.npz",
-    log:
-        f"logs/{DATASET}/fit_encoding_model/subj{{subject}}_{{model}}.log",
-    wildcard_constraints:
-        model=encoding_model_pattern(),
-    conda:
-        "../../envs/encoding.yaml"
-    threads: 8
-    resources:
-        mem_mb=16000,
-        runtime=240,
-        gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
-    params:
-        encoding=ENCODING,
-        encoding_features_dir=ENCODING_FEATURES_DIR,
-    script:
-        "../scripts/fit_encoding_model.py"
+if ENCODING["jobs"] == "per_model":
+
+    rule fit_encoding_model:
+        input:
+            unpack(encoder_inputs),
+        output:
+            scores=f"{encoding_dir()}/{{model}}.npz",
+        log:
+            f"logs/{DATASET}/fit_encoding_model/subj{{subject}}_{{model}}.log",
+        wildcard_constraints:
+            model=encoding_model_pattern(),
+        conda:
+            "../../envs/encoding.yaml"
+        threads: ENCODING["threads"]
+        resources:
+            mem_mb=16000,
+            runtime=240,
+            gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
+        params:
+            encoding=ENCODING,
+            encoding_features_dir=ENCODING_FEATURES_DIR,
+            models=lambda wildcards: [wildcards.model],
+        script:
+            "../scripts/fit_encoding_models.py"
+
+else:
+
+    rule fit_encoding_models:
+        input:
+            unpack(subject_encoder_inputs),
+        output:
+            scores=expand(
+                f"{encoding_dir()}/{{model}}.npz",
+                model=ENCODING_MODELS,
+                allow_missing=True,
+            ),
+        log:
+            f"logs/{DATASET}/fit_encoding_models/subj{{subject}}.log",
+        conda:
+            "../../envs/encoding.yaml"
+        threads: ENCODING["threads"]
+        resources:
+            mem_mb=16000,
+            runtime=240 * len(ENCODING_MODELS),
+            gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
+        params:
+            encoding=ENCODING,
+            encoding_features_dir=ENCODING_FEATURES_DIR,
+            models=ENCODING_MODELS,
+        script:
+            "../scripts/fit_encoding_models.py"
 
 
 rule map_encoding:

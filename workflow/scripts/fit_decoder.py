@@ -2,24 +2,29 @@
 
 from pathlib import Path
 
+import scipy.linalg  # noqa: F401  (loaded before threadpool_limits, which covers only loaded BLAS libraries)
+from threadpoolctl import threadpool_limits
+
 from brainldm.decoding import decode_feature
 from brainldm.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     settings = snakemake.params.settings
-    decode_feature(
-        fmri_dir=Path(snakemake.input.train_trials).parent,
-        features_dir=Path(snakemake.input.features).parent,
-        feature=snakemake.wildcards.feature,
-        rois=list(snakemake.params.rois),
-        out_dir=Path(snakemake.output.summary).parent,
-        alphas=settings["alphas"],
-        n_folds=settings["n_folds"],
-        center_targets=settings["center_targets"],
-        backend=settings["backend"],
-        n_targets_batch=settings["n_targets_batch"],
-        solver=settings["solver"],
-        shuffle_control=settings["shuffle_control"],
-        seed=int(snakemake.wildcards.subject),
-    )
+    # BLAS may use only the threads the job reserved: jobs side by side must not oversubscribe.
+    with threadpool_limits(limits=snakemake.threads):
+        decode_feature(
+            fmri_dir=Path(snakemake.input.train_trials).parent,
+            features_dir=Path(snakemake.input.features).parent,
+            feature=snakemake.wildcards.feature,
+            rois=list(snakemake.params.rois),
+            out_dir=Path(snakemake.output.summary).parent,
+            alphas=settings["alphas"],
+            n_folds=settings["n_folds"],
+            center_targets=settings["center_targets"],
+            backend=settings["backend"],
+            n_targets_batch=settings["n_targets_batch"],
+            solver=settings["solver"],
+            shuffle_control=settings["shuffle_control"],
+            seed=int(snakemake.wildcards.subject),
+        )

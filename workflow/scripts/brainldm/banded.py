@@ -74,21 +74,19 @@ def candidate_gammas(n_spaces: int, n_iter: int, random_state: int | None,
                      concentration: Sequence[float] = CONCENTRATIONS) -> np.ndarray:
     """Kernel-weight candidates of himalaya's random search: (n_iter, n_spaces) float64.
 
-    The Dirichlet samples of ``himalaya.kernel_ridge.generate_dirichlet_samples`` with the first
-    set to uniform weights; one candidate ``[1]`` for a single space.
+    The samples of ``himalaya.kernel_ridge.generate_dirichlet_samples`` (the test suite checks
+    they are equal), with the first set to uniform weights; one candidate ``[1]`` for a single
+    space. Drawn here because importing himalaya (and scikit-learn with it) costs seconds per
+    job, more than a toy-sized fit.
     """
-    from himalaya.backend import get_backend, set_backend
-    from himalaya.kernel_ridge import generate_dirichlet_samples
-
     if n_spaces == 1:
         return np.ones((1, 1))
-    previous = get_backend().name
-    set_backend("numpy")
-    try:
-        gammas = np.asarray(generate_dirichlet_samples(n_iter, n_spaces, list(concentration), random_state),
-                            dtype=np.float64)
-    finally:
-        set_backend(previous)
+    random = np.random.RandomState(random_state)
+    per_concentration = int(np.ceil(n_iter / len(concentration)))
+    draws = [np.full((per_concentration, n_spaces), 1.0 / n_spaces) if np.isinf(value)
+             else random.dirichlet([value] * n_spaces, per_concentration) for value in concentration]
+    # himalaya interleaves the concentrations: a0, b0, a1, b1, ...
+    gammas = np.stack(draws, axis=1).reshape(-1, n_spaces)[:n_iter].astype(np.float64)
     gammas[0] = 1.0 / n_spaces
     return gammas
 

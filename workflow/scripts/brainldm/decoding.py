@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +52,28 @@ PAPER_N_FOLDS = 5
 # --------------------------------------------------------------------------------------------
 # backends
 # --------------------------------------------------------------------------------------------
+#: Files that exist when a CUDA (NVIDIA) or ROCm (AMD) kernel driver is loaded on Linux.
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/kfd")
+
+
+def gpu_driver_present() -> bool:
+    """Whether torch could see a GPU at all; importing torch to ask costs seconds per CPU job.
+
+    On Linux no GPU is usable without one of ``GPU_DRIVER_FILES``, or with ``CUDA_VISIBLE_DEVICES``
+    set empty or ``-1``; elsewhere the answer is left to torch (True).
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in {"", "-1"}:
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(path) for path in GPU_DRIVER_FILES)
+
+
 def resolve_backend(name: str) -> str:
     """Map a configured backend (``auto``, ``numpy``, ``torch``, ``torch_cuda``) to a concrete one.
 
-    ``auto`` gives ``torch_cuda`` when torch sees a CUDA device, else ``numpy``. Asking for
+    ``auto`` gives ``torch_cuda`` when torch sees a CUDA device, else ``numpy`` (without importing
+    torch where :func:`gpu_driver_present` says no GPU can exist). Asking for
     ``torch_cuda`` without a GPU raises a ``RuntimeError`` naming the problem.
     """
     if name not in {"auto", "numpy", "torch", "torch_cuda"}:
@@ -61,6 +81,8 @@ def resolve_backend(name: str) -> str:
             f"decoding backend {name!r} is unknown; expected one of auto, numpy, torch, torch_cuda"
         )
     if name == "auto":
+        if not gpu_driver_present():
+            return "numpy"
         try:
             import torch
 

@@ -171,6 +171,16 @@ def encode_model(fmri_dir, features_dir, encoding_features_dir, model: str, out_
     return summary
 
 
+def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequence[str], out_paths: Sequence,
+                  settings: EncodingSettings, progress: bool = True) -> list[dict]:
+    """:func:`encode_model` for each of ``models`` in turn (``out_paths`` in the same order), in one
+    process: the files are those of one call per model."""
+    if len(models) != len(out_paths):
+        raise ValueError(f"{len(models)} models but {len(out_paths)} output paths; expected one path per model")
+    return [encode_model(fmri_dir, features_dir, encoding_features_dir, model, path, settings, progress=progress)
+            for model, path in zip(models, out_paths)]
+
+
 # ------------------------------------------------------------------------------ per-subject maps
 
 

@@ -1,0 +1,23 @@
+"""Rules fit_encoding_model and fit_encoding_models: one subject's encoding models (params.models),
+one job per model or one for all of them (encoding.jobs)."""
+
+from pathlib import Path
+
+import scipy.linalg  # noqa: F401  (loaded before threadpool_limits, which covers only loaded BLAS libraries)
+from threadpoolctl import threadpool_limits
+
+from brainldm.encoding import EncodingSettings, encode_models
+from brainldm.logs import setup_logging
+
+if "snakemake" in globals():
+    log = setup_logging(snakemake.log[0])
+    # BLAS may use only the threads the job reserved: jobs side by side must not oversubscribe.
+    with threadpool_limits(limits=snakemake.threads):
+        encode_models(
+            fmri_dir=Path(snakemake.input.train_trials).parent,
+            features_dir=Path(snakemake.input.features[0]).parent,
+            encoding_features_dir=Path(snakemake.params.encoding_features_dir),
+            models=snakemake.params.models,
+            out_paths=list(snakemake.output),  # the rules' only outputs: one npz per model
+            settings=EncodingSettings.from_config(snakemake.params.encoding),
+        )
