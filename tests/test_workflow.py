@@ -68,6 +68,16 @@ def test_local_nsd_root_that_holds_nothing_stops_at_startup_naming_the_key(tmp_p
     assert "MissingInputException" not in output and "Missing input files" not in output
 
 
+def test_planning_the_toy_graph_does_not_import_torch():
+    """Every snakemake start parses the workflow; importing torch there would cost seconds each."""
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--configfile", "config/toy.yaml"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "brainldm.config" in imported and "numpy" in imported
+    assert "torch" not in imported and "diffusers" not in imported
+
+
 def test_snakefmt_check_is_clean():
     """Snakefile and every .smk parse and are formatted (snakefmt's own rules)."""
     result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,

@@ -359,7 +359,7 @@ TOY_WEIGHTS_DIR = "workflow/toy_model"
 
 def toy_weight_files():
     """The shipped toy weights folder's manifest and files (inputs of make_toy_model)."""
-    from brainldm.toy_model import MANIFEST, WEIGHT_FILES
+    from brainldm.toy_weights import MANIFEST, WEIGHT_FILES
 
     return [f"{TOY_WEIGHTS_DIR}/{MANIFEST}"] + [
         f"{TOY_WEIGHTS_DIR}/{name}" for name in WEIGHT_FILES.values()

@@ -39,6 +39,7 @@ import torch
 
 from .atomic import atomic_path
 from .sd_model import sd_v1_4_configs
+from .toy_weights import MANIFEST, SHIPPED_WEIGHTS, WEIGHT_FILES
 
 log = logging.getLogger(__name__)
 
@@ -384,19 +385,6 @@ def new_toy_components(configs: dict, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------- shipped weights
-
-#: The trained toy weights that ship with the workflow (written by brainldm.toy_training).
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "toy_model"
-MANIFEST = "manifest.json"
-#: Files of a weights folder, by role; their sha256 are in the manifest.
-WEIGHT_FILES = {
-    "vae": "vae.safetensors",
-    "text_encoder": "text_encoder.safetensors",
-    "unet": "unet.safetensors",
-    "semantic": "semantic.safetensors",
-    "vocab": "tokenizer/vocab.json",
-    "merges": "tokenizer/merges.txt",
-}
 
 
 class ToyWeightsError(ValueError):
