@@ -186,7 +186,7 @@ def toy_spaces(tmp_path_factory, toy_world):
     sys.path.insert(0, str(Path(__file__).parent))
     from toy_sd import toy_sd, toy_z_c_features
 
-    from brainldm import features as F
+    from brainldm import feature_store as S
     from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
     from brainldm.sd_model import load_stable_diffusion
 
@@ -198,7 +198,7 @@ def toy_spaces(tmp_path_factory, toy_world):
     enc_dir = tmp_path_factory.mktemp("encoding_features")
     shard = enc_dir / "shards" / "encoding_0of1.npy"
     extract_encoding_shard(components, enc_settings, out, ids, shard, batch_size=16, progress=False)
-    F.merge_shards("encoding", [shard], enc_dir, expected_nsd_ids=ids)
+    S.merge_shards("encoding", [shard], enc_dir, expected_nsd_ids=ids)
     return {"features": out, "encoding": enc_dir, "components": components, "settings": enc_settings,
             "ids": ids}
 
@@ -341,7 +341,7 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from brainldm.encoding_features import EncodingFeatureExtractor, noise_seed
-    from brainldm.features import load_features
+    from brainldm.feature_store import load_features
 
     comp, settings = toy_spaces["components"], toy_spaces["settings"]
     ids = toy_spaces["ids"][:2]
@@ -365,7 +365,7 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
 def test_encoding_features_do_not_depend_on_batching(toy_spaces):
     from brainldm.encoding_features import EncodingFeatureExtractor
     from brainldm.encoding_spaces import load_encoding_space
-    from brainldm.features import load_features
+    from brainldm.feature_store import load_features
 
     comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]
     z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)

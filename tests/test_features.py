@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainldm import feature_store as S
 from brainldm import features as F
 from brainldm import nsd
 from brainldm.sd_model import ModelNotAvailableError, load_stable_diffusion
@@ -33,7 +34,7 @@ def toy_inputs(built, toy_world):
     """Readers over the toy world files, as rule extract_features builds them."""
     root = toy_world["nsd_root"]
     stimuli = root / nsd.stimuli_key()
-    ids = F.needed_nsd_ids(built["design"], [1, 2], range(1, 5), toy_world["params"].trials_per_session)
+    ids = S.needed_nsd_ids(built["design"], [1, 2], range(1, 5), toy_world["params"].trials_per_session)
     captions = F.captions_by_nsd_id(built["stim_info"], built["coco"], ids)
     return {"ids": ids, "read": lambda batch: nsd.read_stimuli(stimuli, batch), "captions": captions}
 
@@ -48,11 +49,11 @@ def run(tmp, components, toy_inputs, ids, n_shards, batch_size, feature, **kw):
     paths = []
     for shard in range(n_shards):
         path = tmp / "shards" / f"{feature}_{shard}of{n_shards}.npy"
-        F.extract_feature_shard(feature, components, F.shard_nsd_ids(ids, shard, n_shards), path, s,
+        F.extract_feature_shard(feature, components, S.shard_nsd_ids(ids, shard, n_shards), path, s,
                                 read_images=toy_inputs["read"], captions=toy_inputs["captions"],
                                 progress=False, chunk_size=16)
         paths.append(path)
-    F.merge_shards(feature, paths, tmp, expected_nsd_ids=ids)
+    S.merge_shards(feature, paths, tmp, expected_nsd_ids=ids)
     return np.load(tmp / f"{feature}.npy"), json.loads((tmp / f"{feature}.json").read_text())
 
 
@@ -62,7 +63,7 @@ def run(tmp, components, toy_inputs, ids, n_shards, batch_size, feature, **kw):
 def test_needed_ids_match_the_stim_info_repetitions(built, toy_world):
     """Independent route: stim-info's subjectS_repR trial numbers within the sessions."""
     tps = toy_world["params"].trials_per_session
-    ids = F.needed_nsd_ids(built["design"], [1, 2], [1, 2, 3, 4], tps)
+    ids = S.needed_nsd_ids(built["design"], [1, 2], [1, 2, 3, 4], tps)
     info = built["stim_info"]
     seen = np.zeros(len(info["nsdId"]), bool)
     for s in (1, 2):
@@ -72,17 +73,17 @@ def test_needed_ids_match_the_stim_info_repetitions(built, toy_world):
     assert np.array_equal(ids, np.sort(info["nsdId"][seen]))
     assert ids.dtype == np.int64 and np.all(np.diff(ids) > 0)
     # one subject, one session: fewer images, all among them
-    few = F.needed_nsd_ids(built["design"], [2], [1], tps)
+    few = S.needed_nsd_ids(built["design"], [2], [1], tps)
     assert 0 < len(few) < len(ids) and np.isin(few, ids).all()
 
 
 def test_shards_partition_the_ids():
     ids = np.arange(3, 103, 2)
-    parts = [F.shard_nsd_ids(ids, k, 7) for k in range(7)]
+    parts = [S.shard_nsd_ids(ids, k, 7) for k in range(7)]
     assert np.array_equal(np.concatenate(parts), ids)
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     with pytest.raises(ValueError, match="shard 7 is out of range 0..6"):
-        F.shard_nsd_ids(ids, 7, 7)
+        S.shard_nsd_ids(ids, 7, 7)
 
 
 def test_noise_seed_depends_on_seed_and_image():
@@ -226,7 +227,7 @@ def test_an_interrupted_shard_resumes_from_its_chunks(tmp_path):
     assert np.concatenate(calls)[0] == 18  # started after the finished chunk
     np.testing.assert_array_equal(array[:, 0], ids)
     np.testing.assert_array_equal(np.load(out), array)
-    np.testing.assert_array_equal(np.load(F.ids_path(out)), ids)
+    np.testing.assert_array_equal(np.load(S.ids_path(out)), ids)
     # chunks made with other settings are never reused
     F.chunk_dir(out).mkdir()
     (F.chunk_dir(out) / "settings.json").write_text("{}")
@@ -239,15 +240,15 @@ def test_an_interrupted_shard_resumes_from_its_chunks(tmp_path):
 def fake_shard(folder, name, ids, value=0.0, record=None):
     path = folder / f"{name}.npy"
     np.save(path, np.full((len(ids), 2), value, np.float32) + np.asarray(ids, np.float32)[:, None])
-    np.save(F.ids_path(path), np.asarray(ids, np.int64))
-    F.record_path(path).write_text(json.dumps(record or {"model": {"model_id": "m"}, "value_settings": {"seed": 1}}))
+    np.save(S.ids_path(path), np.asarray(ids, np.int64))
+    S.record_path(path).write_text(json.dumps(record or {"model": {"model_id": "m"}, "value_settings": {"seed": 1}}))
     return path
 
 
 def test_merge_orders_rows_and_checks_coverage(tmp_path):
     a = fake_shard(tmp_path, "a", [7, 9])
     b = fake_shard(tmp_path, "b", [1, 3, 8])
-    F.merge_shards("z", [a, b], tmp_path / "out", expected_nsd_ids=[1, 3, 7, 8, 9], record={"subjects": [1]})
+    S.merge_shards("z", [a, b], tmp_path / "out", expected_nsd_ids=[1, 3, 7, 8, 9], record={"subjects": [1]})
     merged = np.load(tmp_path / "out" / "z.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "z_nsd_ids.npy"), [1, 3, 7, 8, 9])
     np.testing.assert_array_equal(merged[:, 0], [1, 3, 7, 8, 9])
@@ -257,31 +258,31 @@ def test_merge_orders_rows_and_checks_coverage(tmp_path):
     empty = tmp_path / "empty.npy"
     F.extract_shard("z", None, np.zeros(0, np.int64), empty, batch_size=4, settings={"seed": 1},
                     record={"model": {"model_id": "m"}}, progress=False)
-    F.merge_shards("z", [a, empty, b], tmp_path / "out3", expected_nsd_ids=[1, 3, 7, 8, 9])
+    S.merge_shards("z", [a, empty, b], tmp_path / "out3", expected_nsd_ids=[1, 3, 7, 8, 9])
     np.testing.assert_array_equal(np.load(tmp_path / "out3" / "z.npy"), merged)
     assert json.loads((tmp_path / "out3" / "z.json").read_text())["n_shards"] == 3
     with pytest.raises(ValueError, match=r"missing nsdIds \[2\]"):
-        F.merge_shards("z", [a, b], tmp_path / "out2", expected_nsd_ids=[1, 2, 3, 7, 8, 9])
+        S.merge_shards("z", [a, b], tmp_path / "out2", expected_nsd_ids=[1, 2, 3, 7, 8, 9])
     with pytest.raises(ValueError, match="overlap"):
-        F.merge_shards("z", [a, b, fake_shard(tmp_path, "c", [3])], tmp_path / "out2")
+        S.merge_shards("z", [a, b, fake_shard(tmp_path, "c", [3])], tmp_path / "out2")
     other = fake_shard(tmp_path, "d", [4], record={"model": {"model_id": "m"}, "value_settings": {"seed": 2}})
     with pytest.raises(ValueError, match="value_settings"):
-        F.merge_shards("z", [a, other], tmp_path / "out2")
+        S.merge_shards("z", [a, other], tmp_path / "out2")
     assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("z.npy"))
 
 
 def test_load_features_returns_rows_in_the_asked_order(tmp_path):
     a = fake_shard(tmp_path, "a", [2, 5, 11])
-    F.merge_shards("c", [a], tmp_path)
-    rows = F.load_features(tmp_path, "c", [11, 2, 2, 5])
+    S.merge_shards("c", [a], tmp_path)
+    rows = S.load_features(tmp_path, "c", [11, 2, 2, 5])
     np.testing.assert_array_equal(rows[:, 0], [11, 2, 2, 5])
-    assert F.load_features(tmp_path, "c").shape == (3, 2)
-    assert F.load_features(tmp_path, "c", [5], dtype=np.float16).dtype == np.float16
-    assert F.load_features(tmp_path, "c", []).shape == (0, 2)
+    assert S.load_features(tmp_path, "c").shape == (3, 2)
+    assert S.load_features(tmp_path, "c", [5], dtype=np.float16).dtype == np.float16
+    assert S.load_features(tmp_path, "c", []).shape == (0, 2)
     with pytest.raises(KeyError, match=r"no c features for 2 nsdIds, e\.g\. \[3, 12\]"):
-        F.load_features(tmp_path, "c", [2, 3, 12])
+        S.load_features(tmp_path, "c", [2, 3, 12])
     with pytest.raises(FileNotFoundError, match="merge_features"):
-        F.load_features(tmp_path, "z", [2])
+        S.load_features(tmp_path, "z", [2])
 
 
 # --------------------------------------------------------------------------- model loading

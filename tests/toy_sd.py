@@ -42,10 +42,11 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
 
     Returns the features folder and the nsdIds (ascending) it holds.
     """
+    from brainldm import feature_store as S
     from brainldm import features as F
     from brainldm import nsd
 
-    ids = F.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
+    ids = S.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
     out = tmp_path_factory.mktemp("features")
     stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
     settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
@@ -55,5 +56,5 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
                                 read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
                                 captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
                                 progress=False, chunk_size=64)
-        F.merge_shards(feature, [path], out, expected_nsd_ids=ids)
+        S.merge_shards(feature, [path], out, expected_nsd_ids=ids)
     return out, ids

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
-from brainldm.features import shard_nsd_ids
+from brainldm.feature_store import shard_nsd_ids
 from brainldm.logs import setup_logging
 from brainldm.sd_model import load_stable_diffusion
 

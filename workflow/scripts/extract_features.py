@@ -4,13 +4,8 @@ import numpy as np
 import torch
 
 from brainldm import nsd
-from brainldm.features import (
-    FeatureSettings,
-    captions_by_nsd_id,
-    extract_feature_shard,
-    needed_nsd_ids,
-    shard_nsd_ids,
-)
+from brainldm.feature_store import needed_nsd_ids, shard_nsd_ids
+from brainldm.features import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.logs import setup_logging
 from brainldm.sd_model import load_stable_diffusion
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.features import merge_shards
+from brainldm.feature_store import merge_shards
 from brainldm.logs import setup_logging
 
 if "snakemake" in globals():

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from brainldm import nsd
-from brainldm.features import merge_shards, needed_nsd_ids
+from brainldm.feature_store import merge_shards, needed_nsd_ids
 from brainldm.logs import setup_logging
 
 if "snakemake" in globals():

@@ -249,7 +249,8 @@ def extract_encoding_shard(components, settings: EncodingFeatureSettings, featur
     ``z`` and ``c`` are read from ``features_dir`` (the features stage); the shard's record
     (``.json`` beside it) holds the settings, the model and the column ``layout``.
     """
-    from .features import extract_shard, load_features
+    from .feature_store import load_features
+    from .features import extract_shard
 
     extractor = EncodingFeatureExtractor(components, settings, per_sample)
 

@@ -32,7 +32,7 @@ def load_encoding_space(encoding_dir: str | os.PathLike, space: str, nsd_ids: Se
     KeyError
         ``space`` is not in the stored layout (names the stored spaces), or nsdIds are missing.
     """
-    from .features import load_features
+    from .feature_store import load_features
 
     encoding_dir = Path(encoding_dir)
     record_file = encoding_dir / "encoding.json"
