@@ -187,7 +187,7 @@ def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequenc
 def load_model_scores(encoding_dir, model: str) -> dict:
     path = Path(encoding_dir) / f"{model}.npz"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing (an output of rule fit_encoding_model)")
+        raise FileNotFoundError(f"{path} is missing (an output of rule fit_encoding_model or fit_encoding_models)")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 
@@ -252,7 +252,7 @@ def map_subject(encoding_dir, voxels_path, atlases: dict[str, tuple[str, str]], 
 
     Parameters
     ----------
-    encoding_dir : folder with ``{model}.npz`` (rule fit_encoding_model)
+    encoding_dir : folder with ``{model}.npz`` (rule fit_encoding_model or fit_encoding_models)
     voxels_path : the mask ROI's ``{mask}_voxels.npz`` (fMRI stage): ``ijk``, ``shape``, ``affine``
     atlases : ``{atlas: (volume path, label table path)}`` for the summary's ROIs
     encoding : the ``encoding`` config section
