@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainldm import decoding
+from brainldm import decoding, ridge_ops
 from brainldm.decoding import (
     PAPER_ALPHAS,
     fit_decoder,
     himalaya_ridge_cv_predict,
-    kfold_splits,
     per_image_correlation,
     ridge_cv_predict,
     standardize,
 )
+from brainldm.ridge_ops import kfold_splits
 
 WIDE_ALPHAS = [1e-2, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]
 
@@ -170,13 +170,13 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="alphas must be positive"):
         ridge_cv_predict(X, F[rows], X_test, alphas=[0.0, 1.0])
     with pytest.raises(ValueError, match="unknown"):
-        decoding.resolve_backend("jax")
+        ridge_ops.resolve_backend("jax")
 
 
 def test_auto_backend_without_a_gpu_driver_is_numpy_and_leaves_torch_unimported(tmp_path):
-    probe = ("import sys; from brainldm import decoding; "
-             "decoding.GPU_DRIVER_FILES = (%r,); "
-             "print(decoding.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver"))
+    probe = ("import sys; from brainldm import decoding, ridge_ops; "
+             "ridge_ops.GPU_DRIVER_FILES = (%r,); "
+             "print(ridge_ops.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver"))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
     assert result.stdout.split() == ["numpy", "False"]
@@ -186,12 +186,12 @@ def test_auto_backend_asks_torch_when_a_driver_file_exists(tmp_path, monkeypatch
     torch = pytest.importorskip("torch")
     driver = tmp_path / "version"
     driver.write_text("NVRM version: test\n")
-    monkeypatch.setattr(decoding, "GPU_DRIVER_FILES", (str(driver),))
+    monkeypatch.setattr(ridge_ops, "GPU_DRIVER_FILES", (str(driver),))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert decoding.resolve_backend("auto") == "torch_cuda"
+    assert ridge_ops.resolve_backend("auto") == "torch_cuda"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert decoding.resolve_backend("auto") == "numpy"
+    assert ridge_ops.resolve_backend("auto") == "numpy"
 
 
 def write_contract_inputs(tmp_path, X, F, rows, X_test, F_test, nsd_offset=1000):

@@ -17,7 +17,7 @@ himalaya itself):
 
 - per fold, himalaya forms one ``(n_val, n_train)`` operator per alpha and multiplies each by the
   targets; here the alphas' spectral filters ``1 / (lambda + alpha)`` are factorised into a few
-  basis filters (:func:`brainldm.decoding._filter_factors`, error below float32 rounding), so a
+  basis filters (:func:`brainldm.ridge_ops.filter_factors`, error below float32 rounding), so a
   handful of products give every alpha's held-out predictions;
 - the refit is done once at the end, per distinct best ``gamma``, and only for test predictions
   (himalaya refits dual weights for every improving candidate, one ``n x n`` operator per alpha);
@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoding import _filter_factors, _get_ops, kfold_splits
+from .ridge_ops import filter_factors, get_ops, kfold_splits
 
 LOGGER = logging.getLogger("brainldm.banded")
 
@@ -114,7 +114,7 @@ def linear_kernels(spaces_train: Sequence[np.ndarray], spaces_test: Sequence[np.
         Computed in column blocks of ``block`` features (wide spaces such as c never need a
         float64 copy).
     """
-    ops = _get_ops(backend)
+    ops = get_ops(backend)
     n, n_test = spaces_train[0].shape[0], spaces_test[0].shape[0]
     Ks = np.zeros((len(spaces_train), n, n), dtype=dtype)
     Ks_test = np.zeros((len(spaces_train), n_test, n), dtype=dtype)
@@ -189,7 +189,7 @@ def banded_ridge_cv_predict(
     if alphas.size == 0 or np.any(alphas <= 0):
         raise ValueError(f"alphas must be positive numbers, got {alphas.tolist()}")
     dtype = Ks.dtype
-    ops = _get_ops(backend)
+    ops = get_ops(backend)
     n_targets = Y.shape[1]
     batch = n_targets if not n_targets_batch else min(int(n_targets_batch), n_targets)
     gammas = candidate_gammas(n_spaces, n_iter, random_state, concentration)
@@ -212,7 +212,7 @@ def banded_ridge_cv_predict(
             lam = ops.to_numpy(eigenvalues).astype(np.float64)
             # himalaya: alphas below twice a negative (float32) eigenvalue cannot be selected
             usable = alphas >= -2 * min(lam.min(initial=0.0), 0.0)
-            coef, basis = _filter_factors(lam, alphas[usable], filter_tol)
+            coef, basis = filter_factors(lam, alphas[usable], filter_tol)
             # held-out predictions of all alphas: sum_m coef[a, m] (A diag(basis_m) U.T) Y_train
             A = K[va][:, tr] @ U  # (n_val, n_train)
             A_stack = A[None] * ops.asarray(basis, dtype)[:, None, :]  # (q, n_val, n_train)

@@ -31,8 +31,9 @@ import numpy as np
 from . import scoring
 from .atomic import atomic_path, write_text
 from .banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
-from .decoding import load_roi_betas, load_feature_rows, resolve_backend, standardize
+from .decoding import load_roi_betas, load_feature_rows, standardize
 from .encoding_spaces import load_encoding_space, unet_names, zc_names
+from .ridge_ops import resolve_backend
 
 LOGGER = logging.getLogger("brainldm.encoding")
 
