@@ -19,6 +19,7 @@ R2s, each space's unique variance ``R2(A+B) - R2(other)``.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -149,37 +150,54 @@ def encode_model(fmri_dir, features_dir, encoding_features_dir, model: str, out_
     ``gammas`` (n_spaces, n_voxels), ``spaces``, and ``split_r`` (n_spaces, n_voxels) for joint
     models. Returns a summary dict (also logged).
     """
-    spaces = model_spaces(model)
-    train_betas, test_betas, train_ids, test_ids = load_roi_betas(fmri_dir, [settings.mask])
-    Y, row_images = training_rows(train_betas, train_ids, settings.train_on)
-    Y, Y_test, _, _ = standardize(Y, test_betas)
-    images, rows = (row_images, None) if settings.train_on == "images" else np.unique(row_images, return_inverse=True)
-    train = [load_space(features_dir, encoding_features_dir, s, images) for s in spaces]
-    test = [load_space(features_dir, encoding_features_dir, s, test_ids) for s in spaces]
-    LOGGER.info("model %s: %d training rows (%s), %d test images, %d voxels of %s, spaces %s",
-                model, len(Y), settings.train_on, len(test_ids), Y.shape[1], settings.mask,
-                {s: x.shape[1] for s, x in zip(spaces, train)})
-    predictions, split, gammas, alphas = fit_model(train, Y, test, settings, rows=rows, progress=progress)
-    scores = score_model(predictions, split, Y_test, settings.fdr_q)
-    with atomic_path(out_path) as tmp:
-        np.savez(tmp, spaces=np.asarray(spaces), best_alphas=np.asarray(alphas, dtype=np.float64),
-                 gammas=np.asarray(gammas, dtype=np.float64), n_test=len(test_ids), n_train=len(Y),
-                 **{k: np.asarray(v) for k, v in scores.items()})
-    summary = {"model": model, "mean_r": float(np.nanmean(scores["r"])),
-               "fraction_significant": float(np.mean(scores["significant"]))}
-    LOGGER.info("model %s: mean test r %.4f, %.1f%% of voxels significant (q < %g)", model,
-                summary["mean_r"], 100 * summary["fraction_significant"], settings.fdr_q)
-    return summary
+    return encode_models(fmri_dir, features_dir, encoding_features_dir, [model], [out_path], settings,
+                         progress=progress)[0]
 
 
 def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequence[str], out_paths: Sequence,
                   settings: EncodingSettings, progress: bool = True) -> list[dict]:
-    """:func:`encode_model` for each of ``models`` in turn (``out_paths`` in the same order), in one
-    process: the files are those of one call per model."""
+    """:func:`encode_model` for each of ``models`` in turn (``out_paths`` in the same order).
+
+    The betas are read once, and a space shared by several models (``z``) once while a later model
+    still needs it; the files are those of one call per model.
+    """
     if len(models) != len(out_paths):
         raise ValueError(f"{len(models)} models but {len(out_paths)} output paths; expected one path per model")
-    return [encode_model(fmri_dir, features_dir, encoding_features_dir, model, path, settings, progress=progress)
-            for model, path in zip(models, out_paths)]
+    train_betas, test_betas, train_ids, test_ids = load_roi_betas(fmri_dir, [settings.mask])
+    Y, row_images = training_rows(train_betas, train_ids, settings.train_on)
+    del train_betas
+    Y, Y_test, _, _ = standardize(Y, test_betas)
+    images, rows = (row_images, None) if settings.train_on == "images" else np.unique(row_images, return_inverse=True)
+    uses = collections.Counter(space for model in models for space in model_spaces(model))
+    loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    summaries = []
+    for model, out_path in zip(models, out_paths):
+        spaces = model_spaces(model)
+        for space in spaces:
+            if space not in loaded:
+                loaded[space] = (load_space(features_dir, encoding_features_dir, space, images),
+                                 load_space(features_dir, encoding_features_dir, space, test_ids))
+        train, test = [loaded[space][0] for space in spaces], [loaded[space][1] for space in spaces]
+        LOGGER.info("model %s: %d training rows (%s), %d test images, %d voxels of %s, spaces %s",
+                    model, len(Y), settings.train_on, len(test_ids), Y.shape[1], settings.mask,
+                    {s: x.shape[1] for s, x in zip(spaces, train)})
+        predictions, split, gammas, alphas = fit_model(train, Y, test, settings, rows=rows, progress=progress)
+        scores = score_model(predictions, split, Y_test, settings.fdr_q)
+        with atomic_path(out_path) as tmp:
+            np.savez(tmp, spaces=np.asarray(spaces), best_alphas=np.asarray(alphas, dtype=np.float64),
+                     gammas=np.asarray(gammas, dtype=np.float64), n_test=len(test_ids), n_train=len(Y),
+                     **{k: np.asarray(v) for k, v in scores.items()})
+        summary = {"model": model, "mean_r": float(np.nanmean(scores["r"])),
+                   "fraction_significant": float(np.mean(scores["significant"]))}
+        LOGGER.info("model %s: mean test r %.4f, %.1f%% of voxels significant (q < %g)", model,
+                    summary["mean_r"], 100 * summary["fraction_significant"], settings.fdr_q)
+        summaries.append(summary)
+        del train, test
+        for space in spaces:
+            uses[space] -= 1
+            if not uses[space]:
+                del loaded[space]  # no later model needs it: free its memory
+    return summaries
 
 
 # ------------------------------------------------------------------------------ per-subject maps
