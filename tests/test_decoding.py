@@ -173,6 +173,19 @@ def test_bad_inputs_name_the_problem():
         ridge_ops.resolve_backend("jax")
 
 
+def test_blas_threads_limits_numpy_and_scipy_blas_in_a_fresh_process():
+    """Every BLAS that numpy and scipy.linalg load (pip's wheels: one each) runs one thread."""
+    probe = ("import json, numpy; from threadpoolctl import threadpool_info; from brainldm.ridge_ops import blas_threads\n"
+             "with blas_threads(1):\n"
+             "    limited = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+             "import scipy.linalg\n"
+             "print(json.dumps([limited, len([i for i in threadpool_info() if i['user_api'] == 'blas'])]))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(SCRIPTS), "OPENBLAS_NUM_THREADS": "2"})
+    limited, n_libraries = json.loads(result.stdout)
+    assert len(limited) == n_libraries >= 1 and set(limited) == {1}, (limited, n_libraries)
+
+
 def test_auto_backend_without_a_gpu_driver_is_numpy_and_leaves_torch_unimported(tmp_path):
     probe = ("import sys; from brainldm import decoding, ridge_ops; "
              "ridge_ops.GPU_DRIVER_FILES = (%r,); "

@@ -2,17 +2,15 @@
 
 from pathlib import Path
 
-import scipy.linalg  # noqa: F401  (loaded before threadpool_limits, which covers only loaded BLAS libraries)
-from threadpoolctl import threadpool_limits
-
 from brainldm.decoding import decode_feature
 from brainldm.logs import setup_logging
+from brainldm.ridge_ops import blas_threads
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     settings = snakemake.params.settings
     # BLAS may use only the threads the job reserved: jobs side by side must not oversubscribe.
-    with threadpool_limits(limits=snakemake.threads):
+    with blas_threads(snakemake.threads):
         decode_feature(
             fmri_dir=Path(snakemake.input.train_trials).parent,
             features_dir=Path(snakemake.input.features).parent,

@@ -3,16 +3,14 @@ one job per model or one for all of them (encoding.jobs)."""
 
 from pathlib import Path
 
-import scipy.linalg  # noqa: F401  (loaded before threadpool_limits, which covers only loaded BLAS libraries)
-from threadpoolctl import threadpool_limits
-
 from brainldm.encoding import EncodingSettings, encode_models
 from brainldm.logs import setup_logging
+from brainldm.ridge_ops import blas_threads
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     # BLAS may use only the threads the job reserved: jobs side by side must not oversubscribe.
-    with threadpool_limits(limits=snakemake.threads):
+    with blas_threads(snakemake.threads):
         encode_models(
             fmri_dir=Path(snakemake.input.train_trials).parent,
             features_dir=Path(snakemake.input.features[0]).parent,

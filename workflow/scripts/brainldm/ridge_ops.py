@@ -148,6 +148,18 @@ class TorchOps:
         return self.torch.zeros(shape, dtype=self._dtype(dtype), device=self.device)
 
 
+def blas_threads(threads: int):
+    """Context manager limiting numpy's and scipy's BLAS to ``threads`` threads (a job's reservation).
+
+    scipy's OpenBLAS is a library of its own, loaded with ``scipy.linalg``; it is loaded first,
+    because threadpoolctl limits only the libraries already loaded.
+    """
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads))
+
+
 def get_ops(backend: str):
     backend = resolve_backend(backend)
     if backend == "numpy":
