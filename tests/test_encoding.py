@@ -336,7 +336,8 @@ def test_volumes_and_summary_follow_the_contract(tmp_path, toy_world, toy_spaces
 
 
 def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
-    """Our zc equals diffusers' img2img pipeline run from z (as latents) with the same noise."""
+    """Our zc equals diffusers' img2img pipeline run from z (as latents) with the same noise, for
+    two strengths denoised in the same U-Net passes (the weaker one enters the schedule later)."""
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
@@ -348,18 +349,54 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
     z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
     c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
     extractor = EncodingFeatureExtractor(comp, settings)
-    zc, _ = extractor.denoise(z, c, ids, 0.5)
+    zc, _ = extractor.denoise(z, c, ids, [0.5, 0.25])
     pipe = StableDiffusionImg2ImgPipeline(vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer,
                                           unet=comp.unet, scheduler=comp.scheduler, safety_checker=None,
                                           feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    for row, nsd_id in enumerate(ids):
-        out = pipe(prompt_embeds=torch.as_tensor(c[row:row + 1]), negative_prompt_embeds=extractor.uncond,
-                   image=torch.as_tensor(z[row:row + 1]), strength=0.5, num_inference_steps=settings.ddim_steps,
-                   guidance_scale=settings.guidance_scale, eta=settings.ddim_eta, output_type="latent",
-                   generator=torch.Generator().manual_seed(noise_seed(settings.seed, int(nsd_id), 0.5))).images
-        np.testing.assert_allclose(zc[row], out[0].numpy(), rtol=1e-4, atol=1e-4)
-    assert not np.allclose(zc, z, atol=1e-2)
+    for strength in (0.5, 0.25):
+        for row, nsd_id in enumerate(ids):
+            out = pipe(prompt_embeds=torch.as_tensor(c[row:row + 1]), negative_prompt_embeds=extractor.uncond,
+                       image=torch.as_tensor(z[row:row + 1]), strength=strength,
+                       num_inference_steps=settings.ddim_steps, guidance_scale=settings.guidance_scale,
+                       eta=settings.ddim_eta, output_type="latent",
+                       generator=torch.Generator().manual_seed(noise_seed(settings.seed, int(nsd_id), strength))).images
+            np.testing.assert_allclose(zc[strength][row], out[0].numpy(), rtol=1e-4, atol=1e-4)
+        assert not np.allclose(zc[strength], z, atol=1e-2)
+    assert not np.allclose(zc[0.5], zc[0.25], atol=1e-2)
+
+
+def test_strengths_denoised_together_keep_each_run_s_values(toy_spaces):
+    """The U-Net features come from the unet_strength run (also when it is no zc level), and
+    batched passes (as on a GPU) give the per-image values."""
+    from dataclasses import replace
+
+    from brainldm.encoding_features import EncodingFeatureExtractor
+    from brainldm.feature_store import load_features
+
+    comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]
+    z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
+    c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
+
+    def spaces(extractor):
+        values = extractor.compute(z, c, ids)
+        return {name: values[:, entry["start"]:entry["stop"]] for name, entry in extractor.layout.items()}
+
+    alone = spaces(EncodingFeatureExtractor(comp, settings))  # zc0.5 only
+    joint = replace(settings, zc_strengths=(0.25, 0.5, 0.75))
+    together = spaces(EncodingFeatureExtractor(comp, joint))
+    batched = spaces(EncodingFeatureExtractor(comp, joint, per_sample=False))
+    without_level = spaces(EncodingFeatureExtractor(comp, replace(settings, zc_strengths=(0.25,))))
+    assert list(together) == ["zc0.25", "zc0.5", "zc0.75", *[name for name in alone if name.startswith("unet")]]
+    assert list(without_level) == ["zc0.25", *[name for name in alone if name.startswith("unet")]]
+    for name, value in alone.items():
+        np.testing.assert_allclose(together[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+        if name.startswith("unet"):
+            np.testing.assert_allclose(without_level[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    for name, value in together.items():
+        np.testing.assert_allclose(batched[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(without_level["zc0.25"], together["zc0.25"], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(together["zc0.25"], together["zc0.75"], atol=1e-2)
 
 
 def test_encoding_features_do_not_depend_on_batching(toy_spaces):

@@ -15,8 +15,9 @@ For every seen image, from its TRUE ``z`` and ``c`` (the features stage's arrays
   even ``s = 1`` is too many).
 
 The noise of image ``nsdId`` at strength ``s`` comes from its own generator seeded by
-``(seed, nsdId, s)``, so values never depend on batching, sharding or order (and on CPU every
-image goes through the U-Net alone: bit-identical whatever the batch size).
+``(seed, nsdId, s)``, so values never depend on batching, sharding or order. All strengths of an
+image are denoised in the same U-Net passes (their schedules end alike); on CPU every image goes
+through the U-Net alone, so its values are bit-identical whatever the batch size.
 
 All spaces of an image are stored side by side in one row, float16:
 ``encoding_features/encoding.npy`` (n_images, n_columns), ``encoding_nsd_ids.npy`` and
@@ -131,13 +132,19 @@ def noise_seed(seed: int, nsd_id: int, strength: float) -> int:
 class EncodingFeatureExtractor:
     """Runs the denoising of one batch of images and collects every encoding space.
 
+    Every strength of ``settings.zc_strengths`` is denoised in the same U-Net passes: their
+    schedules are suffixes of one DDIM schedule, so at each of its steps the strengths already
+    entered share the timestep and go through the U-Net together (with the guided batch's
+    unconditional half).
+
     Parameters
     ----------
     components : brainldm.sd_model.SDComponents
         ``unet``, ``scheduler``, ``text_encoder`` and ``tokenizer`` (for the empty prompt).
     settings : EncodingFeatureSettings
     per_sample : bool, optional
-        One image per U-Net pass (default on CPU: bit-identical whatever the batch).
+        One image (all its strengths) per U-Net pass (default on CPU: bit-identical whatever the
+        batch); otherwise the whole batch at once.
     """
 
     def __init__(self, components, settings: EncodingFeatureSettings, per_sample: bool | None = None):
@@ -156,81 +163,109 @@ class EncodingFeatureExtractor:
         self.layout = None
 
     @torch.no_grad()
-    def denoise(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int], strength: float,
-                record: dict[str, int] | None = None):
-        """``zc`` at ``strength``: (n, 4, h, w) float32; with ``record`` also the block outputs.
+    def denoise(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int], strengths: Sequence[float],
+                record: tuple[float, dict[str, int]] | None = None):
+        """``zc`` at each of ``strengths``; with ``record`` also the block outputs of one of them.
 
-        ``record`` maps step names to step indices; returns ``(zc, {space: (n, dims) float32})``.
+        Parameters
+        ----------
+        z : (n, 4, h, w) float — true latents
+        c : (n, L, d) float — true text embeddings
+        nsd_ids : (n,) int — for the noise seeds
+        strengths : img2img strengths, denoised together
+        record : (strength, {step name: step index within that strength's schedule}), optional
+
+        Returns
+        -------
+        zc : {strength: (n, 4, h, w) float32}
+        unet : {``unet_{block}_{step}``: (n, dims) float32}
         """
         s = self.settings
         if tuple(c.shape[1:]) != tuple(self.uncond.shape[1:]):
             raise ValueError(f"c has per-image shape {tuple(c.shape[1:])} but this model's text embedding "
                              f"is {tuple(self.uncond.shape[1:])}")
-        timesteps = denoising_timesteps(self.scheduler, s.ddim_steps, strength)
-        latents = torch.as_tensor(np.asarray(z, dtype=np.float32))
-        noise = torch.stack([
-            torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(noise_seed(s.seed, n, strength)))
-            for n in nsd_ids
-        ])
-        latents = self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(latents)))
-        latents = latents.to(self.device, self.dtype)
+        strengths = [float(strength) for strength in strengths]
+        lengths = [len(denoising_timesteps(self.scheduler, s.ddim_steps, strength)) for strength in strengths]
+        timesteps = denoising_timesteps(self.scheduler, s.ddim_steps, strengths[int(np.argmax(lengths))])
+        first_step = [len(timesteps) - length for length in lengths]  # where each strength enters
+        recorded, record_at = None, {}
+        if record is not None:
+            recorded = next(k for k, strength in enumerate(strengths) if np.isclose(strength, record[0]))
+            record_at = {first_step[recorded] + index: step for step, index in record[1].items()}
+        clean = torch.as_tensor(np.asarray(z, dtype=np.float32))
         cond = torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
+        latents: dict[int, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
         hooks = []
-        if record:
+        if record_at:
             for name, module in self.blocks.items():
                 def hook(_module, _inputs, output, name=name):
                     captured[name] = output[0] if isinstance(output, tuple) else output
                 hooks.append(module.register_forward_hook(hook))
         try:
             for index, t in enumerate(timesteps):
-                guided = self._guided_noise(latents, cond, t, captured)
-                if record:
-                    for step, at in record.items():
-                        if at == index:
-                            for name, value in captured.items():
-                                out[f"unet_{name}_{step}"] = pool_to(value, s.max_dims).cpu()
-                latents = self.scheduler.step(guided, t, latents, eta=s.ddim_eta).prev_sample
+                active = [k for k in range(len(strengths)) if first_step[k] <= index]
+                for k in active:
+                    if k not in latents:
+                        latents[k] = self._noised(clean, nsd_ids, strengths[k], t)
+                stacked = torch.stack([latents[k] for k in active], dim=1)  # (n, n_active, 4, h, w)
+                guided, kept = self._guided_noise(stacked, cond, t, captured)
+                if index in record_at:
+                    column = active.index(recorded)
+                    for name, value in kept.items():
+                        out[f"unet_{name}_{record_at[index]}"] = pool_to(value[:, column], s.max_dims).cpu()
+                stepped = self.scheduler.step(guided.flatten(0, 1), t, stacked.flatten(0, 1),
+                                              eta=s.ddim_eta).prev_sample.unflatten(0, stacked.shape[:2])
+                for column, k in enumerate(active):
+                    latents[k] = stepped[:, column]
         finally:
             for handle in hooks:
                 handle.remove()
-        return latents.float().cpu().numpy(), {k: v.numpy() for k, v in out.items()}
+        zc = {strength: latents[k].float().cpu().numpy() for k, strength in enumerate(strengths)}
+        return zc, {name: value.numpy() for name, value in out.items()}
 
-    def _guided_noise(self, latents, cond, t, captured):
-        """Classifier-free guided noise; ``captured`` keeps the conditional half of each block output."""
-        rows = range(len(latents))
-        chunks = [rows[i:i + 1] for i in rows] if self.per_sample else [rows]
+    def _noised(self, clean: torch.Tensor, nsd_ids: Sequence[int], strength: float, t) -> torch.Tensor:
+        """``clean`` latents noised to timestep ``t`` with each image's own noise at ``strength``."""
+        noise = torch.stack([
+            torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(noise_seed(self.settings.seed, n, strength)))
+            for n in nsd_ids
+        ])
+        noised = self.scheduler.add_noise(clean, noise, t.repeat(len(clean)))
+        return noised.to(self.device, self.dtype)
+
+    def _guided_noise(self, stacked, cond, t, captured):
+        """Classifier-free guided noise of (n, n_active, 4, h, w) latents at timestep ``t``.
+
+        Returns the guided noise (same shape) and, of each block output ``captured`` during the
+        passes, the conditional half: ``{block: (n, n_active, C, H, W)}``.
+        """
+        n, n_active = stacked.shape[:2]
+        images = [slice(i, i + 1) for i in range(n)] if self.per_sample else [slice(0, n)]
         guided, kept = [], {}
-        for chunk in chunks:
-            sl = slice(chunk.start, chunk.stop)
-            n = chunk.stop - chunk.start
-            batch = torch.cat([latents[sl], latents[sl]])
-            context = torch.cat([self.uncond.expand(n, -1, -1), cond[sl]])
-            predicted = self.unet(batch, t, encoder_hidden_states=context).sample
+        for rows in images:
+            latents = stacked[rows].flatten(0, 1)  # (images x strengths, 4, h, w)
+            count = len(latents)
+            context = torch.cat([self.uncond.expand(count, -1, -1), cond[rows].repeat_interleave(n_active, dim=0)])
+            predicted = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
             uncond, conditional = predicted.chunk(2)
-            guided.append(uncond + self.settings.guidance_scale * (conditional - uncond))
+            guided.append((uncond + self.settings.guidance_scale * (conditional - uncond)).unflatten(0, (-1, n_active)))
             for name, value in captured.items():
-                kept.setdefault(name, []).append(value[n:])
-        for name, parts in kept.items():
-            captured[name] = torch.cat(parts)
-        return torch.cat(guided)
+                kept.setdefault(name, []).append(value[count:].unflatten(0, (-1, n_active)))
+        return torch.cat(guided), {name: torch.cat(parts) for name, parts in kept.items()}
 
     def compute(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int]) -> np.ndarray:
         """Every space of a batch side by side: (n, n_columns) float32 (layout in ``self.layout``)."""
         s = self.settings
-        parts: dict[str, np.ndarray] = {}
-        unet_parts: dict[str, np.ndarray] = {}
-        for strength, name in zip(s.zc_strengths, zc_names(s.zc_strengths)):
-            record = None
-            if np.isclose(strength, s.unet_strength):
-                n_steps = len(denoising_timesteps(self.scheduler, s.ddim_steps, strength))
-                record = step_indices(n_steps, s.unet_steps)
-            zc, unet = self.denoise(z, c, nsd_ids, strength, record)
-            parts[name] = zc.reshape(len(zc), -1)
-            unet_parts.update(unet)
-        for name in unet_names(s.unet_blocks, s.unet_steps):
-            parts[name] = unet_parts[name]
+        strengths = list(s.zc_strengths)
+        unet_run = next((strength for strength in strengths if np.isclose(strength, s.unet_strength)), None)
+        if unet_run is None:
+            strengths.append(s.unet_strength)  # denoised only for its block outputs
+            unet_run = s.unet_strength
+        n_steps = len(denoising_timesteps(self.scheduler, s.ddim_steps, unet_run))
+        zc, unet = self.denoise(z, c, nsd_ids, strengths, record=(unet_run, step_indices(n_steps, s.unet_steps)))
+        parts = {name: zc[strength].reshape(len(z), -1) for strength, name in zip(s.zc_strengths, zc_names(s.zc_strengths))}
+        parts.update(unet)
         layout, start = {}, 0
         for name in s.spaces():
             width = parts[name].shape[1]

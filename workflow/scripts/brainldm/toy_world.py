@@ -328,7 +328,8 @@ def plant_responses(images: np.ndarray, attributes: list[dict[str, str]], atlase
     gy = np.exp(-((grid[None, :] - rf_centre[:, 1:]) ** 2) / (2 * rf_sigma[:, None] ** 2))  # (v, H)
     weights = gy[:, :, None] * gx[:, None, :]
     weights /= weights.sum(axis=(1, 2), keepdims=True)
-    pooled = np.einsum("vhw,nhwc->nvc", weights, pixels)  # RF-weighted colour per voxel
+    # RF-weighted colour per voxel, (n, v, 3): one matrix product over the pixels
+    pooled = np.matmul(weights.reshape(early.size, -1), pixels.reshape(n_images, size * size, 3))
     early_signal = np.einsum("nvc,vc->nv", pooled, rf_colour)
 
     ventral = np.flatnonzero(voxel_class == VOXEL_CLASS["ventral"])
