@@ -107,17 +107,17 @@ def test_sample_seed_depends_on_each_part_and_is_stable():
 def test_same_images_whatever_shards_and_batch_size(components, tmp_path):
     z, c, ids = decoded()
 
-    def run_parts(n_shards, batch_size, per_sample, name):
+    def run_parts(n_shards, batch_size, per_image, name):
         images = {}
         for shard in range(n_shards):
             rows = rec.shard_rows(len(ids), shard, n_shards)
             out = tmp_path / f"{name}{shard}"
-            r = Reconstructor(components, settings(batch_size=batch_size), per_sample=per_sample)
+            r = Reconstructor(components, settings(batch_size=batch_size), per_image=per_image)
             rec.reconstruct(r, z[rows], c[rows], ids[rows], out, progress=False)
             images.update(read_all(out))
         return images
 
-    # CPU default: one image per pass, bit-identical whatever the shards and batch size
+    # CPU default: one image (its samples) per pass, bit-identical whatever the shards and batch size
     whole = run_parts(1, 4, None, "one")
     assert len(whole) == 3 * (1 + 2 + 2)
     parts = run_parts(2, 2, None, "two")

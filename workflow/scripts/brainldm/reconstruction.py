@@ -21,6 +21,7 @@ Files: ``<out_dir>/<method>/nsd<nsdId:05d>_s<sample>.png`` (``z`` has one sample
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +97,14 @@ class Reconstructor:
     components : brainldm.sd_model.SDComponents (or any object with ``vae``, ``text_encoder``,
         ``tokenizer``, ``unet``, ``scheduler``, ``device``, ``dtype``)
     settings : ReconstructionSettings
-    per_sample : bool, optional
-        One image per pipeline call; default on CPU (bit-identical images whatever the batch size
-        and shard), off on GPU (batches of ``settings.batch_size``; the per-image generators keep
-        each image's noise the same, batched kernels may round differently).
+    per_image : bool, optional
+        One image (all of its samples of a method) per pipeline call; default on CPU
+        (bit-identical images whatever the batch size and shard), off on GPU (batches of
+        ``settings.batch_size`` samples; the per-sample generators keep each sample's noise the
+        same, batched kernels may round differently).
     """
 
-    def __init__(self, components, settings: ReconstructionSettings, per_sample: bool | None = None):
+    def __init__(self, components, settings: ReconstructionSettings, per_image: bool | None = None):
         import torch
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
@@ -121,14 +123,16 @@ class Reconstructor:
             pipe.set_progress_bar_config(disable=True)
         self.vae = components.vae
         self.uncond = self._empty_prompt_embedding()
-        # On CPU, one image per pass makes every image bit-identical whatever the batch size and
-        # shard (batched kernels round differently); on a GPU the batches are real.
-        self.per_sample = self.device.type == "cpu" if per_sample is None else bool(per_sample)
+        # On CPU, a batch that holds one image only makes it bit-identical whatever the batch
+        # size and shard (batched kernels round differently); on a GPU the batches are real.
+        self.per_image = self.device.type == "cpu" if per_image is None else bool(per_image)
 
-    @property
-    def batch_size(self) -> int:
-        """Images per pipeline call: 1 in per-sample mode, else ``settings.batch_size``."""
-        return 1 if self.per_sample else self.settings.batch_size
+    def batches(self, jobs: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """(row, sample) jobs split into pipeline calls: per image, or ``settings.batch_size`` at a time."""
+        if self.per_image:
+            return [list(batch) for _, batch in itertools.groupby(jobs, key=lambda job: job[0])]
+        size = self.settings.batch_size
+        return [list(jobs[start : start + size]) for start in range(0, len(jobs), size)]
 
     def _empty_prompt_embedding(self):
         """CLIP text encoder's last hidden state of ``""`` padded to the maximum length: (1, L, d)."""
@@ -274,9 +278,9 @@ def reconstruct(
     bar = tqdm(total=len(nsd_ids) * sum(s.samples_of(m) for m in s.methods), desc="reconstructions",
                disable=not progress)
     if need_xz:
-        for start in range(0, len(nsd_ids), reconstructor.batch_size):
-            rows = range(start, min(start + reconstructor.batch_size, len(nsd_ids)))
-            images = reconstructor.decode_z(z[rows.start : rows.stop])
+        for batch in reconstructor.batches([(row, 0) for row in range(len(nsd_ids))]):
+            rows = [row for row, _ in batch]
+            images = reconstructor.decode_z(np.asarray(z)[rows])
             for row, image in zip(rows, images):
                 xz[row] = image
                 if "z" in s.methods:
@@ -286,8 +290,7 @@ def reconstruct(
         if method not in s.methods:
             continue
         jobs = [(row, k) for row in range(len(nsd_ids)) for k in range(s.samples_of(method))]
-        for start in range(0, len(jobs), reconstructor.batch_size):
-            chunk = jobs[start : start + reconstructor.batch_size]
+        for chunk in reconstructor.batches(jobs):
             rows = [row for row, _ in chunk]
             seeds = [(nsd_ids[row], k) for row, k in chunk]
             c_rows = np.asarray(c)[rows]
