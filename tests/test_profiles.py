@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import REPO, copy_workflow
+from toy_runs import REPO, copy_workflow
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,37 +16,7 @@ import pytest
 
 from brainldm.config import validate_config
 from conftest import merged_config
-
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
-
-
-def copy_workflow(destination: Path) -> Path:
-    """Copy what Snakemake needs (not results/ or resources/) into ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / part)
-    return destination
-
-
-def snakemake(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=1200)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """The toy world's whole graph, run once: ``snakemake --cores 2 --configfile config/toy.yaml``."""
-    directory = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    snakemake(directory, "--configfile", "config/toy.yaml")
-    return directory
+from toy_runs import REPO, copy_workflow, differing, file_hashes, snakemake
 
 
 def test_lint_is_clean():
@@ -160,36 +129,19 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
 
 # --------------------------------------------------------------------------- determinism, recovery
 
-#: What a run produces: every file under these folders is compared between runs.
-PRODUCED = ("results", "resources")
-
-
-def file_hashes(directory: Path, parts: tuple[str, ...] = PRODUCED) -> dict[str, str]:
-    """sha256 of every file under ``parts`` of ``directory``, by path relative to ``directory``."""
-    hashes = {}
-    for part in parts:
-        for path in sorted((directory / part).rglob("*")):
-            if path.is_file():
-                hashes[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
-
-
-def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
-    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
-
-
 @pytest.fixture(scope="module")
 def toy_hashes(toy_run):
     return file_hashes(toy_run)
 
 
-def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, tmp_path):
-    """Same commit and config: every file under results/ and resources/ has the same bytes."""
-    directory = copy_workflow(tmp_path / "second")
-    snakemake(directory, "--configfile", "config/toy.yaml")
-    second = file_hashes(directory)
+def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, second_toy_run):
+    """Same commit and config: every file under results/ and resources/ has the same bytes.
+
+    The second run goes through SLURM where a cluster answers (``conftest.second_toy_run``).
+    """
+    second = file_hashes(second_toy_run["directory"])
     assert len(toy_hashes) > 100 and any(name.endswith(".png") for name in toy_hashes)
-    assert not differing(toy_hashes, second), differing(toy_hashes, second)[:20]
+    assert not differing(toy_hashes, second), (second_toy_run["executor"], differing(toy_hashes, second)[:20])
 
 
 def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path):

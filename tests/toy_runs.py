@@ -1,0 +1,111 @@
+"""Runs of the workflow through Snakemake's command line, on copies of the workflow.
+
+Shared by the graph tests: ``conftest.py`` makes the session's two fresh toy runs with these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
+
+#: What a run produces: every file under these folders is compared between runs.
+PRODUCED = ("results", "resources")
+
+#: Longest a whole toy run may take (through SLURM: ~7 min here) before the test gives up on it.
+RUN_TIMEOUT_S = 2400
+
+
+def copy_workflow(destination: Path) -> Path:
+    """Copy what Snakemake needs (not results/ or resources/) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / part)
+    return destination
+
+
+def snakemake(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2 ARGS`` in ``directory``; on failure (with ``check``) its output's tail."""
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=1200)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def file_hashes(directory: Path, parts: tuple[str, ...] = PRODUCED) -> dict[str, str]:
+    """sha256 of every file under ``parts`` of ``directory``, by path relative to ``directory``."""
+    hashes = {}
+    for part in parts:
+        for path in sorted((directory / part).rglob("*")):
+            if path.is_file():
+                hashes[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """Paths whose hashes differ between ``a`` and ``b`` or that only one of them has."""
+    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
+
+
+def job_logs(directory: Path) -> list[str]:
+    """Every job log of a run, relative to ``directory``."""
+    return sorted(str(path.relative_to(directory)) for path in (directory / "logs").rglob("*.log"))
+
+
+def cluster_node_cpus() -> int | None:
+    """CPUs of the SLURM cluster's largest usable node, or None when no cluster answers ``sinfo``."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        listing = subprocess.run(
+            ["sinfo", "--noheader", "--Node", "--format=%c %T"], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    nodes = [line.split() for line in listing.stdout.splitlines() if line.strip()]
+    usable = [int(cpus) for cpus, state in nodes if state.rstrip("*") in {"idle", "mixed", "allocated"}]
+    return max(usable) if listing.returncode == 0 and usable else None
+
+
+def whole_run(directory: Path, *args: str, log: Path, on_slurm: bool) -> str:
+    """Run Snakemake to the end in ``directory``, its output into ``log``; that output, or fail
+    with its tail.
+
+    Through ``profiles/slurm`` with ``on_slurm`` (status checks from 5 s), else ``--cores 2``.
+    On a timeout Snakemake gets SIGTERM first, so that it cancels its SLURM jobs.
+    """
+    executor = (("--workflow-profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "5")
+                if on_slurm else ("--cores", "2"))
+    command = [sys.executable, "-m", "snakemake", *executor, *args]
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, cwd=directory, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        try:
+            process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(timeout=120)
+            raise AssertionError(f"{' '.join(command)} ran past {RUN_TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
+    output = log.read_text()
+    if process.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{output[-8000:]}")
+    return output
+
+
+def steps_done(output: str) -> int:
+    """The job count of Snakemake's final ``N of N steps (100%) done`` line."""
+    done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", output)
+    assert done, f"Snakemake did not report completion:\n{output[-3000:]}"
+    finished, total = map(int, done[-1])
+    assert finished == total
+    return total
