@@ -399,6 +399,27 @@ def test_strengths_denoised_together_keep_each_run_s_values(toy_spaces):
     assert not np.allclose(together["zc0.25"], together["zc0.75"], atol=1e-2)
 
 
+def test_stochastic_ddim_noise_is_seeded_per_image(toy_spaces):
+    """With ddim_eta > 0 DDIM adds noise at every step; it comes from each image's generators, so
+    values repeat and do not depend on which images share the batch."""
+    from dataclasses import replace
+
+    from brainldm.encoding_features import EncodingFeatureExtractor
+    from brainldm.feature_store import load_features
+
+    comp, ids = toy_spaces["components"], toy_spaces["ids"][:3]
+    z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
+    c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
+    settings = replace(toy_spaces["settings"], zc_strengths=(0.25, 0.5), ddim_eta=1.0)
+    together = EncodingFeatureExtractor(comp, settings).compute(z, c, ids)
+    np.testing.assert_array_equal(EncodingFeatureExtractor(comp, settings).compute(z, c, ids), together)
+    alone = np.concatenate([EncodingFeatureExtractor(comp, settings).compute(z[i:i + 1], c[i:i + 1], ids[i:i + 1])
+                            for i in range(3)])
+    np.testing.assert_array_equal(alone, together)
+    deterministic = EncodingFeatureExtractor(comp, replace(settings, ddim_eta=0.0)).compute(z, c, ids)
+    assert not np.allclose(together, deterministic, atol=1e-3)
+
+
 def test_encoding_features_do_not_depend_on_batching(toy_spaces):
     from brainldm.encoding_features import EncodingFeatureExtractor
     from brainldm.encoding_spaces import load_encoding_space

@@ -14,8 +14,9 @@ For every seen image, from its TRUE ``z`` and ``c`` (the features stage's arrays
   (``channels x s x s`` with the largest ``s`` that fits; channels are averaged in groups when
   even ``s = 1`` is too many).
 
-The noise of image ``nsdId`` at strength ``s`` comes from its own generator seeded by
-``(seed, nsdId, s)``, so values never depend on batching, sharding or order. All strengths of an
+The noise of image ``nsdId`` at strength ``s`` (with ``ddim_eta > 0`` also the noise DDIM adds at
+each step) comes from its own generator seeded by ``(seed, nsdId, s)``, so values never depend on
+batching, sharding or order. All strengths of an
 image are denoised in the same U-Net passes (their schedules end alike); on CPU every image goes
 through the U-Net alone, so its values are bit-identical whatever the batch size.
 
@@ -195,6 +196,7 @@ class EncodingFeatureExtractor:
         clean = torch.as_tensor(np.asarray(z, dtype=np.float32))
         cond = torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
         latents: dict[int, torch.Tensor] = {}
+        generators: dict[int, list[torch.Generator]] = {}  # per strength, one per image
         captured: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
         hooks = []
@@ -208,15 +210,22 @@ class EncodingFeatureExtractor:
                 active = [k for k in range(len(strengths)) if first_step[k] <= index]
                 for k in active:
                     if k not in latents:
-                        latents[k] = self._noised(clean, nsd_ids, strengths[k], t)
+                        generators[k] = [torch.Generator().manual_seed(noise_seed(s.seed, n, strengths[k]))
+                                         for n in nsd_ids]
+                        latents[k] = self._noised(clean, generators[k], t)
                 stacked = torch.stack([latents[k] for k in active], dim=1)  # (n, n_active, 4, h, w)
                 guided, kept = self._guided_noise(stacked, cond, t, captured)
                 if index in record_at:
                     column = active.index(recorded)
                     for name, value in kept.items():
                         out[f"unet_{name}_{record_at[index]}"] = pool_to(value[:, column], s.max_dims).cpu()
-                stepped = self.scheduler.step(guided.flatten(0, 1), t, stacked.flatten(0, 1),
-                                              eta=s.ddim_eta).prev_sample.unflatten(0, stacked.shape[:2])
+                # with eta > 0 DDIM adds noise at every step: drawn from each image's own
+                # generators, so that it is seeded and independent of the batch
+                variance = None if s.ddim_eta == 0 else torch.stack(
+                    [self._draw(generators[k], clean.shape[1:]) for k in active], dim=1
+                ).flatten(0, 1).to(self.device, self.dtype)
+                stepped = self.scheduler.step(guided.flatten(0, 1), t, stacked.flatten(0, 1), eta=s.ddim_eta,
+                                              variance_noise=variance).prev_sample.unflatten(0, stacked.shape[:2])
                 for column, k in enumerate(active):
                     latents[k] = stepped[:, column]
         finally:
@@ -225,13 +234,14 @@ class EncodingFeatureExtractor:
         zc = {strength: latents[k].float().cpu().numpy() for k, strength in enumerate(strengths)}
         return zc, {name: value.numpy() for name, value in out.items()}
 
-    def _noised(self, clean: torch.Tensor, nsd_ids: Sequence[int], strength: float, t) -> torch.Tensor:
-        """``clean`` latents noised to timestep ``t`` with each image's own noise at ``strength``."""
-        noise = torch.stack([
-            torch.randn(clean.shape[1:], generator=torch.Generator().manual_seed(noise_seed(self.settings.seed, n, strength)))
-            for n in nsd_ids
-        ])
-        noised = self.scheduler.add_noise(clean, noise, t.repeat(len(clean)))
+    @staticmethod
+    def _draw(generators: Sequence[torch.Generator], shape) -> torch.Tensor:
+        """One standard normal array of ``shape`` per image, each from its own generator: (n, *shape)."""
+        return torch.stack([torch.randn(shape, generator=generator) for generator in generators])
+
+    def _noised(self, clean: torch.Tensor, generators: Sequence[torch.Generator], t) -> torch.Tensor:
+        """``clean`` latents noised to timestep ``t`` with each image's own noise."""
+        noised = self.scheduler.add_noise(clean, self._draw(generators, clean.shape[1:]), t.repeat(len(clean)))
         return noised.to(self.device, self.dtype)
 
     def _guided_noise(self, stacked, cond, t, captured):
