@@ -144,16 +144,18 @@ def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, secon
     assert not differing(toy_hashes, second), (second_toy_run["executor"], differing(toy_hashes, second)[:20])
 
 
-def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path):
+def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path, toy_config):
     """SIGKILL during reconstruct_images; the same command then finishes with equal results.
 
     The kill hits Snakemake and its jobs (the whole process group, as when a machine dies), so
-    Snakemake's lock and a half-filled shard folder are left behind.
+    Snakemake's lock and a half-filled shard folder are left behind. The run remakes subject 1's
+    first shard; it resumes with the same command without ``--forcerun``.
     """
     directory = tmp_path / "killed"
     shutil.copytree(toy_run, directory, symlinks=True)
     recon = directory / "results/toy"
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/toy.yaml",
+    target = f"results/toy/subj01/reconstruction/shard0of{toy_config['reconstruction']['n_shards']}"
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", target, "--configfile", "config/toy.yaml",
                "--forcerun", "reconstruct_images"]
     with open(tmp_path / "killed.log", "w") as log:
         run = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
@@ -177,7 +179,7 @@ def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path)
         rows = (shard / "manifest.tsv").read_text().splitlines()[1:]
         assert rows and all((shard / row.split("\t")[3]).is_file() for row in rows), shard
 
-    resumed = snakemake(directory, "--configfile", "config/toy.yaml")
+    resumed = snakemake(directory, target, "--configfile", "config/toy.yaml")
     assert "removed the lock" in resumed.stderr
     assert not list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
     hashes = file_hashes(directory)

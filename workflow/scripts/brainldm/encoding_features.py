@@ -16,9 +16,9 @@ For every seen image, from its TRUE ``z`` and ``c`` (the features stage's arrays
 
 The noise of image ``nsdId`` at strength ``s`` (with ``ddim_eta > 0`` also the noise DDIM adds at
 each step) comes from its own generator seeded by ``(seed, nsdId, s)``, so values never depend on
-batching, sharding or order. All strengths of an
-image are denoised in the same U-Net passes (their schedules end alike); on CPU every image goes
-through the U-Net alone, so its values are bit-identical whatever the batch size.
+batching, sharding or order. All strengths of an image are denoised in the same U-Net passes
+(their schedules end alike); on CPU every image goes through the U-Net alone, so its values are
+bit-identical whatever the batch size.
 
 All spaces of an image are stored side by side in one row, float16:
 ``encoding_features/encoding.npy`` (n_images, n_columns), ``encoding_nsd_ids.npy`` and
