@@ -104,6 +104,17 @@ def test_sample_seed_depends_on_each_part_and_is_stable():
     assert 0 <= sample_seed(42, 73000, 4) < 2**63
 
 
+def test_cpu_calls_hold_one_image_and_gpu_calls_batch_size_samples(components):
+    """On CPU a pipeline call holds one image's samples only (8-bit PNGs would hide the rounding
+    of a mixed batch, so the grouping itself is checked); otherwise ``batch_size`` samples."""
+    jobs = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    per_image = Reconstructor(components, settings(batch_size=4))
+    assert per_image.per_image  # the CPU default
+    assert per_image.batches(jobs) == [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(2, 0), (2, 1)]]
+    batched = Reconstructor(components, settings(batch_size=4), per_image=False)
+    assert batched.batches(jobs) == [jobs[:4], jobs[4:]]
+
+
 def test_same_images_whatever_shards_and_batch_size(components, tmp_path):
     z, c, ids = decoded()
 
