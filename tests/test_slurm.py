@@ -38,4 +38,5 @@ def test_slurm_results_equal_the_local_run(slurm_run, toy_run):
     cluster = file_hashes(slurm_run["directory"], parts=("results",))
     local = file_hashes(toy_run, parts=("results",))
     assert any(path.endswith(".png") for path in local) and any(path.endswith("_pred.npy") for path in local)
-    assert not differing(cluster, local), f"{len(differing(cluster, local))} result files differ: {differing(cluster, local)[:20]}"
+    changed = differing(cluster, local)
+    assert not changed, f"{len(changed)} result files differ: {changed[:20]}"
