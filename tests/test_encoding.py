@@ -46,11 +46,13 @@ def relative(a, b):
     return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max())
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed):
+@pytest.mark.parametrize("seed, validation_operators", [(0, False), (1, False), (0, True), (1, True)])
+def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed, validation_operators):
+    """Both routes to the held-out predictions: targets projected per batch, or operators formed once."""
     train, test, Y, _, _ = multikernel_problem(seed=seed)
     Ks, Ks_test = linear_kernels(train, test)
-    ours = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=20, random_state=seed, n_targets_batch=16)
+    ours = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=20, random_state=seed, n_targets_batch=16,
+                                   validation_operators=validation_operators)
     pred, split, deltas = himalaya_banded_predict(train, Y, test, n_iter=20, random_state=seed)
     assert relative(ours.predictions, pred) < 1e-4
     assert relative(ours.split_predictions, split) < 1e-4
@@ -60,6 +62,42 @@ def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed):
     same = np.isclose(ours_w, ref_w, rtol=1e-3, atol=1e-6 * ref_w.max(0)).all(axis=0)
     assert same.mean() > 0.9
     assert len(np.unique(ours.best_gammas[0])) > 2  # the search really chose different weights
+
+
+def test_operators_are_formed_only_when_the_targets_outnumber_q_times_n_val(monkeypatch):
+    """The default route is the cheaper one, and it picks the same models as the other route."""
+    from brainldm import banded
+
+    train, test, Y, _, _ = multikernel_problem(seed=4, n_targets=300)  # 32 held-out rows per fold
+    Ks, Ks_test = linear_kernels(train, test)
+    asked = []
+    choose = banded._use_operators
+    monkeypatch.setattr(banded, "_use_operators", lambda *args: asked.append(args) or choose(*args))
+    routes = {}
+    for n_targets in (300, 40):
+        asked.clear()
+        routes[n_targets] = banded.banded_ridge_cv_predict(Ks, Y[:, :n_targets], Ks_test, n_iter=5, random_state=0)
+        (_, _, q, n_val), = set(asked)
+        assert n_val == 32 and 40 < q * n_val < 300
+        assert {choose(*args) for args in asked} == {n_targets == 300}
+    projected = banded.banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=5, random_state=0, validation_operators=False)
+    np.testing.assert_array_equal(routes[300].best_alphas, projected.best_alphas)
+    np.testing.assert_array_equal(routes[300].best_gammas, projected.best_gammas)
+    assert relative(routes[300].predictions, projected.predictions) < 1e-5
+
+
+def test_torch_backend_fits_the_numpy_backend_s_model():
+    """The same solver through TorchOps (the GPU path's code, here on CPU), on both routes."""
+    train, test, Y, _, _ = multikernel_problem(seed=5, n_targets=300)
+    Ks, Ks_test = linear_kernels(train, test)
+    for validation_operators in (False, True):
+        fits = {backend: banded_ridge_cv_predict(Ks, Y, Ks_test, alphas=np.logspace(-2, 5, 8), n_iter=5,
+                                                 random_state=0, backend=backend,
+                                                 n_targets_batch=128, validation_operators=validation_operators)
+                for backend in ("numpy", "torch")}
+        assert relative(fits["torch"].predictions, fits["numpy"].predictions) < 1e-4
+        assert np.mean(fits["torch"].best_alphas == fits["numpy"].best_alphas) > 0.95
+        assert len(np.unique(fits["torch"].best_alphas)) > 1
 
 
 def test_single_space_equals_himalaya_kernel_ridge_cv():

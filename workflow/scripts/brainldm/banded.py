@@ -21,8 +21,11 @@ himalaya itself):
   handful of products give every alpha's held-out predictions;
 - the refit is done once at the end, per distinct best ``gamma``, and only for test predictions
   (himalaya refits dual weights for every improving candidate, one ``n x n`` operator per alpha);
-- every alpha's held-out loss of a target batch comes from three large products per fold
-  (``U.T Y``, the stacked basis operators, the alpha coefficients), not one per alpha.
+- every alpha's held-out loss of a target batch comes from two large products per fold
+  (``U.T Y``, the stacked basis operators) and the alpha coefficients applied a few held-out rows
+  at a time, not one product per alpha; with more targets than ``q n_val`` the ``q`` basis
+  operators are formed once per fold instead, and each target costs ``q n_val n_train`` flops
+  (himalaya's ``20 n_val n_train``).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ def banded_ridge_cv_predict(
     backend: str = "numpy",
     n_targets_batch: int | None = 4096,
     filter_tol: float = 1e-8,
+    validation_operators: bool | None = None,
     progress: bool = False,
 ) -> BandedFit:
     """Banded ridge with random search over kernel weights and alphas; predict the test rows.
@@ -170,6 +174,13 @@ def banded_ridge_cv_predict(
         Targets per batch (memory knob).
     filter_tol : float
         Tolerance of the low-rank factorisation of the alpha filters.
+    validation_operators : bool, optional
+        How each fold's held-out predictions are formed from the ``q`` basis filters:
+        ``False`` projects every target on the fold's eigenvectors (``n_train**2`` flops per
+        target, plus ``q n_val n_train``); ``True`` forms the ``q`` ``(n_val, n_train)`` operators
+        once (``q n_val n_train**2`` flops) and applies them (``q n_val n_train`` per target).
+        ``None`` (default) takes the cheaper: operators when ``n_targets > q n_val`` (NSD's
+        nsdgeneral voxels, a whole brain, the toy's voxels; not a few hundred targets).
     progress : bool
         tqdm bar over candidates.
 
@@ -217,15 +228,17 @@ def banded_ridge_cv_predict(
             A = K[va][:, tr] @ U  # (n_val, n_train)
             A_stack = A[None] * ops.asarray(basis, dtype)[:, None, :]  # (q, n_val, n_train)
             coef_d = ops.asarray(coef, dtype)  # (n_usable, q)
+            operators = None
+            if _use_operators(validation_operators, n_targets, len(basis), len(val)):
+                operators = A_stack @ U.T  # (q, n_val, n_train): the basis filters' held-out operators
+                del A_stack
             for start in range(0, n_targets, batch):
                 cols = slice(start, min(start + batch, n_targets))
                 y_train, y_val = Yd[tr, cols], Yd[va, cols]
-                parts = A_stack @ (U.T @ y_train)  # (q, n_val, tb)
-                pred = (coef_d @ parts.reshape(len(basis), -1)).reshape(len(coef), len(val), -1)
-                residual = y_val[None] - pred
-                # l2_neg_loss in the compute dtype, as himalaya scores each fold
-                score_sum[usable, cols] -= ops.to_numpy((residual * residual).mean(1)).astype(np.float64)
-                del parts, pred, residual
+                parts = A_stack @ (U.T @ y_train) if operators is None else operators @ y_train  # (q, n_val, tb)
+                score_sum[usable, cols] -= ops.to_numpy(_held_out_mse(coef_d, parts, y_val, ops)).astype(np.float64)
+                del parts
+            del operators
             score_sum[~usable] -= 1e5
         scores = score_sum / len(folds) + tie_break[:, None]
         argmax = scores.argmax(axis=0)
@@ -256,6 +269,32 @@ def banded_ridge_cv_predict(
         best_gammas=best_gammas, best_alphas=best_alphas,
         deltas=np.log(best_gammas / best_alphas[None, :]), cv_scores=cv_scores,
     )
+
+
+def _held_out_mse(coef, parts, y_val, ops, cache_floats: int = 2**17):
+    """Held-out mean squared error of every alpha: (n_alphas, tb) in the compute dtype.
+
+    The predictions are ``sum_m coef[a, m] parts[m]`` (coef (n_alphas, q), parts (q, n_val, tb),
+    y_val (n_val, tb)): l2_neg_loss as himalaya scores each fold, up to the sign. On CPU they
+    are formed a few validation rows at a time, so that each (n_alphas, rows, tb) residual stays
+    in cache: the whole one costs more in memory traffic than its products cost in flops.
+    """
+    q, n_val, tb = parts.shape
+    rows = n_val if ops.name == "torch_cuda" else max(1, cache_floats // (len(coef) * tb))
+    total = None
+    for start in range(0, n_val, rows):
+        block = slice(start, min(start + rows, n_val))
+        residual = (coef @ parts[:, block].reshape(q, -1)).reshape(len(coef), -1, tb) - y_val[None, block]
+        squares = (residual * residual).sum(1)
+        total = squares if total is None else total + squares
+    return total / n_val
+
+
+def _use_operators(validation_operators: bool | None, n_targets: int, q: int, n_val: int) -> bool:
+    """Whether to form the fold's held-out operators: asked for, or (``None``) the cheaper route."""
+    if validation_operators is None:
+        return n_targets > q * n_val
+    return bool(validation_operators)
 
 
 def _combine(Kd, gamma: np.ndarray):
