@@ -409,15 +409,14 @@ def extract_feature_shard(
 
 def feature_record(components, settings: FeatureSettings, feature: str, extra: dict | None = None) -> dict:
     """What ``{feature}.json`` records: model, device, dtype, settings and library versions."""
-    import diffusers
-    import transformers
+    from importlib.metadata import version  # importing diffusers only for its version takes seconds
 
     record = {
         "model": components.describe() if hasattr(components, "describe") else {},
         "settings": asdict(settings),
         "value_settings": settings.value_settings(feature),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "numpy": np.__version__},
+        "versions": {"torch": torch.__version__, "diffusers": version("diffusers"),
+                     "transformers": version("transformers"), "numpy": np.__version__},
     }
     if feature == "z" and getattr(components, "vae", None) is not None:
         record["vae_scaling_factor"] = float(components.vae.config.scaling_factor)
