@@ -14,7 +14,7 @@ rule prepare_fmri:
         f"logs/{DATASET}/prepare_fmri/subj{{subject}}.log",
     conda:
         "../../envs/fmri.yaml"
-    threads: 2
+    threads: config["fmri"]["threads"]
     resources:
         mem_mb=2500,
         runtime=fmri_runtime_minutes(),
