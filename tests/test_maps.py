@@ -63,24 +63,73 @@ def test_flat_layout_puts_the_left_hemisphere_left_and_both_occipital_poles_cent
         assert abs(x[offset + frontal]) > 0.3 * width
 
 
-def test_plot_surface_map_draws_five_views_a_colour_bar_and_the_title():
+def test_plot_surface_map_draws_the_surfaces_as_one_image_four_labels_a_colour_bar_and_the_title():
     values = {hemi: np.linspace(0, 1, N5) for hemi in nsd.HEMISPHERES}
     values["lh"][:50] = np.nan
-    figure = maps.plot_surface_map(values, maps.MapStyle(vmin=0, vmax=1, threshold=0.2, label="r"), title="a map")
-    surfaces = [axes for axes in figure.axes if axes.name == "3d"]
-    assert len(surfaces) == 5
-    assert [t.get_text() for a in surfaces[1:] for t in a.texts] == ["lh lateral", "lh medial", "rh medial", "rh lateral"]
-    assert figure._suptitle.get_text() == "a map"
-    colour_bars = [axes for axes in figure.axes if axes.name != "3d"]
-    assert len(colour_bars) == 1 and colour_bars[0].get_ylabel() == "r"
+    figure = maps.plot_surface_map(values, maps.MapStyle(vmin=0, vmax=1, threshold=0.2, label="r"), title="a map",
+                                   dpi=60)
+    assert len(figure.images) == 1 and figure.images[0].get_array().shape == (450, 660, 4)
+    assert [t.get_text() for t in figure.texts] == ["lh lateral", "lh medial", "rh medial", "rh lateral", "a map"]
+    assert len(figure.axes) == 1 and figure.axes[0].get_ylabel() == "r"
+    figure.canvas.draw()  # the colour bar is drawn above the surfaces' image, not hidden by it
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    left, bottom, right, top = figure.axes[0].get_window_extent().extents.astype(int)
+    bar = pixels[pixels.shape[0] - top + 2:pixels.shape[0] - bottom - 2, left + 2:right - 2].reshape(-1, 3)
+    assert len(np.unique(bar, axis=0)) > 20
 
 
 def test_categorical_map_gets_a_legend_of_the_block_names():
     values = {hemi: np.arange(N5) % 3.0 for hemi in nsd.HEMISPHERES}
-    figure = maps.plot_surface_map(values, maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block"))
+    figure = maps.plot_surface_map(values, maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block"),
+                                   dpi=60)
     legend = figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["down_2", "mid", "up_1"]
-    assert len([a for a in figure.axes if a.name != "3d"]) == 0
+    assert len(figure.axes) == 0
+
+
+def test_face_index_raster_puts_each_panel_s_faces_inside_its_panel():
+    raster = maps.face_index_raster(60)
+    height, width = raster.shape
+    assert (height, width) == (450, 660)
+    first = 0
+    for label, mesh, _, _, (left, bottom, panel_width, panel_height), _ in maps._panels():
+        last = first + len(mesh.faces)
+        rows, columns = np.nonzero((raster >= first) & (raster < last))
+        assert len(rows) > 0.02 * raster.size, label  # every panel is drawn ...
+        # ... inside its own axes (image rows count from the top)
+        assert columns.min() >= left * width - 1 and columns.max() <= (left + panel_width) * width + 1, label
+        assert rows.max() <= (1 - bottom) * height + 1 and rows.min() >= (1 - bottom - panel_height) * height - 1
+        # thousands of faces each (at 60 dpi many are smaller than a pixel; the back is hidden)
+        assert 0.2 * len(mesh.faces) < len(np.unique(raster[rows, columns])) < 0.6 * len(mesh.faces), label
+        first = last
+    assert raster.min() == -1 and raster.max() < first
+
+
+@pytest.mark.parametrize("kind", ["continuous", "categorical"])
+def test_plot_surface_map_paints_nilearns_own_picture_pixel_for_pixel(kind):
+    """Our figure image against nilearn's plot_surf_stat_map drawing of the same map and style."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(3)
+    if kind == "continuous":  # NaN, values under the threshold, below vmin and beyond vmax
+        values = {hemi: rng.uniform(-0.3, 0.9, N5) for hemi in nsd.HEMISPHERES}
+        values["rh"][rng.random(N5) < 0.3] = np.nan
+        style = maps.MapStyle(cmap="RdBu_r", vmin=-0.2, vmax=0.6, threshold=0.1, label="r")
+    else:
+        values = {hemi: rng.integers(0, 3, N5).astype(np.float64) for hemi in nsd.HEMISPHERES}
+        values["lh"][:3000] = np.nan
+        style = maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block")
+    ours = maps.plot_surface_map(values, style, dpi=60)
+    for artist in [*ours.texts, *ours.legends, *ours.axes]:
+        artist.set_visible(False)
+    ours.canvas.draw()
+    nilearn = plt.figure(figsize=maps.FIGURE_SIZE, dpi=60)
+    maps.draw_with_nilearn(values, style, nilearn)
+    nilearn.canvas.draw()
+    mine, theirs = (np.asarray(f.canvas.buffer_rgba())[..., :3].astype(int) for f in (ours, nilearn))
+    assert len(np.unique(theirs.reshape(-1, 3), axis=0)) > 50  # a coloured map, not a blank page
+    difference = np.abs(mine - theirs).max(axis=-1)
+    assert np.mean(difference == 0) > 0.9999 and difference.max() <= 1
 
 
 def test_accuracy_density_leaves_out_nan_voxels_and_counts_the_share_above_the_diagonal():

@@ -9,7 +9,8 @@ mask), random transforms for 227,021 (lh) and 226,601 (rh) native vertices at th
 (1 % of them 9999) and random white-to-fsaverage indices, written as .mgz and read back like
 NSD's. Toy: subject 1 of the toy world with the stand-in encoding volumes of the tests, every
 step of the maps rules (projection of all maps, every figure, the density, the viewer) in one
-process, each step timed in wall and CPU seconds. Prints the load average: timings on a shared
+process, each step timed in wall and CPU seconds, and the same figures' surfaces drawn by nilearn
+itself (what plot_cortical_maps cost before it painted them through ``face_index_raster``). Prints the load average: timings on a shared
 machine are noisy.
 """
 
@@ -100,14 +101,38 @@ def toy(folder: Path) -> None:
         from brainldm.maps import fsaverage5
 
         fsaverage5()
+    with Timer("face_index_raster (once per process: nilearn draws the meshes)"):
+        from brainldm.maps import face_index_raster
+
+        face_index_raster(100)
     with Timer(f"plot_cortical_maps ({len(figures)} figures x 5 views)"):
         map_specs.draw_cortical_maps(outputs, str(folder / "encoding/volumes/unet_best_block.json"), ENCODING,
                                      figures, subject="01", dpi=100)
+    with Timer(f"the same {len(figures)} figures' surfaces drawn by nilearn"):
+        nilearn_drawn(outputs, str(folder / "encoding/volumes/unet_best_block.json"), ENCODING, folder / "nilearn")
     with Timer("plot_accuracy_density"):
         map_specs.draw_accuracy_density(str(volumes["z_r"]), str(volumes["c_r"]), str(folder / "density.png"),
                                         x_model="z", y_model="c", subject="01")
     with Timer("view_surface"):
         map_specs.write_viewer(outputs, str(folder / "viewer.html"), viewer_map="z-c", subject="01")
+
+
+def nilearn_drawn(surface_paths, block_names_path, encoding, folder: Path) -> None:
+    """Each figure's five panels drawn by nilearn itself and saved, as plot_cortical_maps did
+    before it painted them through the face raster."""
+    import matplotlib.pyplot as plt
+
+    from brainldm import map_specs, maps
+    from brainldm.surface import load_surface_map
+
+    folder.mkdir(parents=True, exist_ok=True)
+    surface_maps = {name: load_surface_map(path) for name, path in surface_paths.items()}
+    for figure_map in map_specs.figure_maps(surface_maps, encoding, map_specs.read_block_names(block_names_path),
+                                            subject="01"):
+        figure = plt.figure(figsize=maps.FIGURE_SIZE, dpi=100)
+        maps.draw_with_nilearn(figure_map.values, figure_map.style, figure)
+        figure.savefig(folder / f"{figure_map.name}.png", dpi=100)
+        plt.close(figure)
 
 
 def main() -> None:

@@ -192,7 +192,7 @@ def draw_cortical_maps(surface_paths: Mapping[str, str], block_names_path: str, 
     surface = {name: load_surface_map(path) for name, path in surface_paths.items()}
     figures = figure_maps(surface, encoding, read_block_names(block_names_path), subject=subject)
     for figure_map in tqdm(figures, desc="plot_cortical_maps", unit="figure"):
-        figure = plot_surface_map(figure_map.values, figure_map.style, title=figure_map.title)
+        figure = plot_surface_map(figure_map.values, figure_map.style, title=figure_map.title, dpi=dpi)
         _save_figure(figure, output_paths[figure_map.name], dpi)
         shown = sum(int(np.isfinite(v[:FSAVERAGE5_VERTICES]).sum()) for v in figure_map.values.values())
         log.info("%s: %s (%d fsaverage5 vertices with a value)", figure_map.name, output_paths[figure_map.name], shown)

@@ -6,7 +6,8 @@ hemisphere; fsaverage arrays are cut to their first 10,242 vertices), NaN where 
 value. One figure shows a map as the paper does: both hemispheres flattened side by side with
 the occipital poles meeting in the centre, and the inflated left and right hemispheres from the
 side and from the midline. The meshes and the sulcal depth shipped inside nilearn are used, so
-nothing is downloaded.
+nothing is downloaded. nilearn draws the panels once per process (:func:`face_index_raster`);
+each figure paints its face colours through that drawing (:func:`plot_surface_map`).
 
 Public functions return figures (or nilearn's HTML document); the rule scripts save them.
 """
@@ -28,6 +29,9 @@ FLAT_GAP_MM = 12.0
 #: Camera of the flat maps: from above, rotated so that the hemispheres lie side by side.
 FLAT_VIEW = (90, 270)
 INFLATED_PANELS = (("lh", "lateral"), ("lh", "medial"), ("rh", "medial"), ("rh", "lateral"))
+#: A map figure: flat maps above (figure fraction FLAT_RECT), the inflated views below.
+FIGURE_SIZE = (11.0, 7.5)
+FLAT_RECT = (0.0, 0.36, 0.86, 0.6)
 
 
 class MapInputError(ValueError):
@@ -114,8 +118,124 @@ def _limits(style: MapStyle) -> tuple[float, float]:
     return style.vmin, style.vmax
 
 
-def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title: str = "",
-                     figure=None):
+def _panels():
+    """The five surface panels in drawing order: ``(label, mesh, sulcal, nilearn view kwargs, rect,
+    zoom)``; ``label`` is ``flat`` or ``"<hemi> <view>"``."""
+    meshes = fsaverage5()
+    yield ("flat", meshes["flat_both"], np.concatenate([meshes["sulcal"]["lh"], meshes["sulcal"]["rh"]]),
+           {"view": FLAT_VIEW}, FLAT_RECT, 1.6)
+    for column, (hemi, view) in enumerate(INFLATED_PANELS):
+        yield (f"{hemi} {view}", meshes["inflated"].parts[NILEARN_HEMI[hemi]], meshes["sulcal"][hemi],
+               {"hemi": NILEARN_HEMI[hemi], "view": view}, (column * 0.215, 0.0, 0.215, 0.38), 1.45)
+
+
+def _panel_values(values: Mapping[str, np.ndarray], label: str) -> np.ndarray:
+    return np.concatenate([values["lh"], values["rh"]]) if label == "flat" else values[label.split()[0]]
+
+
+def draw_with_nilearn(values: Mapping[str, np.ndarray], style: MapStyle, figure) -> list:
+    """The five surface panels of a map figure drawn by nilearn's ``plot_surf_stat_map``.
+
+    Parameters
+    ----------
+    values : {"lh", "rh"} fsaverage5 or fsaverage arrays, NaN where there is no value
+    style : MapStyle
+    figure : matplotlib Figure of size ``FIGURE_SIZE``
+
+    Returns
+    -------
+    list of mpl_toolkits.mplot3d.Axes3D
+        The panels in the order of :func:`face_index_raster` (flat, then ``INFLATED_PANELS``),
+        each holding one face collection; no labels, colour bar or title.
+    """
+    from nilearn import plotting
+
+    values = check_map_inputs(values)
+    vmin, vmax = _limits(style)
+    common = dict(cmap=_colormap(style), vmin=vmin, vmax=vmax, colorbar=False, symmetric_cbar=False,
+                  bg_on_data=False, threshold=None if style.categories else style.threshold)
+    panels = []
+    for label, mesh, sulcal, view, rect, zoom in _panels():
+        axes = figure.add_axes(rect, projection="3d")
+        plotting.plot_surf_stat_map(mesh, _panel_values(values, label), bg_map=sulcal, axes=axes,
+                                    figure=figure, **view, **common)
+        axes.set_box_aspect(None, zoom=zoom)
+        panels.append(axes)
+    return panels
+
+
+def face_index_raster(dpi: int) -> np.ndarray:
+    """Which mesh face nilearn draws at each pixel of a map figure: (height, width) int32.
+
+    The five panels are drawn once by :func:`draw_with_nilearn`, every face in a colour that
+    encodes its index (counted across the panels in order, flat first); the rendering has no
+    antialiasing, so each pixel holds exactly one face's colour. -1 where no surface is drawn.
+    The geometry, camera and depth order are nilearn's, so that painting a map's face colours
+    through this raster gives nilearn's own picture of it (``tests/test_maps.py`` checks it
+    pixel by pixel) at a fraction of the cost: nilearn's matplotlib engine rebuilds and sorts
+    ~120,000 polygons for every figure.
+    """
+    return _drawn_panels(dpi)[0]
+
+
+@lru_cache(maxsize=4)
+def _drawn_panels(dpi: int):
+    """:func:`face_index_raster` and where each panel's axes ended up (figure fraction
+    ``(left, bottom, width, height)``; mplot3d shrinks a box to its aspect when it draws)."""
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=FIGURE_SIZE, dpi=dpi)
+    offset = 0
+    any_map = {hemi: np.zeros(FSAVERAGE5_VERTICES) for hemi in HEMIS}  # its colours are replaced
+    panels = draw_with_nilearn(any_map, MapStyle(), figure)
+    for axes, (_, mesh, *_) in zip(panels, _panels()):
+        collection = axes.collections[0]
+        n_faces = len(mesh.faces)
+        if len(collection.get_facecolor()) != n_faces:
+            raise RuntimeError(f"nilearn drew {len(collection.get_facecolor())} faces of a {n_faces}-face mesh")
+        codes = offset + 1 + np.arange(n_faces)  # 0 (black) and 0xFFFFFF (white) stay free
+        colours = np.column_stack([codes >> 16 & 255, codes >> 8 & 255, codes & 255, np.full(n_faces, 255)]) / 255
+        collection.set_facecolor(colours)
+        collection.set_edgecolor(colours)
+        offset += n_faces
+    figure.canvas.draw()
+    boxes = tuple(tuple(axes.get_position().bounds) for axes in panels)
+    rgba = np.asarray(figure.canvas.buffer_rgba()).astype(np.int64)
+    plt.close(figure)
+    codes = rgba[..., 0] << 16 | rgba[..., 1] << 8 | rgba[..., 2]
+    return np.where((codes >= 1) & (codes <= offset), codes - 1, -1).astype(np.int32), boxes
+
+
+def face_colours(faces: np.ndarray, values: np.ndarray, sulcal: np.ndarray, style: MapStyle) -> np.ndarray:
+    """The colour nilearn's matplotlib engine gives each face: (n_faces, 4) float RGBA.
+
+    A face takes the mean of its vertices. Faces whose value is shown (not NaN and, for a
+    continuous map, of magnitude at least ``style.threshold``) get the colour map; the others the
+    sulcal depth in grey, scaled to the range of the mesh's faces.
+    """
+    from matplotlib import colormaps
+
+    background = sulcal[faces].mean(axis=1)
+    low, high = background.min(), background.max()
+    if low < 0 or high > 1:
+        background = (background - low) / (high - low)
+    colours = colormaps["gray_r"](background)
+    face_values = values[faces].mean(axis=1)
+    vmin, vmax = _limits(style)
+    with np.errstate(invalid="ignore"):
+        if style.categories or style.threshold is None:
+            shown = ~np.isnan(face_values)
+        else:
+            shown = np.abs(face_values) >= style.threshold
+            if vmin > -style.threshold:
+                shown &= face_values >= vmin
+            if vmax < style.threshold:
+                shown &= face_values <= vmax
+    colours[shown] = _colormap(style)((face_values[shown] - vmin) / (vmax - vmin))
+    return colours
+
+
+def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title: str = "", dpi: int = 100):
     """Flat (both hemispheres, occipital poles central) and inflated lateral/medial views.
 
     Parameters
@@ -123,48 +243,40 @@ def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title
     values : {"lh", "rh"} fsaverage5 or fsaverage arrays, NaN where there is no value
     style : MapStyle
     title : figure title
-    figure : a matplotlib Figure to draw into (a new one otherwise)
+    dpi : the figure's resolution; save it at this dpi (the surfaces are an image of its pixels)
 
     Returns
     -------
     matplotlib.figure.Figure
-        Five surface axes (flat, then lh lateral, lh medial, rh medial, rh lateral) and one
-        colour bar (or legend, for categories).
+        ``FIGURE_SIZE`` at ``dpi``: nilearn's five surface panels (flat, then lh lateral, lh
+        medial, rh medial, rh lateral) as one figure image painted through
+        :func:`face_index_raster`, a label under each inflated panel, and one colour bar (or
+        legend, for categories).
     """
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch
-    from nilearn import plotting
 
     values = check_map_inputs(values)
-    meshes = fsaverage5()
+    raster, boxes = _drawn_panels(dpi)
+    colours = np.concatenate([face_colours(np.asarray(mesh.faces), _panel_values(values, label), sulcal, style)
+                              for label, mesh, sulcal, *_ in _panels()])
+    image = np.zeros(raster.shape + (4,), dtype=np.uint8)  # transparent where no surface is drawn
+    covered = raster >= 0
+    image[covered] = np.round(colours[raster[covered]] * 255).astype(np.uint8)
+    figure = plt.figure(figsize=FIGURE_SIZE, dpi=dpi)
+    figure.figimage(image, origin="upper", zorder=-1)
+    for (label, *_), (left, bottom, width, height) in zip(_panels(), boxes):
+        if label != "flat":  # where nilearn's panels carried their labels
+            figure.text(left + width / 2, bottom + 0.02 * height, label, ha="center", fontsize=9)
     cmap = _colormap(style)
-    vmin, vmax = _limits(style)
-    threshold = None if style.categories else style.threshold
-    common = dict(cmap=cmap, vmin=vmin, vmax=vmax, threshold=threshold, colorbar=False,
-                  symmetric_cbar=False, bg_on_data=False)
-    figure = figure or plt.figure(figsize=(11, 7.5))
-    flat_axes = figure.add_axes((0.0, 0.36, 0.86, 0.6), projection="3d")
-    plotting.plot_surf_stat_map(
-        meshes["flat_both"], np.concatenate([values["lh"], values["rh"]]), view=FLAT_VIEW,
-        bg_map=np.concatenate([meshes["sulcal"]["lh"], meshes["sulcal"]["rh"]]),
-        axes=flat_axes, figure=figure, **common)
-    flat_axes.set_box_aspect(None, zoom=1.6)
-    for column, (hemi, view) in enumerate(INFLATED_PANELS):
-        axes = figure.add_axes((column * 0.215, 0.0, 0.215, 0.38), projection="3d")
-        plotting.plot_surf_stat_map(
-            meshes["inflated"].parts[NILEARN_HEMI[hemi]], values[hemi], hemi=NILEARN_HEMI[hemi], view=view,
-            bg_map=meshes["sulcal"][hemi], axes=axes, figure=figure, **common)
-        axes.set_box_aspect(None, zoom=1.45)
-        axes.text2D(0.5, 0.02, f"{hemi} {view}", transform=axes.transAxes, ha="center", fontsize=9)
     if style.categories:
         handles = [Patch(color=cmap(i), label=name) for i, name in enumerate(style.categories)]
         figure.legend(handles=handles, loc="center right", title=style.label, fontsize=9, frameon=False)
     else:
         bar_axes = figure.add_axes((0.89, 0.25, 0.02, 0.5))
-        mappable = ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap)
-        figure.colorbar(mappable, cax=bar_axes, label=style.label)
+        figure.colorbar(ScalarMappable(norm=Normalize(*_limits(style)), cmap=cmap), cax=bar_axes, label=style.label)
     if title:
         figure.suptitle(title, fontsize=13)
     return figure
