@@ -39,6 +39,8 @@ def test_toy_config_overrides_only_what_differs(toy_config, paper_config):
     # the toy decodes with the paper's settings; only its tiny fits run one thread each
     assert toy_config["decoding"] == {**paper_config["decoding"], "threads": 1}
     assert paper_config["decoding"]["threads"] == paper_config["encoding"]["threads"] == 8
+    # and its one-second fMRI preparation does not hold both of a laptop's cores
+    assert toy_config["fmri"] == {**paper_config["fmri"], "threads": 1} and paper_config["fmri"]["threads"] == 2
     assert toy_config["nsd"]["root"] == "resources/toy/nsd"
 
 
@@ -60,6 +62,7 @@ BAD_CONFIGS = [
     ({"sessions": {"first": 10, "last": 3}}, "sessions", "first <= last"),
     ({"sessions": {"last": 41}}, "sessions.last", "<= 40"),
     ({"fmri": {"value_scaling": "zscore"}}, "fmri.value_scaling", "'zscore_session'"),
+    ({"fmri": {"threads": 0}}, "fmri.threads", ">= 1"),
     ({"decoding": {"alphas": [0.1, -1.0]}}, "decoding.alphas[1]", "> 0"),
     ({"decoding": {"n_folds": 2.5}}, "decoding.n_folds", "integer"),
     ({"reconstruction": {"strength": 1.5}}, "reconstruction.strength", "<= 1"),

@@ -10,8 +10,8 @@ mask), random transforms for 227,021 (lh) and 226,601 (rh) native vertices at th
 NSD's. Toy: subject 1 of the toy world with the stand-in encoding volumes of the tests, every
 step of the maps rules (projection of all maps, every figure, the density, the viewer) in one
 process, each step timed in wall and CPU seconds, and the same figures' surfaces drawn by nilearn
-itself (what plot_cortical_maps cost before it painted them through ``face_index_raster``). Prints the load average: timings on a shared
-machine are noisy.
+itself (what plot_cortical_maps cost before it painted them through ``face_index_raster``).
+Prints the load average: timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
