@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 
 from brainldm import decoding, ridge_ops
-from brainldm.decoding import (
-    PAPER_ALPHAS,
-    fit_decoder,
-    himalaya_ridge_cv_predict,
-    per_image_correlation,
-    ridge_cv_predict,
-    standardize,
-)
+from brainldm.decoding import fit_decoder, per_image_correlation, standardize
+from brainldm.ridge import PAPER_ALPHAS, ridge_cv_predict
 from brainldm.ridge_ops import kfold_splits
 
 WIDE_ALPHAS = [1e-2, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]

@@ -30,6 +30,7 @@ import yaml
 from conftest import merged_config
 
 from brainldm import download as dl
+from brainldm import http_download as http_dl
 from brainldm.config import validate_config
 from brainldm import nsd
 from brainldm.toy_world import ToyParams, write_toy_world
@@ -196,7 +197,7 @@ FAST = dict(backoff=0.0, timeout=2.0, progress=False, chunk_size=64 * 1024, rese
 
 
 def fetch(server, tmp_path, key=BETAS_KEY, **options):
-    return dl.download(dl.key_url(server.url, key), tmp_path / "out" / Path(key).name, key=key,
+    return http_dl.download(http_dl.key_url(server.url, key), tmp_path / "out" / Path(key).name, key=key,
                        **{**FAST, **options})
 
 
@@ -213,7 +214,7 @@ def test_clean_download_is_identical_and_md5_verified(fresh, toy_world, tmp_path
     assert (result.verified, result.attempts, result.resumed_from) == ("md5", 1, 0)
     assert result.md5 == hashlib.md5(truth(toy_world)).hexdigest()
     assert [r["range"] for r in fresh.gets()] == [None]
-    assert not dl.part_path(result.path).exists()
+    assert not http_dl.part_path(result.path).exists()
 
 
 def test_dropped_connection_resumes_with_range_in_the_same_call(fresh, toy_world, tmp_path):
@@ -232,10 +233,10 @@ def test_dropped_connection_resumes_with_range_in_the_same_call(fresh, toy_world
 def test_rerun_after_a_failure_resumes_instead_of_starting_over(fresh, toy_world, tmp_path):
     data = truth(toy_world)
     fresh.faults[BETAS_KEY] = ["drop:150000"]
-    with pytest.raises(dl.DownloadError) as error:
+    with pytest.raises(http_dl.DownloadError) as error:
         fetch(fresh, tmp_path, attempts=1)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
-    part = dl.part_path(dest)
+    part = http_dl.part_path(dest)
     assert not dest.exists()
     assert BETAS_KEY in str(error.value) and "resumes" in str(error.value)
     kept = part.stat().st_size
@@ -259,7 +260,7 @@ def test_503_is_retried_with_exponential_backoff(fresh, toy_world, tmp_path):
 
 def test_persistent_503_gives_up_after_the_bounded_attempts(fresh, tmp_path):
     fresh.faults[BETAS_KEY] = ["503"] * 5
-    with pytest.raises(dl.DownloadError, match=r"giving up after 3 attempts.*HTTP 503"):
+    with pytest.raises(http_dl.DownloadError, match=r"giving up after 3 attempts.*HTTP 503"):
         fetch(fresh, tmp_path, attempts=3)
     assert len(fresh.gets()) == 3
     assert not (tmp_path / "out" / Path(BETAS_KEY).name).exists()
@@ -276,10 +277,10 @@ def test_body_shorter_than_its_content_length_is_completed(fresh, toy_world, tmp
 
 def test_wrong_etag_fails_cleanly_then_a_rerun_starts_over(fresh, toy_world, tmp_path):
     fresh.faults[BETAS_KEY] = ["etag", "etag"]
-    with pytest.raises(dl.DownloadError, match=r"MD5 [0-9a-f]{32} differs from the server's ETag"):
+    with pytest.raises(http_dl.DownloadError, match=r"MD5 [0-9a-f]{32} differs from the server's ETag"):
         fetch(fresh, tmp_path, attempts=2)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
-    assert not dest.exists() and not dl.part_path(dest).exists()  # untrusted bytes are discarded
+    assert not dest.exists() and not http_dl.part_path(dest).exists()  # untrusted bytes are discarded
     fresh.requests.clear()
     result = fetch(fresh, tmp_path)
     assert [r["range"] for r in fresh.gets()] == [None]
@@ -289,14 +290,14 @@ def test_wrong_etag_fails_cleanly_then_a_rerun_starts_over(fresh, toy_world, tmp
 def test_persistent_wrong_etag_is_final_after_one_fresh_full_download(fresh, toy_world, tmp_path):
     """A mismatch is retried once from byte 0; the same mismatch then is final (2 GETs, not 6)."""
     fresh.etags[BETAS_KEY] = f'"{hashlib.md5(b"another file").hexdigest()}"'
-    with pytest.raises(dl.DownloadError) as error:
+    with pytest.raises(http_dl.DownloadError) as error:
         fetch(fresh, tmp_path, attempts=6)
     message = str(error.value)
     assert "for the second time, on a fresh full download" in message and "not retried" in message
     assert BETAS_KEY in message and "\n" not in message
     assert [r["range"] for r in fresh.gets()] == [None, None]
     dest = tmp_path / "out" / Path(BETAS_KEY).name
-    assert not dest.exists() and not dl.part_path(dest).exists()
+    assert not dest.exists() and not http_dl.part_path(dest).exists()
     # one bad answer among good ones still recovers
     fresh.reset()
     fresh.faults[BETAS_KEY] = ["etag"]
@@ -307,11 +308,11 @@ def test_persistent_wrong_etag_is_final_after_one_fresh_full_download(fresh, toy
 @pytest.mark.parametrize("code, words", [("404", "not found"), ("403", "access denied")])
 def test_404_and_403_stop_at_once_naming_key_and_url(fresh, tmp_path, code, words):
     fresh.faults[BETAS_KEY] = [code]
-    with pytest.raises(dl.DownloadError) as error:
+    with pytest.raises(http_dl.DownloadError) as error:
         fetch(fresh, tmp_path, attempts=5)
     message = str(error.value)
     assert f"HTTP {code} ({words})" in message
-    assert BETAS_KEY in message and dl.key_url(fresh.url, BETAS_KEY) in message
+    assert BETAS_KEY in message and http_dl.key_url(fresh.url, BETAS_KEY) in message
     assert len(fresh.gets()) == 1  # no retry
     assert not (tmp_path / "out" / Path(BETAS_KEY).name).exists()
 
@@ -325,7 +326,7 @@ def test_slow_response_times_out_then_recovers(fresh, toy_world, tmp_path):
     assert result.path.read_bytes() == truth(toy_world) and result.attempts == 2
     fresh.requests.clear()
     fresh.faults[BETAS_KEY] = ["slow", "slow"]
-    with pytest.raises(dl.DownloadError, match="timed out"):
+    with pytest.raises(http_dl.DownloadError, match="timed out"):
         fetch(fresh, tmp_path / "again", attempts=2, timeout=0.3)
     assert not (tmp_path / "again" / "out" / Path(BETAS_KEY).name).exists()
 
@@ -334,7 +335,7 @@ def test_server_ignoring_range_is_restarted_from_zero(fresh, toy_world, tmp_path
     data = truth(toy_world)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
     dest.parent.mkdir()
-    dl.part_path(dest).write_bytes(data[:5000])
+    http_dl.part_path(dest).write_bytes(data[:5000])
     fresh.faults[BETAS_KEY] = ["norange"]
     result = fetch(fresh, tmp_path)
     assert fresh.gets()[0]["range"] == "bytes=5000-" and fresh.gets()[0]["status"] == 200
@@ -345,7 +346,7 @@ def test_complete_part_left_before_the_rename_is_verified_not_refetched(fresh, t
     data = truth(toy_world)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
     dest.parent.mkdir()
-    dl.part_path(dest).write_bytes(data)
+    http_dl.part_path(dest).write_bytes(data)
     result = fetch(fresh, tmp_path)
     assert [(r["method"], r["status"]) for r in fresh.requests] == [("GET", 416), ("HEAD", 200)]
     assert result.path.read_bytes() == data and result.verified == "md5"
@@ -355,18 +356,18 @@ def test_corrupt_part_is_caught_by_md5_and_refetched(fresh, toy_world, tmp_path)
     data = truth(toy_world)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
     dest.parent.mkdir()
-    dl.part_path(dest).write_bytes(b"\0" * 4096)  # e.g. the object changed since
+    http_dl.part_path(dest).write_bytes(b"\0" * 4096)  # e.g. the object changed since
     result = fetch(fresh, tmp_path, attempts=2)
     assert [r["range"] for r in fresh.gets()] == ["bytes=4096-", None]
     assert result.path.read_bytes() == data
 
 
 def test_too_little_disk_space_stops_before_writing(fresh, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10, 10))
-    with pytest.raises(dl.DownloadError, match=r"needs .* free in .* only 10 B are free"):
+    monkeypatch.setattr(http_dl.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10, 10))
+    with pytest.raises(http_dl.DownloadError, match=r"needs .* free in .* only 10 B are free"):
         fetch(fresh, tmp_path, attempts=3)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
-    assert not dest.exists() and not dl.part_path(dest).exists()
+    assert not dest.exists() and not http_dl.part_path(dest).exists()
     assert len(fresh.gets()) == 1
 
 
@@ -378,10 +379,10 @@ def test_multipart_etag_is_verified_when_the_part_size_is_inferable(tmp_path):
     srv = FaultyServer(extra={"big.bin": data})
     try:
         srv.etags["big.bin"] = good
-        result = dl.download(f"{srv.url}/big.bin", tmp_path / "a.bin", **FAST)
+        result = http_dl.download(f"{srv.url}/big.bin", tmp_path / "a.bin", **FAST)
         assert result.verified == "multipart-md5" and result.path.read_bytes() == data
         srv.etags["big.bin"] = f'"{"0" * 32}-3"'  # unknown part size: only the length is checked
-        result = dl.download(f"{srv.url}/big.bin", tmp_path / "b.bin", **FAST)
+        result = http_dl.download(f"{srv.url}/big.bin", tmp_path / "b.bin", **FAST)
         assert result.verified == "length" and result.path.read_bytes() == data
     finally:
         srv.close()
@@ -389,16 +390,16 @@ def test_multipart_etag_is_verified_when_the_part_size_is_inferable(tmp_path):
 
 def test_etag_parsing():
     md5 = "0123456789abcdef0123456789abcdef"
-    assert dl.plain_md5_etag(f'"{md5}"') == md5
-    assert dl.plain_md5_etag(f'"{md5}-3"') is None and dl.plain_md5_etag(f'W/"{md5}"') is None
-    assert dl.multipart_etag(f'"{md5}-3"') == (md5, 3)
-    assert dl.file_digests  # used above
-    assert dl._content_range("bytes 10-19/20") == (10, 19, 20)
-    assert dl._content_range("bytes */20") == (None, None, 20)
+    assert http_dl.plain_md5_etag(f'"{md5}"') == md5
+    assert http_dl.plain_md5_etag(f'"{md5}-3"') is None and http_dl.plain_md5_etag(f'W/"{md5}"') is None
+    assert http_dl.multipart_etag(f'"{md5}-3"') == (md5, 3)
+    assert http_dl.file_digests  # used above
+    assert http_dl._content_range("bytes 10-19/20") == (10, 19, 20)
+    assert http_dl._content_range("bytes */20") == (None, None, 20)
 
 
 def test_terms_refused_means_no_request(fresh, tmp_path):
-    with pytest.raises(dl.DownloadError, match="accept_terms is false"):
+    with pytest.raises(http_dl.DownloadError, match="accept_terms is false"):
         dl.download_nsd_key(fresh.url, BETAS_KEY, tmp_path / "x", accept_terms=False)
     assert fresh.requests == []
 
@@ -486,7 +487,7 @@ def test_coco_archive_keeps_only_the_two_caption_files(toy_world, tmp_path):
             "captions_train2017.json", "captions_val2017.json"]  # no archive, no instances file
         assert srv.gets()[1]["range"] is not None  # the archive download resumed
         srv.extra[COCO_ZIP] = b"this is not a zip file"
-        with pytest.raises(dl.DownloadError, match="not a valid zip archive"):
+        with pytest.raises(http_dl.DownloadError, match="not a valid zip archive"):
             dl.download_coco_captions(f"{srv.url}/{COCO_ZIP}", tmp_path / "bad", **FAST)
         assert list((tmp_path / "bad").rglob("*.json")) == [] and not (tmp_path / "bad" / "annotations_trainval2017.zip").exists()
     finally:

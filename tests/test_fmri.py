@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -18,10 +17,9 @@ import pytest
 import scipy.io
 
 from brainldm import nsd
-from brainldm.fmri import (
-    QC_COLUMNS, FMRIDataError, load_prepared, noise_ceiling, output_names, prepare_subject_from_root,
-    read_tsv, split_half_reliability, summarize_qc,
-)
+from brainldm.betas import FMRIDataError
+from brainldm.fmri import QC_COLUMNS, load_prepared, output_names, prepare_subject_from_root, read_tsv, summarize_qc
+from brainldm.reliability import noise_ceiling, split_half_reliability
 from brainldm.split import split_counts
 from brainldm.toy_world import VOXEL_CLASS, planted_key
 
