@@ -1,6 +1,5 @@
 """Rule extract_features: one shard of z (VAE latents) or c (caption embeddings), resumable."""
 
-import numpy as np
 import torch
 
 from brainldm import nsd

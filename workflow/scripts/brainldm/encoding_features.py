@@ -28,11 +28,9 @@ All spaces of an image are stored side by side in one row, float16:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

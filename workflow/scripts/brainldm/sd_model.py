@@ -204,7 +204,7 @@ def resolve_model_dir(
         raise ModelNotAvailableError(
             f"Stable Diffusion model {model_id!r}"
             + (f" (revision {revision})" if revision else "")
-            + f" is not in the local Hugging Face cache and could not be downloaded"
+            + " is not in the local Hugging Face cache and could not be downloaded"
             + (" (HF_HUB_OFFLINE is set)" if offline else "")
             + f": {type(error).__name__}: {str(error).splitlines()[0].rstrip('.') if str(error) else ''}. "
             + _staging_help(model_id, revision)
