@@ -47,6 +47,18 @@ def test_planning_the_toy_graph_does_not_import_torch():
     assert "torch" not in imported and "diffusers" not in imported
 
 
+def test_a_working_directory_outside_the_workflow_plans_the_whole_toy_graph(tmp_path):
+    """``--directory DIR`` writes everything under DIR; the shipped toy weights are still found."""
+    directory = tmp_path / "elsewhere"
+    result = snakemake(REPO, "-n", "--directory", str(directory), "--configfile", "config/toy.yaml")
+    output = result.stdout + result.stderr
+    assert re.search(r"^all\s+1$", output, re.MULTILINE), output[-3000:]
+    inputs = re.search(r"^rule make_toy_model:\n\s+input: (.+)$", output, re.MULTILINE)
+    assert inputs, output[-3000:]
+    manifest = directory / inputs.group(1).split(", ")[0]
+    assert manifest.resolve() == REPO / "workflow" / "toy_model" / "manifest.json"
+
+
 def test_snakefmt_check_is_clean():
     """Snakefile and every .smk parse and are formatted (snakefmt's own rules)."""
     result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,

@@ -1,4 +1,5 @@
 # Helpers shared by every stage: configuration, NSD and COCO paths, targets.
+import os
 import sys
 from pathlib import Path
 
@@ -353,8 +354,9 @@ def sd_model_inputs():
 FEATURE_SHARDS = config["features"]["n_shards"]
 # Rule make_toy_model writes the toy Stable Diffusion here (config/toy.yaml's model.id).
 TOY_MODEL_DIR = "resources/toy/model"
-# The trained toy weights that ship with the workflow (brainldm.toy_training writes them).
-TOY_WEIGHTS_DIR = "workflow/toy_model"
+# The trained toy weights that ship with the workflow (brainldm.toy_training writes them);
+# relative to the working directory, which --directory may put outside the workflow.
+TOY_WEIGHTS_DIR = os.path.relpath(Path(workflow.basedir) / "workflow" / "toy_model")
 
 
 def toy_weight_files():
