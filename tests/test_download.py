@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import re
 import shutil
 import socket
@@ -198,7 +199,7 @@ FAST = dict(backoff=0.0, timeout=2.0, progress=False, chunk_size=64 * 1024, rese
 
 def fetch(server, tmp_path, key=BETAS_KEY, **options):
     return http_dl.download(http_dl.key_url(server.url, key), tmp_path / "out" / Path(key).name, key=key,
-                       **{**FAST, **options})
+                            **{**FAST, **options})
 
 
 def truth(toy_world, key=BETAS_KEY) -> bytes:
@@ -393,9 +394,20 @@ def test_etag_parsing():
     assert http_dl.plain_md5_etag(f'"{md5}"') == md5
     assert http_dl.plain_md5_etag(f'"{md5}-3"') is None and http_dl.plain_md5_etag(f'W/"{md5}"') is None
     assert http_dl.multipart_etag(f'"{md5}-3"') == (md5, 3)
-    assert http_dl.file_digests  # used above
     assert http_dl._content_range("bytes 10-19/20") == (10, 19, 20)
     assert http_dl._content_range("bytes */20") == (None, None, 20)
+
+
+def test_file_digests_equal_md5_and_s3_multipart_etags_of_the_parts(tmp_path):
+    """Read in blocks that do not line up with the parts; S3's ETag = md5 of the parts' md5s."""
+    data = random.Random(0).randbytes(10_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    md5, multipart = http_dl.file_digests(path, part_sizes=(4096, 2500, 10_000), block=1000)
+    assert md5 == hashlib.md5(data).hexdigest()
+    for size in (4096, 2500, 10_000):
+        parts = [hashlib.md5(data[start:start + size]).digest() for start in range(0, len(data), size)]
+        assert multipart[size] == hashlib.md5(b"".join(parts)).hexdigest(), size
 
 
 def test_terms_refused_means_no_request(fresh, tmp_path):
