@@ -1,12 +1,8 @@
 """Per-subject fMRI preparation: NSD betas to ROI matrices for the paper's split, streamed.
 
-One subject's sessions are read one at a time; of each session only the voxels of the union of
-the requested ROIs are kept, so memory does not grow with the number of sessions:
-
-- NIfTI (``.nii.gz``/``.nii``) sessions are inflated volume by volume (one trial at a time,
-  ~1.4 MB at 1.8 mm) and the ROI voxels are picked from each volume; no full float copy of the
-  4-D array is ever made;
-- HDF5 sessions are read in blocks of trials.
+One subject's sessions are read one at a time, each streamed by :mod:`brainldm.betas`; of each
+session only the voxels of the union of the requested ROIs are kept, so memory does not grow with
+the number of sessions.
 
 Train rows are appended to their ``.npy`` files as each session is read (their number is known
 from the design beforehand). Test repeats are kept (``(n_test_images, n_repeats, n_voxels)``
@@ -25,9 +21,9 @@ and for the subject: ``train_trials.tsv`` (row, nsdId, trial, session; trial = 1
 trial number as in NSD's stim-info ``subjectS_repR``), ``test_images.tsv`` (row, nsdId,
 n_repeats, trials = the 1-based trial numbers of its repeats) and ``qc.tsv`` (one row per ROI).
 
-Reading the betas (:mod:`brainldm.betas`) streams each session file; value scaling is
-:func:`brainldm.betas.scale_session`; ROIs come from :mod:`brainldm.rois`; the QC's reliability
-and noise ceiling (:mod:`brainldm.reliability`) use the values after ``value_scaling``.
+Value scaling is :func:`brainldm.betas.scale_session`; ROIs come from :mod:`brainldm.rois`; the
+QC's reliability and noise ceiling (:mod:`brainldm.reliability`) use the values after
+``value_scaling``.
 """
 
 from __future__ import annotations

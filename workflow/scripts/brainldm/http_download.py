@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-log = logging.getLogger("brainldm.download")
+log = logging.getLogger("brainldm.http_download")
 
 USER_AGENT = "brainldm-download/0.1 (+python-urllib)"
 MIB = 2**20
