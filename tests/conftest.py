@@ -4,15 +4,23 @@ runs of the whole toy graph."""
 from __future__ import annotations
 
 import copy
-import time
+import os
 from pathlib import Path
 
-import pytest
-import yaml
+from toy_runs import THREAD_VARIABLES, BackgroundRun, cluster_node_cpus, copy_workflow, elapsed
 
-from brainldm.config import validate_config
-from brainldm.toy_world import ToyParams, write_toy_world
-from toy_runs import cluster_node_cpus, copy_workflow, snakemake, whole_run
+# The tests' own BLAS and OpenMP run on one thread (set before numpy or torch starts them): the
+# session's toy runs work beside them in the background (``toy_runs_started``), and on 2 cores
+# threads of both that wait for each other cost more CPU than they save. Workflow runs get the
+# starting settings back (``toy_runs.workflow_environment``).
+for name in THREAD_VARIABLES:
+    os.environ[name] = "1"
+
+import pytest  # noqa: E402 (the thread settings come first)
+import yaml  # noqa: E402
+
+from brainldm.config import validate_config  # noqa: E402
+from brainldm.toy_world import ToyParams, write_toy_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,28 +82,51 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def toy_runs_started(request, tmp_path_factory) -> dict[str, BackgroundRun]:
+    """The session's fresh toy runs, started as its first test begins: ``toy_run`` and
+    ``second_toy_run``, each only when a selected test needs it.
+
+    They run in the background from then on, beside the tests before the first graph test: those
+    mostly keep one core busy, and the SLURM run waits on its status checks between jobs, so the
+    two cores have work throughout. Runs still going at the end of the session are stopped (their
+    SLURM jobs cancelled).
+    """
+    needed = set().union(*(item.fixturenames for item in request.session.items))
+    runs = {}
+    if "toy_run" in needed:
+        directory = copy_workflow(tmp_path_factory.mktemp("workflow"))
+        runs["toy_run"] = BackgroundRun(directory, "--configfile", "config/toy.yaml",
+                                        log=directory.parent / "toy_run.log", on_slurm=False)
+    if "second_toy_run" in needed:
+        directory = copy_workflow(tmp_path_factory.mktemp("second"))
+        runs["second_toy_run"] = BackgroundRun(directory, "--configfile", "config/toy.yaml",
+                                               log=directory.parent / "second_run.log",
+                                               on_slurm=cluster_node_cpus() is not None)
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
 @pytest.fixture(scope="session")
-def toy_run(tmp_path_factory) -> Path:
+def toy_run(toy_runs_started) -> Path:
     """The toy world's whole graph, run once: ``snakemake --cores 2 --configfile config/toy.yaml``."""
-    directory = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    snakemake(directory, "--configfile", "config/toy.yaml")
-    return directory
+    run = toy_runs_started["toy_run"]
+    print(f"toy run (local): {elapsed(run.output())}")
+    return run.directory
 
 
 @pytest.fixture(scope="session")
-def second_toy_run(tmp_path_factory) -> dict:
+def second_toy_run(toy_runs_started) -> dict:
     """A second fresh run of the same commit and config, to compare with ``toy_run`` file by file.
 
     It goes through ``profiles/slurm`` where a SLURM cluster answers ``sinfo`` (``.ci/run``
     starts one), so that the one run checks the cluster profile and determinism together, and
-    runs locally otherwise. (Run beside ``toy_run`` on 2 cores it saved 4 % of the time: the
-    cluster run's jobs each parse the workflow, so it waits on the CPUs more than on SLURM.)
-    Returns ``directory``, ``executor`` (``slurm`` or ``local``) and Snakemake's ``output``.
+    runs locally otherwise. Returns ``directory``, ``executor`` (``slurm`` or ``local``) and
+    Snakemake's ``output``.
     """
-    directory = copy_workflow(tmp_path_factory.mktemp("second"))
-    executor = "local" if cluster_node_cpus() is None else "slurm"
-    log = directory.parent / "second_run.log"
-    started = time.monotonic()
-    output = whole_run(directory, "--configfile", "config/toy.yaml", log=log, on_slurm=executor == "slurm")
-    print(f"second toy run ({executor}): {time.monotonic() - started:.0f} s")
-    return {"directory": directory, "executor": executor, "output": output}
+    run = toy_runs_started["second_toy_run"]
+    output = run.output()
+    executor = "slurm" if "--workflow-profile" in run.command else "local"
+    print(f"second toy run ({executor}): {elapsed(output)}")
+    return {"directory": run.directory, "executor": executor, "output": output}

@@ -62,6 +62,7 @@ def pyproject_pins() -> dict[str, str]:
     for requirement in project["dependencies"] + [r for group in project["optional-dependencies"].values() for r in group]:
         match = PIP_PIN.match(requirement)
         assert match, f"pyproject.toml: {requirement!r} is not an exact pin (name==X.Y.Z)"
+        assert match[1].lower() not in pins, f"pyproject.toml pins {match[1]} twice"
         pins[match[1].lower()] = match[2]
     return pins
 

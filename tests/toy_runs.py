@@ -6,19 +6,38 @@ Shared by the graph tests: ``conftest.py`` makes the session's two fresh toy run
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "envs", "profiles")
 
+#: Thread counts of BLAS and OpenMP, read at their libraries' start.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+#: Those settings as pytest started with them: conftest sets the tests' own to one thread, and
+#: every workflow run gets these back (``workflow_environment``).
+STARTING_THREADS = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+
+
+def workflow_environment() -> dict[str, str]:
+    """The environment for a workflow run: the tests' own, with the thread settings pytest started
+    with (so that the runs' jobs use the threads they would outside the tests)."""
+    environment = {name: value for name, value in os.environ.items() if name not in THREAD_VARIABLES}
+    environment.update({name: value for name, value in STARTING_THREADS.items() if value is not None})
+    return environment
+
+
 #: What a run produces: every file under these folders is compared between runs.
 PRODUCED = ("results", "resources")
 
-#: Longest a whole toy run may take (through SLURM: ~7 min here) before the test gives up on it.
+#: Longest a whole toy run may take, counted from its start (through SLURM beside the other tests:
+#: ~9-15 min here), before the test gives up on it.
 RUN_TIMEOUT_S = 2400
 
 
@@ -37,7 +56,8 @@ def copy_workflow(destination: Path) -> Path:
 def snakemake(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``snakemake --cores 2 ARGS`` in ``directory``; on failure (with ``check``) its output's tail."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=1200,
+                            env=workflow_environment())
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -78,29 +98,50 @@ def cluster_node_cpus() -> int | None:
     return max(usable) if listing.returncode == 0 and usable else None
 
 
-def whole_run(directory: Path, *args: str, log: Path, on_slurm: bool) -> str:
-    """Run Snakemake to the end in ``directory``, its output into ``log``; that output, or fail
-    with its tail.
+class BackgroundRun:
+    """A whole Snakemake run started now in ``directory``, its output into ``log``, and waited for
+    with ``output``.
 
     Through ``profiles/slurm`` with ``on_slurm``, else ``--cores 2``. The first status check comes
     after 1 s (the plugin's least; 5 s took 436 s instead of 395 s for the toy graph here).
-    On a timeout Snakemake gets SIGTERM first, so that it cancels its SLURM jobs.
     """
-    executor = (("--workflow-profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "1")
-                if on_slurm else ("--cores", "2"))
-    command = [sys.executable, "-m", "snakemake", *executor, *args]
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=directory, stdout=handle, stderr=subprocess.STDOUT, text=True)
+
+    def __init__(self, directory: Path, *args: str, log: Path, on_slurm: bool):
+        executor = (("--workflow-profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "1")
+                    if on_slurm else ("--cores", "2"))
+        self.command = [sys.executable, "-m", "snakemake", *executor, *args]
+        self.directory = directory
+        self.log = log
+        self.started = time.monotonic()
+        with open(log, "w") as handle:
+            self.process = subprocess.Popen(self.command, cwd=directory, stdout=handle, stderr=subprocess.STDOUT,
+                                            text=True, env=workflow_environment())
+
+    def output(self) -> str:
+        """Wait until the run ends (at most ``RUN_TIMEOUT_S`` from its start); its output, or fail
+        with its tail."""
         try:
-            process.wait(timeout=RUN_TIMEOUT_S)
+            self.process.wait(timeout=max(1.0, RUN_TIMEOUT_S - (time.monotonic() - self.started)))
         except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(timeout=120)
-            raise AssertionError(f"{' '.join(command)} ran past {RUN_TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
-    output = log.read_text()
-    if process.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed:\n{output[-8000:]}")
-    return output
+            self.stop()
+            raise AssertionError(f"{' '.join(self.command)} ran past {RUN_TIMEOUT_S} s:\n"
+                                 f"{self.log.read_text()[-6000:]}")
+        output = self.log.read_text()
+        if self.process.returncode != 0:
+            raise AssertionError(f"{' '.join(self.command)} failed:\n{output[-8000:]}")
+        return output
+
+    def stop(self) -> None:
+        """SIGTERM to a run still going, so that Snakemake cancels its SLURM jobs; then wait for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=120)
+
+
+def elapsed(output: str) -> str:
+    """Snakemake's own ``Elapsed time`` of a finished run, from its output."""
+    times = re.findall(r"Elapsed time: (\S+)", output)
+    return times[-1] if times else "unknown"
 
 
 def steps_done(output: str) -> int:
