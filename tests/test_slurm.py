@@ -9,10 +9,22 @@ comparison, file by file, is also test_workflow's determinism test.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
-from toy_runs import differing, file_hashes, job_logs, steps_done
+from toy_runs import differing, file_hashes, job_counts, job_logs, steps_done
+
+#: The toy graph's `localrule`s, run on the submit host: the summaries and report pages, the light
+#: figures and the viewer page, the toy's own builders and attribute check (the downloads, local
+#: too, are not in the toy graph).
+SUBMIT_HOST_RULES = {
+    "report_configuration", "report_table", "report_reconstructions",
+    "summarize_fmri_qc", "summarize_decoding", "summarize_identification", "summarize_metrics",
+    "summarize_encoding", "summarize_toy_attributes",
+    "plot_reconstructions", "plot_accuracy_density", "view_surface",
+    "make_toy_nsd", "make_toy_model", "match_toy_attributes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +52,11 @@ def test_slurm_results_equal_the_local_run(slurm_run, toy_run):
     assert any(path.endswith(".png") for path in local) and any(path.endswith("_pred.npy") for path in local)
     changed = differing(cluster, local)
     assert not changed, f"{len(changed)} result files differ: {changed[:20]}"
+
+
+def test_light_rules_run_on_the_submit_host_and_every_other_job_through_slurm(slurm_run):
+    output = slurm_run["output"]
+    jobs = job_counts(output)
+    submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", output)
+    assert SUBMIT_HOST_RULES <= set(jobs), sorted(SUBMIT_HOST_RULES - set(jobs))
+    assert Counter(submitted) == {rule: count for rule, count in jobs.items() if rule not in SUBMIT_HOST_RULES}

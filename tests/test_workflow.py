@@ -16,7 +16,7 @@ import pytest
 
 from brainldm.config import validate_config
 from conftest import merged_config
-from toy_runs import REPO, copy_workflow, differing, file_hashes, snakemake
+from toy_runs import REPO, copy_workflow, differing, file_hashes, job_counts, snakemake
 
 
 def test_lint_is_clean():
@@ -210,13 +210,6 @@ def test_default_profile_limits_gpu_jobs_to_one(toy_run):
     result = snakemake(toy_run, *force, "--workflow-profile", "none")
     output = result.stdout + result.stderr
     assert "Finished jobid" in output and "Provided resources" not in output
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Snakemake's "Job stats" table (rule -> jobs), without the `all` and `total` rows."""
-    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
-    return {rule: int(count) for rule, count in rows if rule not in ("all", "total")}
 
 
 def summary_rows(directory: Path, name: str, subject: int) -> list[str]:

@@ -144,6 +144,13 @@ def elapsed(output: str) -> str:
     return times[-1] if times else "unknown"
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule -> jobs), without the `all` and `total` rows."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(count) for rule, count in rows if rule not in ("all", "total")}
+
+
 def steps_done(output: str) -> int:
     """The job count of Snakemake's final ``N of N steps (100%) done`` line."""
     done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", output)

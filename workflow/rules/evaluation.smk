@@ -103,6 +103,7 @@ if TOY:
             table=f"{evaluation_dir()}/attributes.tsv",
         log:
             f"logs/{DATASET}/match_toy_attributes/subj{{subject}}.log",
+        localrule: True
         conda:
             "../../envs/evaluation.yaml"
         threads: 1

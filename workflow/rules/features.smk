@@ -15,6 +15,7 @@ if TOY:
             model=directory(TOY_MODEL_DIR),
         log:
             "logs/toy/make_toy_model.log",
+        localrule: True
         conda:
             "../../envs/features.yaml"
         threads: 1

@@ -84,6 +84,7 @@ if MAPS:
             ),
         log:
             f"logs/{DATASET}/plot_accuracy_density/subj{{subject}}.log",
+        localrule: True
         conda:
             "../../envs/maps.yaml"
         params:
@@ -108,6 +109,7 @@ if MAPS:
             ),
         log:
             f"logs/{DATASET}/view_surface/subj{{subject}}.log",
+        localrule: True
         conda:
             "../../envs/maps.yaml"
         params:

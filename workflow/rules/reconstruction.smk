@@ -41,6 +41,7 @@ rule plot_reconstructions:
         figure=f"{reconstruction_dir()}/figure.png",
     log:
         f"logs/{DATASET}/plot_reconstructions/subj{{subject}}.log",
+    localrule: True
     conda:
         "../../envs/reconstruction.yaml"
     params:

@@ -12,6 +12,7 @@ if TOY:
             other=toy_world_files(exclude_anchors=True),
         log:
             "logs/toy/make_toy_nsd.log",
+        localrule: True
         conda:
             "../../envs/toy.yaml"
         params:
