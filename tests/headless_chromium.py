@@ -126,9 +126,40 @@ CLICK_TEXT = """((text) => {
 })"""
 
 
-def open_page(path: str | Path, *, settle_seconds: float = 3.0, width: int = 1400, height: int = 1000,
+#: What the page shows, read after two painted frames: it stops changing once the page's scripts
+#: (plotly, React) have drawn it.
+PAGE_STATE = """new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(JSON.stringify([
+  document.readyState,
+  document.getElementsByTagName("*").length,
+  document.body ? document.body.innerText.length : 0,
+  Array.from(document.images).filter(i => i.complete).length,
+])))))"""
+
+
+def _settle(pipe: _Pipe, session: str, quiet_seconds: float, timeout: float) -> None:
+    """Wait until the page has loaded and its state has not changed for ``quiet_seconds``."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        state = pipe.call("Runtime.evaluate", {"expression": PAGE_STATE, "awaitPromise": True,
+                                               "returnByValue": True}, session=session)["result"]["value"]
+        now = time.monotonic()
+        if state != last:
+            last, since = state, now
+        elif now - since >= quiet_seconds and json.loads(state)[0] == "complete":
+            return
+        if now > deadline:
+            raise TimeoutError(f"the page kept changing for {timeout:.0f} s: {state}")
+        time.sleep(0.1)
+
+
+def open_page(path: str | Path, *, quiet_seconds: float = 1.0, width: int = 1400, height: int = 1000,
               timeout: float = 120.0, clicks: tuple[str, ...] = ()) -> PageResult:
     """Load ``path`` (a local file) in headless Chromium; collect errors, a summary, a screenshot.
+
+    After the load and after each click the page is left to settle: until what it shows (its
+    elements, text and loaded images, read after two painted frames) has not changed for
+    ``quiet_seconds``.
 
     ``clicks``: texts of elements to click one after the other once the page has loaded (e.g. a
     report's menu entries); each must be found. The summary and screenshot are taken after them.
@@ -164,7 +195,7 @@ def open_page(path: str | Path, *, settle_seconds: float = 3.0, width: int = 140
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
             pipe.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout=timeout)
-            time.sleep(settle_seconds)  # let scripts that draw after load (plotly, React) finish
+            _settle(pipe, session, quiet_seconds, timeout)
             for step in clicks:
                 # A step is an element's text, or "js:<expression>" that clicks and returns true.
                 expression = step[3:] if step.startswith("js:") else f"{CLICK_TEXT}({json.dumps(step)})"
@@ -172,7 +203,7 @@ def open_page(path: str | Path, *, settle_seconds: float = 3.0, width: int = 140
                                   session=session)
                 if not found["result"].get("value"):
                     raise LookupError(f"{path}: nothing to click for {step!r}")
-                time.sleep(settle_seconds)
+                _settle(pipe, session, quiet_seconds, timeout)
             summary = pipe.call("Runtime.evaluate", {"expression": PAGE_SUMMARY, "returnByValue": True},
                                 session=session)["result"]["value"]
             shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]

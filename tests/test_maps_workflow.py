@@ -81,13 +81,13 @@ def test_report_loads_in_chromium_without_script_errors_and_shows_its_maps(maps_
     for subject in ("01", "02"):
         for name in map_specs.figure_names(ENCODING):
             assert f"subj{subject}/maps/{name}.png" in page or f"{name}.png" in page
-    home = open_page(report, settle_seconds=3)
+    home = open_page(report)
     assert home.errors == [], home.errors
     assert "Encoding maps" in home.summary["text"] and "Configuration" in home.summary["text"]
     # The rule graph: drawn by vega on a canvas from the spec embedded in the page.
     assert home.summary["canvases"] >= 1 and all(rule in page for rule in ("project_to_surface", "view_surface"))
     # Open subject 1's r map of z from the menu, as a reader would.
-    result = open_page(report, settle_seconds=3, clicks=("Encoding maps", "subj01", show_result("r_z")))
+    result = open_page(report, clicks=("Encoding maps", "subj01", show_result("r_z")))
     assert result.errors == [], result.errors
     assert result.summary["images"] >= 2 and result.summary["loaded_images"] == result.summary["images"]
     screenshot = directory / "results/toy/report/report_screenshot.png"
@@ -101,7 +101,7 @@ def test_interactive_viewer_loads_in_chromium_without_script_errors_and_draws(ma
     directory = maps_run["directory"]
     page = directory / "results/toy/subj01/maps/viewer.html"
     assert not re.findall(r"<script[^>]+src=", page.read_text())  # JavaScript embedded: offline
-    result = open_page(page, settle_seconds=4)
+    result = open_page(page)
     assert result.errors == [], result.errors
     assert result.summary["canvases"] >= 1 and result.summary["svgs"] >= 1
     assert result.summary["title"].startswith("subj01: r of z")

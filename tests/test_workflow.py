@@ -133,9 +133,9 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
     assert "subj01_reconstructions.png" in page and "subj02_reconstructions.png" in page
     if find_chromium() is None:
         pytest.fail("Chromium is needed (Debian: apt-get install -y chromium; .ci/run installs it)")
-    result = open_page(report, settle_seconds=3, clicks=("Reconstructions",))
+    result = open_page(report, clicks=("Reconstructions",))
     assert result.errors == [], result.errors
-    assert "Summary tables" in open_page(report, settle_seconds=3).summary["text"]
+    assert "Summary tables" in open_page(report).summary["text"]
     (toy_run / "report_test/report_screenshot.png").write_bytes(result.screenshot)
 
 
