@@ -7,7 +7,7 @@ import copy
 import os
 from pathlib import Path
 
-from toy_runs import THREAD_VARIABLES, BackgroundRun, cluster_node_cpus, copy_workflow, elapsed
+from toy_runs import THREAD_VARIABLES, BackgroundRun, cluster_node_cpus, copy_workflow, elapsed, file_hashes
 
 # The tests' own BLAS and OpenMP run on one thread (set before numpy or torch starts them): the
 # session's toy runs work beside them in the background (``toy_runs_started``), and on 2 cores
@@ -82,15 +82,31 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need a finished toy run go last: those of ``toy_run`` alone, then those of
+    ``second_toy_run`` (the SLURM run, which ends later); file order is kept within each group.
+
+    The toy runs keep both cores busy from the session's start, so every other test runs beside
+    them; once they end, the tests are all that is left and mostly use one core.
+    """
+    def waits_for(item: pytest.Item) -> int:
+        names = getattr(item, "fixturenames", ())
+        return 2 if "second_toy_run" in names else 1 if "toy_run" in names else 0
+
+    items.sort(key=waits_for)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def toy_runs_started(request, tmp_path_factory) -> dict[str, BackgroundRun]:
     """The session's fresh toy runs, started as its first test begins: ``toy_run`` and
     ``second_toy_run``, each only when a selected test needs it.
 
-    They run in the background from then on, beside the tests before the first graph test: those
-    mostly keep one core busy, and the SLURM run waits on its status checks between jobs, so the
-    two cores have work throughout. Runs still going at the end of the session are stopped (their
-    SLURM jobs cancelled).
+    They run in the background from then on at a lower CPU priority than the tests
+    (``toy_runs.behind_the_tests``), which then mostly keep one core busy; the runs' jobs take
+    what is left, so the two cores have work throughout. Without it the runs' jobs, more of them
+    at a time than the one test, took most of the CPU, and the tests were left to run one at a
+    time on one core once the runs had ended. Runs still going at the end of the session are
+    stopped (their SLURM jobs cancelled).
     """
     needed = set().union(*(item.fixturenames for item in request.session.items))
     runs = {}
@@ -130,3 +146,13 @@ def second_toy_run(toy_runs_started) -> dict:
     executor = "slurm" if "--workflow-profile" in run.command else "local"
     print(f"second toy run ({executor}): {elapsed(output)}")
     return {"directory": run.directory, "executor": executor, "output": output}
+
+
+@pytest.fixture(scope="session")
+def toy_hashes(toy_run) -> dict[str, str]:
+    """sha256 of every file ``toy_run`` made under results/ and resources/, by relative path.
+
+    Taken once, before any test remakes part of the run: tests that rerun jobs in ``toy_run``
+    ask for it, so the comparisons with a fresh run are with the files that run wrote.
+    """
+    return file_hashes(toy_run)
