@@ -9,11 +9,14 @@ comparison, file by file, is also test_workflow's determinism test.
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from toy_runs import differing, file_hashes, job_counts, job_logs, steps_done
+from toy_runs import (BACKGROUND_NICENESS, behind_the_tests, cluster_node_cpus, differing, file_hashes, job_counts,
+                       job_logs, steps_done)
 
 #: The toy graph's `localrule`s, run on the submit host: the summaries and report pages, the light
 #: figures and the viewer page, the toy's own builders and attribute check (the downloads, local
@@ -60,3 +63,18 @@ def test_light_rules_run_on_the_submit_host_and_every_other_job_through_slurm(sl
     submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", output)
     assert SUBMIT_HOST_RULES <= set(jobs), sorted(SUBMIT_HOST_RULES - set(jobs))
     assert Counter(submitted) == {rule: count for rule, count in jobs.items() if rule not in SUBMIT_HOST_RULES}
+
+
+def test_cluster_jobs_run_at_the_priority_of_the_submitter(tmp_path):
+    """The test cluster passes the submitter's nice on to a job and to the job's session, so the
+    suite's cluster run stays behind the tests (.ci/slurm-cluster)."""
+    if cluster_node_cpus() is None:
+        pytest.skip("no SLURM cluster answers sinfo with a usable node (start one: .ci/slurm-cluster start)")
+    # srun, not sbatch --wait (which polls for ~10 s): the same rule passes the priority on
+    job = subprocess.run(["srun", "--quiet", "sh", "-c", "nice; cat /proc/self/autogroup"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, timeout=120, start_new_session=True,
+                         preexec_fn=behind_the_tests)
+    niceness, *session = job.stdout.splitlines()
+    assert int(niceness) == BACKGROUND_NICENESS
+    if Path("/proc/self/autogroup").is_file():
+        assert session and session[0].endswith(f" nice {BACKGROUND_NICENESS}"), session

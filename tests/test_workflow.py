@@ -16,7 +16,8 @@ import pytest
 
 from brainldm.config import validate_config
 from conftest import merged_config
-from toy_runs import REPO, copy_workflow, differing, file_hashes, job_counts, snakemake
+from toy_runs import (BACKGROUND_NICENESS, REPO, behind_the_tests, copy_workflow, differing, file_hashes, job_counts,
+                      snakemake)
 
 
 def test_lint_is_clean():
@@ -140,6 +141,18 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
 
 
 # --------------------------------------------------------------------------- determinism, recovery
+
+READ_PRIORITY = "import os; print(os.getpriority(os.PRIO_PROCESS, 0)); print(open('/proc/self/autogroup').read())"
+
+
+def test_background_runs_start_behind_the_tests_in_their_own_session():
+    """The suite's toy runs lower their priority where the kernel counts it: their session's."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    child = subprocess.run([sys.executable, "-c", READ_PRIORITY], capture_output=True, text=True, check=True,
+                           start_new_session=True, preexec_fn=behind_the_tests).stdout.splitlines()
+    assert int(child[0]) == min(own + BACKGROUND_NICENESS, 19)
+    if Path("/proc/self/autogroup").is_file():
+        assert child[1].endswith(f" nice {min(own + BACKGROUND_NICENESS, 19)}"), child
 
 def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, second_toy_run):
     """Same commit and config: every file under results/ and resources/ has the same bytes.
