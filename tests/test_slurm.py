@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from toy_runs import (BACKGROUND_NICENESS, behind_the_tests, cluster_node_cpus, differing, file_hashes, job_counts,
-                       job_logs, steps_done)
+from toy_runs import BACKGROUND_NICENESS, behind_the_tests, differing, file_hashes, job_counts, job_logs, steps_done
 
 #: The toy graph's `localrule`s, run on the submit host: the summaries and report pages, the light
 #: figures and the viewer page, the toy's own builders and attribute check (the downloads, local
@@ -65,11 +64,10 @@ def test_light_rules_run_on_the_submit_host_and_every_other_job_through_slurm(sl
     assert Counter(submitted) == {rule: count for rule, count in jobs.items() if rule not in SUBMIT_HOST_RULES}
 
 
+@pytest.mark.usefixtures("slurm_run")  # after the cluster run: its jobs hold the node's CPUs till then
 def test_cluster_jobs_run_at_the_priority_of_the_submitter(tmp_path):
     """The test cluster passes the submitter's nice on to a job and to the job's session, so the
     suite's cluster run stays behind the tests (.ci/slurm-cluster)."""
-    if cluster_node_cpus() is None:
-        pytest.skip("no SLURM cluster answers sinfo with a usable node (start one: .ci/slurm-cluster start)")
     # srun, not sbatch --wait (which polls for ~10 s): the same rule passes the priority on
     job = subprocess.run(["srun", "--quiet", "sh", "-c", "nice; cat /proc/self/autogroup"], cwd=tmp_path,
                          capture_output=True, text=True, check=True, timeout=120, start_new_session=True,
