@@ -17,7 +17,7 @@ import pytest
 from brainldm.config import validate_config
 from conftest import merged_config
 from toy_runs import (BACKGROUND_NICENESS, REPO, behind_the_tests, copy_workflow, differing, file_hashes, job_counts,
-                      snakemake)
+                      snakemake, workflow_environment)
 
 
 def test_lint_is_clean():
@@ -164,46 +164,60 @@ def test_two_fresh_toy_runs_give_byte_identical_files(toy_run, toy_hashes, secon
     assert not differing(toy_hashes, second), (second_toy_run["executor"], differing(toy_hashes, second)[:20])
 
 
-def test_killed_run_resumes_with_the_same_command(toy_run, toy_hashes, tmp_path, toy_config):
-    """SIGKILL during reconstruct_images; the same command then finishes with equal results.
+@pytest.fixture(scope="module")
+def killed_run(toy_run, toy_hashes, tmp_path_factory, toy_config):
+    """A copy of the toy run killed during reconstruct_images, and its resume, started at once.
 
-    The kill hits Snakemake and its jobs (the whole process group, as when a machine dies), so
-    Snakemake's lock and a half-filled shard folder are left behind. The run remakes subject 1's
-    first shard; it resumes with the same command without ``--forcerun``.
+    SIGKILL hits Snakemake and its jobs (the whole process group, as when a machine dies), so
+    Snakemake's lock and a half-filled shard folder are left behind; what the kill left is
+    recorded before the same command, without ``--forcerun``, resumes the run in the background:
+    it remakes subject 1's first shard beside the tests that follow, and
+    ``test_killed_run_resumes_with_the_same_command`` waits for it.
     """
-    directory = tmp_path / "killed"
+    directory = tmp_path_factory.mktemp("killed") / "run"
     shutil.copytree(toy_run, directory, symlinks=True)
     recon = directory / "results/toy"
     target = f"results/toy/subj01/reconstruction/shard0of{toy_config['reconstruction']['n_shards']}"
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", target, "--configfile", "config/toy.yaml",
-               "--forcerun", "reconstruct_images"]
-    with open(tmp_path / "killed.log", "w") as log:
-        run = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", target, "--configfile", "config/toy.yaml"]
+    log = directory.parent / "killed.log"
+    with open(log, "w") as handle:
+        run = subprocess.Popen([*command, "--forcerun", "reconstruct_images"], cwd=directory, stdout=handle,
+                               stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 600
         try:
             while not any(recon.glob("subj*/reconstruction/shard*.tmp-*/*/*.png")):
-                assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert run.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "no reconstruction started"
                 time.sleep(0.05)
         finally:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
-    assert list((directory / ".snakemake/locks").glob("*.lock")), "the kill left no lock to recover from"
-    partial = list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
-    assert partial, "the kill left no partial shard"
-    # no output path holds part of a shard: a shard folder present has all of its manifest's images
-    for shard in recon.glob("subj*/reconstruction/shard*of*"):
-        if ".tmp-" in shard.name:
-            continue
-        rows = (shard / "manifest.tsv").read_text().splitlines()[1:]
-        assert rows and all((shard / row.split("\t")[3]).is_file() for row in rows), shard
+    left = {
+        "locks": list((directory / ".snakemake/locks").glob("*.lock")),
+        "partial": list(recon.glob("subj*/reconstruction/shard*.tmp-*")),
+        "incomplete": [shard for shard in recon.glob("subj*/reconstruction/shard*of*")
+                       if ".tmp-" not in shard.name and not holds_its_manifest(shard)],
+    }
+    outputs = {name: directory.parent / f"resume.{name}" for name in ("stdout", "stderr")}
+    with open(outputs["stdout"], "w") as stdout, open(outputs["stderr"], "w") as stderr:
+        resume = subprocess.Popen(command, cwd=directory, stdout=stdout, stderr=stderr, env=workflow_environment())
+    yield {"directory": directory, "left": left, "resume": resume, "outputs": outputs}
+    if resume.poll() is None:
+        resume.kill()
+        resume.wait()
 
-    resumed = snakemake(directory, target, "--configfile", "config/toy.yaml")
-    assert "removed the lock" in resumed.stderr
-    assert not list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
-    hashes = file_hashes(directory)
-    assert not differing(toy_hashes, hashes), differing(toy_hashes, hashes)[:20]
+
+def holds_its_manifest(shard: Path) -> bool:
+    """Whether a reconstruction shard folder holds every image its manifest lists."""
+    rows = (shard / "manifest.tsv").read_text().splitlines()[1:]
+    return bool(rows) and all((shard / row.split("\t")[3]).is_file() for row in rows)
+
+
+def test_killed_run_leaves_its_lock_and_no_partial_output(killed_run):
+    left = killed_run["left"]
+    assert left["locks"], "the kill left no lock to recover from"
+    assert left["partial"], "the kill left no partial shard"
+    assert left["incomplete"] == [], "an output path holds part of a shard"
 
 
 @pytest.mark.usefixtures("toy_hashes")  # taken before this test remakes a file of the run
@@ -276,6 +290,18 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     final = file_hashes(toy_run, parts=("results",))
     assert [path for path in untouched
             if not path.startswith("results/toy/summary/") and final[path] != before[path]] == []
+
+
+def test_killed_run_resumes_with_the_same_command(killed_run, toy_hashes):
+    """The same command, without ``--forcerun``, finishes the killed run with equal results."""
+    killed_run["resume"].wait(timeout=1200)
+    stdout, stderr = (killed_run["outputs"][name].read_text() for name in ("stdout", "stderr"))
+    assert killed_run["resume"].returncode == 0, f"{stdout[-3000:]}\n{stderr[-6000:]}"
+    assert "removed the lock" in stderr
+    recon = killed_run["directory"] / "results/toy"
+    assert not list(recon.glob("subj*/reconstruction/shard*.tmp-*"))
+    hashes = file_hashes(killed_run["directory"])
+    assert not differing(toy_hashes, hashes), differing(toy_hashes, hashes)[:20]
 
 
 def test_toy_run_encoding_finds_the_planted_tuning(toy_run):
