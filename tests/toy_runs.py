@@ -109,13 +109,13 @@ def behind_the_tests(niceness: int = BACKGROUND_NICENESS) -> None:
 
     Where the kernel weighs sessions against each other first (sched_autogroup), a nice value
     orders tasks only within their session: the run has a session of its own (``Popen``'s
-    ``start_new_session``) and that session gets the lower priority, as the cluster's jobs get
+    ``start_new_session``) and that session gets the run's nice value, as the cluster's jobs get
     theirs (.ci/slurm-cluster).
     """
-    os.nice(niceness)
+    lowered = os.nice(niceness)
     try:
         with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(niceness))
+            autogroup.write(str(lowered))
     except OSError:
         pass  # no session weighting on this kernel: the nice value alone orders the tasks
 
