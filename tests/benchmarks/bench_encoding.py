@@ -20,10 +20,18 @@ Whole brain: ``--whole-brain-voxels N`` (e.g. 100,000) fits each solver a second
 is well above the timing noise) and, from the two fits, splits its CPU time and peak memory into
 a fixed part and a part linear in the targets; it prints both, extrapolated to N targets.
 
+Fewer candidates: ``--n-iter K --extrapolate-candidates 20`` fits K candidates and also prints
+each solver's CPU time at 20, the kernels' time plus the rest times ``20 / K`` (an upper bound:
+later candidates refit fewer targets; at scale 0.1 it overstated himalaya by 26 % and ours by
+16 % from K = 1). ``--backend torch_cuda`` runs both solvers on a GPU (wall time is then the
+measure; the GPU's peak allocation is printed too).
+
 Usage::
 
     python tests/benchmarks/bench_encoding.py --scale 0.2      # what this project's 2-core machine allows
-    python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (hours on 2 CPU cores)
+    python tests/benchmarks/bench_encoding.py --scale 1 --n-iter 1 --extrapolate-candidates 20  # ~1 h
+    python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (~20 h of one CPU core)
+    python tests/benchmarks/bench_encoding.py --scale 1 --backend torch_cuda --threads 8  # on a GPU
 """
 
 from __future__ import annotations
@@ -73,7 +81,7 @@ def make_data(n_train, n_test, n_voxels, z_dims, c_dims, seed=0, chunk=1024):
     return [s[:n_train] for s in spaces], [s[n_train:] for s in spaces], Y[:n_train], Y[n_train:]
 
 
-def run(which, shapes, n_iter, queue, threads=1):
+def run(which, shapes, n_iter, queue, threads=1, backend="numpy"):
     from threadpoolctl import threadpool_limits
 
     from brainldm.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
@@ -83,6 +91,13 @@ def run(which, shapes, n_iter, queue, threads=1):
 
     # After the imports, so that scipy's own BLAS is limited too: the same threads for both.
     threadpool_limits(threads)
+    cuda = backend == "torch_cuda"
+    if backend != "numpy":
+        import torch
+
+        # Before the clock, for both: torch's own threads, its import and the CUDA context.
+        torch.set_num_threads(threads)
+        torch.zeros(1, device="cuda" if cuda else "cpu")
 
     train, test, Y, Y_test = make_data(*shapes)
     rows = SHAPES_TRIALS.get("rows")
@@ -92,30 +107,55 @@ def run(which, shapes, n_iter, queue, threads=1):
     data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start, cpu_start = time.perf_counter(), time.process_time()
     if which == "himalaya":
-        pred, _, _ = himalaya_banded_predict(train, Y, test, n_iter=n_iter, random_state=0,
-                                             n_targets_batch=2048, n_alphas_batch=5, n_targets_batch_refit=1024)
+        kernels = {}
+        pred, _, _ = himalaya_banded_predict(train, Y, test, n_iter=n_iter, random_state=0, backend=backend,
+                                             n_targets_batch=2048, n_alphas_batch=5, n_targets_batch_refit=1024,
+                                             kernel_seconds=kernels)
+        kernel_cpu = kernels["cpu"]
     else:
-        Ks, Ks_test = linear_kernels(train, test)
-        pred = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=n_iter, random_state=0, n_targets_batch=4096).predictions
+        Ks, Ks_test = linear_kernels(train, test, backend=backend)
+        kernel_cpu = time.process_time() - cpu_start
+        pred = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=n_iter, random_state=0, n_targets_batch=4096,
+                                       backend=backend).predictions
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     r = voxel_correlation(pred, Y_test)
-    queue.put({"seconds": seconds, "cpu": cpu, "data_mb": data_mb,
-               "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "r": r})
+    queue.put({"seconds": seconds, "cpu": cpu, "kernel_cpu": kernel_cpu, "data_mb": data_mb,
+               "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None, "r": r})
 
 
 SHAPES_TRIALS: dict = {}
 
 
-def in_child(which, shapes, n_iter, threads=1):
+def in_child(which, shapes, n_iter, threads=1, backend="numpy"):
     context = mp.get_context("fork")
     queue = context.Queue()
-    process = context.Process(target=run, args=(which, shapes, n_iter, queue, threads))
+    process = context.Process(target=run, args=(which, shapes, n_iter, queue, threads, backend))
     process.start()
     result = queue.get()
     process.join()
     if process.exitcode:
         raise RuntimeError(f"{which} died with exit code {process.exitcode}")
     return result
+
+
+def describe(which, result, extrapolate_to, n_iter):
+    """One line of a fit's figures; with ``extrapolate_to``, its CPU time at that many candidates.
+
+    Each candidate costs the same work in both solvers (an eigendecomposition per fold and the
+    alphas' held-out operators, then a refit), so the CPU time is the kernels' plus the rest
+    scaled by ``extrapolate_to / n_iter``.
+    """
+    line = (f"{which + ':':9} {result['seconds']:8.1f} s wall, {result['cpu']:8.1f} s CPU "
+            f"(kernels {result['kernel_cpu']:.1f} s), peak {result['peak_mb']:8.0f} MB "
+            f"({result['data_mb']:.0f} MB before the fit), mean r {np.nanmean(result['r']):.4f}")
+    if result["gpu_peak_mb"] is not None:
+        line += f", GPU peak {result['gpu_peak_mb']:.0f} MB"
+    if extrapolate_to:
+        result["cpu_extrapolated"] = (result["kernel_cpu"]
+                                      + (result["cpu"] - result["kernel_cpu"]) * extrapolate_to / n_iter)
+        line += f"; {result['cpu_extrapolated']:.1f} s CPU extrapolated to {extrapolate_to} candidates"
+    return line
 
 
 def main():
@@ -129,7 +169,13 @@ def main():
     parser.add_argument("--fit-voxels", type=int, default=NSD["voxels"],
                         help="targets of the whole-brain variant's second fit (default NSD's 15,724, unscaled)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads of each fit")
+    parser.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
+                        help="array backend of both solvers (torch_cuda: on a GPU; time is then wall time)")
+    parser.add_argument("--extrapolate-candidates", type=int, default=0,
+                        help="also print each solver's CPU time at this many candidates (fitted with --n-iter)")
     args = parser.parse_args()
+    if args.extrapolate_candidates and args.backend == "torch_cuda":
+        parser.error("--extrapolate-candidates splits CPU time; on torch_cuda run --n-iter 20 itself")
     s = args.scale
     shapes = (int(NSD["n_train"] * s), int(NSD["n_test"] * s), int(NSD["voxels"] * s), int(NSD["z"] * s),
               int(NSD["c"] * s))
@@ -137,25 +183,28 @@ def main():
         n_trials = int(NSD["n_trials"] * s)
         SHAPES_TRIALS["rows"] = np.sort(np.random.default_rng(1).integers(0, shapes[0], n_trials))
     rows = SHAPES_TRIALS.get("rows")
-    print(f"load average {os.getloadavg()[0]:.1f}; shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} test, "
-          f"{shapes[2]} voxels, z {shapes[3]} + c {shapes[4]} features; {args.n_iter} candidates x 20 alphas x 5 folds")
-    ours = in_child("ours", shapes, args.n_iter, args.threads)
-    print(f"ours:     {ours['seconds']:8.1f} s wall, {ours['cpu']:8.1f} s CPU, peak {ours['peak_mb']:8.0f} MB "
-          f"({ours['data_mb']:.0f} MB before the fit), mean r {np.nanmean(ours['r']):.4f}")
+    print(f"load average {os.getloadavg()[0]:.1f}; backend {args.backend}, {args.threads} BLAS thread(s); "
+          f"shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} test, "
+          f"{shapes[2]} voxels, z {shapes[3]} + c {shapes[4]} features; "
+          f"{args.n_iter} candidates x 20 alphas x 5 folds", flush=True)
+    ours = in_child("ours", shapes, args.n_iter, args.threads, args.backend)
+    print(describe("ours", ours, args.extrapolate_candidates, args.n_iter), flush=True)
     if not args.skip_himalaya:
-        ref = in_child("himalaya", shapes, args.n_iter, args.threads)
-        print(f"himalaya: {ref['seconds']:8.1f} s wall, {ref['cpu']:8.1f} s CPU, peak {ref['peak_mb']:8.0f} MB "
-              f"({ref['data_mb']:.0f} MB before the fit), mean r {np.nanmean(ref['r']):.4f}")
+        ref = in_child("himalaya", shapes, args.n_iter, args.threads, args.backend)
+        print(describe("himalaya", ref, args.extrapolate_candidates, args.n_iter))
         diff = np.nanmax(np.abs(ours["r"] - ref["r"]))
         close = np.mean(np.abs(ours["r"] - ref["r"]) <= 1e-3)
         print(f"speed-up {ref['seconds'] / ours['seconds']:.2f}x wall, {ref['cpu'] / ours['cpu']:.2f}x CPU; max |r ours - r himalaya| over voxels {diff:.2e}; "
               f"{100 * close:.2f} % of voxels within 1e-3")
+        if args.extrapolate_candidates:
+            print(f"extrapolated to {args.extrapolate_candidates} candidates: speed-up "
+                  f"{ref['cpu_extrapolated'] / ours['cpu_extrapolated']:.2f}x CPU")
     if args.whole_brain_voxels:
         more = (*shapes[:2], args.fit_voxels, *shapes[3:])
         fits = {"ours": ours} if args.skip_himalaya else {"ours": ours, "himalaya": ref}
         whole = {}
         for which, base in fits.items():
-            wide = in_child(which, more, args.n_iter, args.threads)
+            wide = in_child(which, more, args.n_iter, args.threads, args.backend)
             per_voxel = {key: (wide[key] - base[key]) / (more[2] - shapes[2]) for key in ("cpu", "peak_mb")}
             fixed = {key: base[key] - per_voxel[key] * shapes[2] for key in ("cpu", "peak_mb")}
             whole[which] = {key: fixed[key] + per_voxel[key] * args.whole_brain_voxels for key in ("cpu", "peak_mb")}
@@ -166,6 +215,7 @@ def main():
         if "himalaya" in whole:
             print(f"whole brain ({args.whole_brain_voxels} voxels, extrapolated): speed-up "
                   f"{whole['himalaya']['cpu'] / whole['ours']['cpu']:.2f}x CPU")
+
 
 if __name__ == "__main__":
     main()
