@@ -17,6 +17,7 @@ Prints the load average: timings on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -80,9 +81,8 @@ def toy(folder: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import nibabel  # noqa: F401
-        import scipy.ndimage  # noqa: F401
-        from nilearn import plotting  # noqa: F401
+        for module in ("nibabel", "scipy.ndimage", "nilearn.plotting"):
+            importlib.import_module(module)
     from brainldm import map_specs, surface
     from brainldm.toy_world import ToyParams, write_toy_world
     from encoding_volumes import ENCODING, write_encoding_volumes

@@ -5,6 +5,7 @@ splits, and the low-rank factorisation of ridge spectral filters over a grid of 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -154,7 +155,7 @@ def blas_threads(threads: int):
     scipy's OpenBLAS is a library of its own, loaded with ``scipy.linalg``; it is loaded first,
     because threadpoolctl limits only the libraries already loaded.
     """
-    import scipy.linalg  # noqa: F401
+    importlib.import_module("scipy.linalg")
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=int(threads))
