@@ -29,9 +29,9 @@ measure; the GPU's peak allocation is printed too).
 Usage::
 
     python tests/benchmarks/bench_encoding.py --scale 0.2      # what this project's 2-core machine allows
-    python tests/benchmarks/bench_encoding.py --scale 1 --n-iter 1 --extrapolate-candidates 20  # ~1 h
-    python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (~20 h of one CPU core)
-    python tests/benchmarks/bench_encoding.py --scale 1 --backend torch_cuda --threads 8  # on a GPU
+    python tests/benchmarks/bench_encoding.py --scale 1 --n-iter 2 --extrapolate-candidates 20  # ~1.5 h
+    python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (~13 h of one CPU core)
+    python tests/benchmarks/bench_encoding.py --scale 1 --backend torch_cuda --threads 16  # on a GPU
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def in_child(which, shapes, n_iter, threads=1, backend="numpy"):
 def describe(which, result, extrapolate_to, n_iter):
     """One line of a fit's figures; with ``extrapolate_to``, its CPU time at that many candidates.
 
-    Each candidate costs the same work in both solvers (an eigendecomposition per fold and the
-    alphas' held-out operators, then a refit), so the CPU time is the kernels' plus the rest
-    scaled by ``extrapolate_to / n_iter``.
+    Each candidate costs about the same work in both solvers (an eigendecomposition per fold and
+    the alphas' held-out operators, then a refit), so the CPU time is the kernels' plus the rest
+    scaled by ``extrapolate_to / n_iter``: an upper bound, as later candidates refit fewer targets.
     """
     line = (f"{which + ':':9} {result['seconds']:8.1f} s wall, {result['cpu']:8.1f} s CPU "
             f"(kernels {result['kernel_cpu']:.1f} s), peak {result['peak_mb']:8.0f} MB "
