@@ -520,6 +520,26 @@ def test_paper_dry_run_lists_encoding_jobs_per_subject():
     assert "subj01/encoding" not in one and "subj07/encoding" not in one
 
 
+def test_each_encoding_job_waits_only_for_the_features_its_model_reads():
+    text = dry_run("--config", "subjects=5")
+    inputs = {}
+    for block in text.split("rule fit_encoding_model:")[1:]:
+        job = block.split("\n[", 1)[0].split("\n\n", 1)[0]  # up to the next job's timestamp
+        fields = dict(line.strip().split(": ", 1) for line in job.splitlines() if ": " in line)
+        inputs[Path(fields["output"]).stem] = set(fields["input"].split(", "))
+    z_files = {"results/nsd/features/z.npy", "results/nsd/features/z_nsd_ids.npy"}
+    c_files = {"results/nsd/features/c.npy", "results/nsd/features/c_nsd_ids.npy"}
+    encoding_files = {f"results/nsd/encoding_features/encoding{suffix}"
+                      for suffix in (".npy", "_nsd_ids.npy", ".json")}
+    betas = {f"results/nsd/subj05/fmri/{name}" for name in (
+        "nsdgeneral_train.npy", "nsdgeneral_test.npy", "train_trials.tsv", "test_images.tsv")}
+    assert inputs["z"] == betas | z_files
+    assert inputs["c"] == betas | c_files
+    assert inputs["z+c"] == betas | z_files | c_files
+    assert inputs["zc0.5"] == betas | encoding_files
+    assert inputs["z+zc0.5"] == betas | z_files | encoding_files
+
+
 def test_per_subject_jobs_fit_every_model_of_a_subject_in_one_job():
     text = dry_run("--config", "subjects=5", 'encoding={"jobs": "per_subject"}')
     assert "rule fit_encoding_model:" not in text

@@ -655,6 +655,8 @@ def subject_encoder_inputs(wildcards):
 
 
 def encoder_inputs_of(subject, spaces):
+    """The mask's betas and the files of exactly the spaces read: a model of z alone does not
+    wait for (or rerun after) c's features."""
     folder = fmri_dir(subject)
     mask = ENCODING["mask"]
     inputs = {
@@ -662,10 +664,15 @@ def encoder_inputs_of(subject, spaces):
         "test": f"{folder}/{mask}_test.npy",
         "train_trials": f"{folder}/train_trials.tsv",
         "test_images": f"{folder}/test_images.tsv",
-        "features": [f"{FEATURES_DIR}/{space}.npy" for space in ("z", "c")],
     }
-    if any(space not in ("z", "c") for space in spaces):
-        inputs["encoding_features"] = f"{ENCODING_FEATURES_DIR}/encoding.npy"
+    for space in sorted(set(spaces) & {"z", "c"}):
+        inputs[space] = f"{FEATURES_DIR}/{space}.npy"
+        inputs[f"{space}_ids"] = f"{FEATURES_DIR}/{space}_nsd_ids.npy"
+    if set(spaces) - {"z", "c"}:
+        inputs["encoding_features"] = [
+            f"{ENCODING_FEATURES_DIR}/encoding{suffix}"
+            for suffix in (".npy", "_nsd_ids.npy", ".json")
+        ]
     return inputs
 
 

@@ -73,6 +73,7 @@ if ENCODING["jobs"] == "per_model":
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
             encoding=ENCODING,
+            features_dir=FEATURES_DIR,
             encoding_features_dir=ENCODING_FEATURES_DIR,
             models=lambda wildcards: [wildcards.model],
         script:
@@ -100,6 +101,7 @@ else:
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
             encoding=ENCODING,
+            features_dir=FEATURES_DIR,
             encoding_features_dir=ENCODING_FEATURES_DIR,
             models=ENCODING_MODELS,
         script:

@@ -13,7 +13,7 @@ if "snakemake" in globals():
     with blas_threads(snakemake.threads):
         encode_models(
             fmri_dir=Path(snakemake.input.train_trials).parent,
-            features_dir=Path(snakemake.input.features[0]).parent,
+            features_dir=Path(snakemake.params.features_dir),
             encoding_features_dir=Path(snakemake.params.encoding_features_dir),
             models=snakemake.params.models,
             out_paths=list(snakemake.output),  # the rules' only outputs: one npz per model
