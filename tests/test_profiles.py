@@ -101,3 +101,21 @@ def test_slurm_partitions_send_gpu_jobs_to_the_gpu_partition(workflow_copy, fake
     gpu_rules = {job["rule"] for job in jobs if job["resources"].get("gpu", 0) > 0}
     assert gpu_rules >= {"extract_features", "reconstruct_images", "identify_reconstructions"}
     assert chosen == {(rule, "gpu" if rule in gpu_rules else "cpu") for rule, _ in chosen}
+
+
+@pytest.mark.parametrize(
+    "encoding, rois, mem_mb, runtime",
+    [
+        ("{}", None, 16000, 240),  # the paper's settings: nsdgeneral, image averages
+        ('{"mask": "brainmask"}', "[early, ventral, nsdgeneral, brainmask]", 32000, 240),
+        ('{"train_on": "trials"}', None, 48000, 1440),
+    ],
+)
+def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_and_rows(workflow_copy, encoding, rois,
+                                                                          mem_mb, runtime):
+    """A cluster must not kill a whole-brain or single-trial fit that nsdgeneral's 16 GB would not hold."""
+    config = ["subjects=1", f"encoding={encoding}"] + ([f"fmri={{'rois': {rois}}}"] if rois else [])
+    jobs = dry_run_jobs(workflow_copy, "--workflow-profile", "none", "--config", *config)
+    fits = [job["resources"] for job in jobs if job["rule"] == "fit_encoding_model"]
+    assert len(fits) > 2
+    assert {(fit["mem_mb"], fit["runtime"]) for fit in fits} == {(mem_mb, runtime)}

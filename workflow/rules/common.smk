@@ -643,6 +643,23 @@ def encoding_model_pattern():
     return "|".join(re.escape(model) for model in ENCODING_MODELS)
 
 
+def encoder_mem_mb():
+    """Memory of an encoding job, from the measured and estimated peaks at NSD's scale (README,
+    Encoding, "Time and memory at NSD scale"): nsdgeneral on image averages peaks at 9.0 GB
+    (15.3 GB with solver himalaya); single trials need an estimated ~40 GB, and the whole brain
+    (brainmask) adds per-voxel arrays, an estimated ~5-7 GB on images and ~12 GB on trials.
+    """
+    trials = ENCODING["train_on"] == "trials"
+    whole_brain = ENCODING["mask"] == "brainmask"
+    return (48000 if trials else 16000) + (16000 if whole_brain else 0)
+
+
+def encoder_runtime_per_model():
+    """Minutes per model: single trials make each fit 10-20x dearer or more (2.8x the rows, ~22x
+    the eigendecompositions; 9.9x measured at 0.1 of NSD's scale, 17x at 0.3)."""
+    return 1440 if ENCODING["train_on"] == "trials" else 240
+
+
 def encoder_inputs(wildcards):
     """Inputs of fit_encoding_model: the mask's prepared betas and each space's features."""
     return encoder_inputs_of(wildcards.subject, wildcards.model.split("+"))

@@ -68,8 +68,8 @@ if ENCODING["jobs"] == "per_model":
             "../../envs/encoding.yaml"
         threads: ENCODING["threads"]
         resources:
-            mem_mb=16000,
-            runtime=240,
+            mem_mb=encoder_mem_mb(),
+            runtime=encoder_runtime_per_model(),
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
             encoding=ENCODING,
@@ -96,8 +96,8 @@ else:
             "../../envs/encoding.yaml"
         threads: ENCODING["threads"]
         resources:
-            mem_mb=16000,
-            runtime=240 * len(ENCODING_MODELS),
+            mem_mb=encoder_mem_mb(),
+            runtime=encoder_runtime_per_model() * len(ENCODING_MODELS),
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
             encoding=ENCODING,
