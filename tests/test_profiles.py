@@ -109,6 +109,7 @@ def test_slurm_partitions_send_gpu_jobs_to_the_gpu_partition(workflow_copy, fake
         ("{}", None, 16000, 240),  # the paper's settings: nsdgeneral, image averages
         ('{"mask": "brainmask"}', "[early, ventral, nsdgeneral, brainmask]", 32000, 240),
         ('{"train_on": "trials"}', None, 48000, 1440),
+        ('{"solver": "himalaya"}', None, 24000, 240),
     ],
 )
 def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_and_rows(workflow_copy, encoding, rois,
