@@ -112,9 +112,9 @@ def test_slurm_partitions_send_gpu_jobs_to_the_gpu_partition(workflow_copy, fake
         ('{"solver": "himalaya"}', None, 24000, 240),
     ],
 )
-def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_and_rows(workflow_copy, encoding, rois,
-                                                                          mem_mb, runtime):
-    """A cluster must not kill a whole-brain or single-trial fit that nsdgeneral's 16 GB would not hold."""
+def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_rows_and_solver(workflow_copy, encoding, rois,
+                                                                                  mem_mb, runtime):
+    """A cluster must not kill a fit that the paper settings' 16 GB and 4 h would not hold."""
     config = ["subjects=1", f"encoding={encoding}"] + ([f"fmri={{'rois': {rois}}}"] if rois else [])
     jobs = dry_run_jobs(workflow_copy, "--workflow-profile", "none", "--config", *config)
     fits = [job["resources"] for job in jobs if job["rule"] == "fit_encoding_model"]

@@ -646,8 +646,9 @@ def encoding_model_pattern():
 def encoder_mem_mb():
     """Memory of an encoding job, from the measured and estimated peaks at NSD's scale (README,
     Encoding, "Time and memory at NSD scale"): nsdgeneral on image averages peaks at 9.0 GB
-    (15.3 GB with solver himalaya, too close to 16 GB); single trials need an estimated ~40 GB, and the whole brain
-    (brainmask) adds per-voxel arrays, an estimated ~5-7 GB on images and ~12 GB on trials.
+    (15.3 GB with solver himalaya, too close to 16 GB); single trials need an estimated ~40 GB,
+    and the whole brain (brainmask) adds per-voxel arrays, an estimated ~5-7 GB on image averages
+    and ~12 GB on trials.
     """
     trials = ENCODING["train_on"] == "trials"
     whole_brain = ENCODING["mask"] == "brainmask"
