@@ -220,7 +220,7 @@ def banded_ridge_cv_predict(
         score_sum = np.zeros((len(alphas), n_targets))
         for train, val in folds:
             tr, va = ops.index(train), ops.index(val)
-            eigenvalues, U = ops.eigh64(K[tr][:, tr])
+            eigenvalues, U = ops.eigh(K[tr][:, tr])
             lam = ops.to_numpy(eigenvalues).astype(np.float64)
             # himalaya: alphas below twice a negative (float32) eigenvalue cannot be selected
             usable = alphas >= -2 * min(lam.min(initial=0.0), 0.0)
@@ -254,7 +254,7 @@ def banded_ridge_cv_predict(
     Kt = ops.asarray(Ks_test, dtype)
     for ii in np.unique(best_candidate):
         targets = np.flatnonzero(best_candidate == ii)
-        eigenvalues, U = ops.eigh64(_combine(Kd, gammas[ii]))
+        eigenvalues, U = ops.eigh(_combine(Kd, gammas[ii]))
         lam = ops.to_numpy(eigenvalues).astype(np.float64)
         filters = 1.0 / (lam[:, None] + alphas[None, :])  # (n, n_alphas)
         for start in range(0, len(targets), batch):

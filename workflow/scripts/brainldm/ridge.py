@@ -68,7 +68,7 @@ class _Spectrum:
     """
 
     def __init__(self, ops, x, gram, dual, dtype):
-        s2, vecs = ops.eigh64(gram)
+        s2, vecs = ops.eigh(gram)
         s2_np = ops.to_numpy(s2)
         n, p = x.shape
         threshold = max(float(s2_np.max(initial=0.0)), 0.0) * max(n, p) * np.finfo(np.float64).eps * 10

@@ -78,7 +78,8 @@ class NumpyOps:
         a = np.asarray(a, dtype=np.float64)
         return a @ a.T if dual else a.T @ a
 
-    def eigh64(self, gram):
+    def eigh(self, gram):
+        """All eigenpairs of a symmetric ``gram`` (n, n), in its own dtype (float64 or float32)."""
         import scipy.linalg
 
         # "evd" (divide and conquer) is the fastest LAPACK driver for all eigenpairs.
@@ -129,7 +130,8 @@ class TorchOps:
         a = a.to(self.torch.float64)
         return a @ a.T if dual else a.T @ a
 
-    def eigh64(self, gram):
+    def eigh(self, gram):
+        """All eigenpairs of a symmetric ``gram`` (n, n), in its own dtype (float64 or float32)."""
         return self.torch.linalg.eigh(gram)
 
     def cast(self, array, dtype):
