@@ -287,6 +287,23 @@ def test_missing_features_are_named(tmp_path):
         decoding.load_feature_rows(feats, "z", np.array([7, 8]))
 
 
+def test_backend_errors_name_the_config_key(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from brainldm.encoding import EncodingSettings, fit_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    X, F, rows, X_test, F_test = make_data(seed=8)
+    fmri, feats, _ = write_contract_inputs(tmp_path, X, F, rows, X_test, F_test)
+    with pytest.raises(RuntimeError, match=r"^decoding\.backend is 'torch_cuda' but torch sees no CUDA"):
+        decoding.decode_feature(fmri, feats, "z", ["early"], tmp_path / "o", backend="torch_cuda", progress=False)
+    with pytest.raises(ValueError, match=r"^decoding\.backend 'jax' is unknown"):
+        decoding.decode_feature(fmri, feats, "z", ["early"], tmp_path / "o", backend="jax", progress=False)
+    assert not (tmp_path / "o").exists()
+    space, targets = np.zeros((6, 2), np.float32), np.zeros((6, 3), np.float32)
+    with pytest.raises(RuntimeError, match=r"^encoding\.backend is 'torch_cuda' but torch sees no CUDA"):
+        fit_model([space], targets, [space], EncodingSettings(backend="torch_cuda"))
+
+
 def test_target_mean_weights_images_by_their_trials():
     Y = np.array([[0.0, 1.0], [10.0, 3.0]])
     np.testing.assert_allclose(decoding.target_mean(Y, np.array([0, 0, 0, 1])), [2.5, 1.5])

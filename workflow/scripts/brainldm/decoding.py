@@ -306,7 +306,7 @@ def decode_feature(
     Y = load_feature_rows(features_dir, feature, images)
     Y_test = load_feature_rows(features_dir, feature, test_ids)
     shape = feature_shape(features_dir, feature)
-    backend_used = resolve_backend(backend)
+    backend_used = resolve_backend(backend, key="decoding.backend")
     LOGGER.info(
         "decoding %s from %s: %d train trials (%d images), %d test images, %d voxels, %d targets, "
         "backend %s", feature, "+".join(rois), len(rows), len(images), len(test_ids),

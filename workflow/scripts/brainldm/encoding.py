@@ -113,7 +113,7 @@ def fit_model(spaces_train: Sequence[np.ndarray], Y: np.ndarray, spaces_test: Se
     ``rows`` (n_train,) maps training rows to rows of ``spaces_train`` (trials -> images): the
     kernels are computed on the images and expanded.
     """
-    backend = resolve_backend(settings.backend)
+    backend = resolve_backend(settings.backend, key="encoding.backend")
     if settings.solver == "himalaya":
         train = [x if rows is None else x[rows] for x in spaces_train]
         pred, split, deltas = himalaya_banded_predict(

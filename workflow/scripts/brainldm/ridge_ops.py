@@ -29,17 +29,16 @@ def gpu_driver_present() -> bool:
     return any(os.path.exists(path) for path in GPU_DRIVER_FILES)
 
 
-def resolve_backend(name: str) -> str:
+def resolve_backend(name: str, key: str = "backend") -> str:
     """Map a configured backend (``auto``, ``numpy``, ``torch``, ``torch_cuda``) to a concrete one.
 
     ``auto`` gives ``torch_cuda`` when torch sees a CUDA device, else ``numpy`` (without importing
     torch where :func:`gpu_driver_present` says no GPU can exist). Asking for
-    ``torch_cuda`` without a GPU raises a ``RuntimeError`` naming the problem.
+    ``torch_cuda`` without a GPU raises a ``RuntimeError`` naming the problem; errors name the
+    setting as ``key`` (e.g. ``encoding.backend``).
     """
     if name not in {"auto", "numpy", "torch", "torch_cuda"}:
-        raise ValueError(
-            f"decoding backend {name!r} is unknown; expected one of auto, numpy, torch, torch_cuda"
-        )
+        raise ValueError(f"{key} {name!r} is unknown; expected one of auto, numpy, torch, torch_cuda")
     if name == "auto":
         if not gpu_driver_present():
             return "numpy"
@@ -54,7 +53,7 @@ def resolve_backend(name: str) -> str:
 
         if not torch.cuda.is_available():
             raise RuntimeError(
-                "decoding.backend is 'torch_cuda' but torch sees no CUDA device; "
+                f"{key} is 'torch_cuda' but torch sees no CUDA device; "
                 "use 'auto' or 'numpy' on a machine without a GPU"
             )
     return name
