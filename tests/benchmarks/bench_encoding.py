@@ -24,11 +24,15 @@ Fewer candidates: ``--n-iter K --extrapolate-candidates 20`` fits K candidates a
 each solver's CPU time at 20, the kernels' time plus the rest times ``20 / K`` (an upper bound:
 later candidates refit fewer targets; at scale 0.1 it overstated himalaya by 26 % and ours by
 16 % from K = 1). ``--backend torch_cuda`` runs both solvers on a GPU (wall time is then the
-measure; the GPU's peak allocation is printed too).
+measure; the GPU's peak allocation is printed too). ``--himalaya-backend torch`` runs himalaya on
+torch's CPU backend while ours keeps ``--backend``: on the CPU himalaya is fastest there (torch's
+MKL ``syevd`` where its numpy backend calls scipy's default ``evr`` driver), while ours is fastest
+on numpy, so that pairing compares each at its best.
 
 Usage::
 
     python tests/benchmarks/bench_encoding.py --scale 0.2      # what this project's 2-core machine allows
+    python tests/benchmarks/bench_encoding.py --scale 0.2 --himalaya-backend torch  # each at its best on a CPU
     python tests/benchmarks/bench_encoding.py --scale 1 --n-iter 2 --extrapolate-candidates 20  # ~1.5 h
     python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (~13 h of one CPU core)
     python tests/benchmarks/bench_encoding.py --scale 1 --backend torch_cuda --threads 16  # on a GPU
@@ -175,11 +179,15 @@ def main():
                         help="targets of the whole-brain variant's second fit (default NSD's 15,724, unscaled)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads of each fit")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
-                        help="array backend of both solvers (torch_cuda: on a GPU; time is then wall time)")
+                        help="array backend of ours, and of himalaya unless --himalaya-backend (torch_cuda: on a GPU; "
+                             "time is then wall time)")
+    parser.add_argument("--himalaya-backend", choices=("numpy", "torch", "torch_cuda"),
+                        help="himalaya's backend, if not --backend (e.g. torch: MKL's LAPACK on the CPU)")
     parser.add_argument("--extrapolate-candidates", type=int, default=0,
                         help="also print each solver's CPU time at this many candidates (fitted with --n-iter)")
     args = parser.parse_args()
-    if args.extrapolate_candidates and args.backend == "torch_cuda":
+    himalaya_backend = args.himalaya_backend or args.backend
+    if args.extrapolate_candidates and "torch_cuda" in (args.backend, himalaya_backend):
         parser.error("--extrapolate-candidates splits CPU time; on torch_cuda run --n-iter 20 itself")
     s = args.scale
     shapes = (int(NSD["n_train"] * s), int(NSD["n_test"] * s), int(NSD["voxels"] * s), int(NSD["z"] * s),
@@ -188,14 +196,15 @@ def main():
         n_trials = int(NSD["n_trials"] * s)
         SHAPES_TRIALS["rows"] = np.sort(np.random.default_rng(1).integers(0, shapes[0], n_trials))
     rows = SHAPES_TRIALS.get("rows")
-    print(f"load average {os.getloadavg()[0]:.1f}; backend {args.backend}, {args.threads} BLAS thread(s); "
+    print(f"load average {os.getloadavg()[0]:.1f}; backend {args.backend} (himalaya {himalaya_backend}), "
+          f"{args.threads} BLAS thread(s); "
           f"shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} test, "
           f"{shapes[2]} voxels, z {shapes[3]} + c {shapes[4]} features; "
           f"{args.n_iter} candidates x 20 alphas x 5 folds", flush=True)
     ours = in_child("ours", shapes, args.n_iter, args.threads, args.backend)
     print(describe("ours", ours, args.extrapolate_candidates, args.n_iter), flush=True)
     if not args.skip_himalaya:
-        ref = in_child("himalaya", shapes, args.n_iter, args.threads, args.backend)
+        ref = in_child("himalaya", shapes, args.n_iter, args.threads, himalaya_backend)
         print(describe("himalaya", ref, args.extrapolate_candidates, args.n_iter))
         diff = np.nanmax(np.abs(ours["r"] - ref["r"]))
         close = np.mean(np.abs(ours["r"] - ref["r"]) <= 1e-3)
@@ -210,7 +219,7 @@ def main():
         fits = {"ours": ours} if args.skip_himalaya else {"ours": ours, "himalaya": ref}
         whole = {}
         for which, base in fits.items():
-            wide = in_child(which, more, args.n_iter, args.threads, args.backend)
+            wide = in_child(which, more, args.n_iter, args.threads, himalaya_backend if which == "himalaya" else args.backend)
             per_voxel = {key: (wide[key] - base[key]) / (more[2] - shapes[2]) for key in ("cpu", "peak_mb")}
             fixed = {key: base[key] - per_voxel[key] * shapes[2] for key in ("cpu", "peak_mb")}
             whole[which] = {key: fixed[key] + per_voxel[key] * args.whole_brain_voxels for key in ("cpu", "peak_mb")}
