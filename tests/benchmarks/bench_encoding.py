@@ -186,8 +186,8 @@ def main():
     parser.add_argument("--extrapolate-candidates", type=int, default=0,
                         help="also print each solver's CPU time at this many candidates (fitted with --n-iter)")
     args = parser.parse_args()
-    himalaya_backend = args.himalaya_backend or args.backend
-    if args.extrapolate_candidates and "torch_cuda" in (args.backend, himalaya_backend):
+    backend_of = {"ours": args.backend, "himalaya": args.himalaya_backend or args.backend}
+    if args.extrapolate_candidates and "torch_cuda" in backend_of.values():
         parser.error("--extrapolate-candidates splits CPU time; on torch_cuda run --n-iter 20 itself")
     s = args.scale
     shapes = (int(NSD["n_train"] * s), int(NSD["n_test"] * s), int(NSD["voxels"] * s), int(NSD["z"] * s),
@@ -196,15 +196,15 @@ def main():
         n_trials = int(NSD["n_trials"] * s)
         SHAPES_TRIALS["rows"] = np.sort(np.random.default_rng(1).integers(0, shapes[0], n_trials))
     rows = SHAPES_TRIALS.get("rows")
-    print(f"load average {os.getloadavg()[0]:.1f}; backend {args.backend} (himalaya {himalaya_backend}), "
+    print(f"load average {os.getloadavg()[0]:.1f}; backend {backend_of['ours']} (himalaya {backend_of['himalaya']}), "
           f"{args.threads} BLAS thread(s); "
           f"shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} test, "
           f"{shapes[2]} voxels, z {shapes[3]} + c {shapes[4]} features; "
           f"{args.n_iter} candidates x 20 alphas x 5 folds", flush=True)
-    ours = in_child("ours", shapes, args.n_iter, args.threads, args.backend)
+    ours = in_child("ours", shapes, args.n_iter, args.threads, backend_of["ours"])
     print(describe("ours", ours, args.extrapolate_candidates, args.n_iter), flush=True)
     if not args.skip_himalaya:
-        ref = in_child("himalaya", shapes, args.n_iter, args.threads, himalaya_backend)
+        ref = in_child("himalaya", shapes, args.n_iter, args.threads, backend_of["himalaya"])
         print(describe("himalaya", ref, args.extrapolate_candidates, args.n_iter))
         diff = np.nanmax(np.abs(ours["r"] - ref["r"]))
         close = np.mean(np.abs(ours["r"] - ref["r"]) <= 1e-3)
@@ -219,7 +219,7 @@ def main():
         fits = {"ours": ours} if args.skip_himalaya else {"ours": ours, "himalaya": ref}
         whole = {}
         for which, base in fits.items():
-            wide = in_child(which, more, args.n_iter, args.threads, himalaya_backend if which == "himalaya" else args.backend)
+            wide = in_child(which, more, args.n_iter, args.threads, backend_of[which])
             per_voxel = {key: (wide[key] - base[key]) / (more[2] - shapes[2]) for key in ("cpu", "peak_mb")}
             fixed = {key: base[key] - per_voxel[key] * shapes[2] for key in ("cpu", "peak_mb")}
             whole[which] = {key: fixed[key] + per_voxel[key] * args.whole_brain_voxels for key in ("cpu", "peak_mb")}
