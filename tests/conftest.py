@@ -19,8 +19,8 @@ for name in THREAD_VARIABLES:
 import pytest  # noqa: E402 (the thread settings come first)
 import yaml  # noqa: E402
 
-from brainldm.config import validate_config  # noqa: E402
-from brainldm.toy_world import ToyParams, write_toy_world  # noqa: E402
+from brainldm.core.config import validate_config  # noqa: E402
+from brainldm.toy.world import ToyParams, write_toy_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm import nsd
-from brainldm.map_specs import accuracy_models, joint_pairs
-from brainldm.toy_world import STREAMS_LABELS
+from brainldm.nsd import layout as nsd
+from brainldm.maps.figures import accuracy_models, joint_pairs
+from brainldm.toy.world import STREAMS_LABELS
 
 #: The encoding config block these volumes follow (model lists of the contract).
 ENCODING = {"zc_strengths": [0.25, 0.75], "unet_blocks": ["down_2", "mid", "up_1"],

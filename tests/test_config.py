@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from brainldm import nsd
-from brainldm.config import ConfigError, check_local_copies, load_schema, validate_config
-from brainldm.download import needed_keys
+from brainldm.nsd import layout as nsd
+from brainldm.core.config import ConfigError, check_local_copies, load_schema, validate_config
+from brainldm.nsd.download import needed_keys
 from conftest import REPO, merged_config
 
 

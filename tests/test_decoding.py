@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainldm import decoding, ridge_ops
+from brainldm import decoding
+from brainldm.linear import ops as ridge_ops
 from brainldm.decoding import fit_decoder, per_image_correlation, standardize
-from brainldm.ridge import PAPER_ALPHAS, ridge_cv_predict
-from brainldm.ridge_ops import kfold_splits
+from brainldm.linear.ridge import PAPER_ALPHAS, ridge_cv_predict
+from brainldm.linear.ops import kfold_splits
 
 WIDE_ALPHAS = [1e-2, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]
 
@@ -172,7 +173,7 @@ def test_bad_inputs_name_the_problem():
 
 def test_blas_threads_limits_numpy_and_scipy_blas_in_a_fresh_process():
     """Every BLAS that numpy and scipy.linalg load (pip's wheels: one each) runs one thread."""
-    probe = ("import json, numpy; from threadpoolctl import threadpool_info; from brainldm.ridge_ops import blas_threads\n"
+    probe = ("import json, numpy; from threadpoolctl import threadpool_info; from brainldm.linear.ops import blas_threads\n"
              "with blas_threads(1):\n"
              "    limited = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
              "import scipy.linalg\n"
@@ -184,7 +185,7 @@ def test_blas_threads_limits_numpy_and_scipy_blas_in_a_fresh_process():
 
 
 def test_auto_backend_without_a_gpu_driver_is_numpy_and_leaves_torch_unimported(tmp_path):
-    probe = ("import sys; from brainldm import decoding, ridge_ops; "
+    probe = ("import sys; from brainldm import decoding; from brainldm.linear import ops as ridge_ops; "
              "ridge_ops.GPU_DRIVER_FILES = (%r,); "
              "print(ridge_ops.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver"))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
@@ -289,7 +290,7 @@ def test_missing_features_are_named(tmp_path):
 
 def test_backend_errors_name_the_config_key(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from brainldm.encoding import EncodingSettings, fit_model
+    from brainldm.encoding.fit import EncodingSettings, fit_model
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     X, F, rows, X_test, F_test = make_data(seed=8)

@@ -30,11 +30,11 @@ import pytest
 import yaml
 from conftest import merged_config
 
-from brainldm import download as dl
-from brainldm import http_download as http_dl
-from brainldm.config import validate_config
-from brainldm import nsd
-from brainldm.toy_world import ToyParams, write_toy_world
+from brainldm.nsd import download as dl
+from brainldm.nsd import http as http_dl
+from brainldm.core.config import validate_config
+from brainldm.nsd import layout as nsd
+from brainldm.toy.world import ToyParams, write_toy_world
 
 REPO = Path(__file__).resolve().parents[1]
 BETAS_KEY = nsd.betas_key(1, 1, "nifti")

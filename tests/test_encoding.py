@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainldm import scoring
-from brainldm.banded import banded_ridge_cv_predict, candidate_gammas, himalaya_banded_predict, linear_kernels
-from brainldm.encoding import (
+from brainldm.encoding import scoring
+from brainldm.linear.banded import banded_ridge_cv_predict, candidate_gammas, himalaya_banded_predict, linear_kernels
+from brainldm.encoding.fit import (
     EncodingSettings,
     best_unet,
     encode_model,
@@ -66,7 +66,7 @@ def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed, valida
 
 def test_operators_are_formed_only_when_the_targets_outnumber_q_times_n_val(monkeypatch):
     """The default route is the cheaper one, and it picks the same models as the other route."""
-    from brainldm import banded
+    from brainldm.linear import banded
 
     train, test, Y, _, _ = multikernel_problem(seed=4, n_targets=300)  # 32 held-out rows per fold
     Ks, Ks_test = linear_kernels(train, test)
@@ -228,9 +228,9 @@ def toy_spaces(tmp_path_factory, toy_world):
     sys.path.insert(0, str(Path(__file__).parent))
     from toy_sd import toy_sd, toy_z_c_features
 
-    from brainldm import feature_store as S
-    from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
-    from brainldm.sd_model import load_stable_diffusion
+    from brainldm.features import store as S
+    from brainldm.features.ldm_parts import EncodingFeatureSettings, extract_encoding_shard
+    from brainldm.features.sd_model import load_stable_diffusion
 
     built = toy_sd(tmp_path_factory, toy_world)
     components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
@@ -246,7 +246,7 @@ def toy_spaces(tmp_path_factory, toy_world):
 
 
 def encode_subject(nsd_root, spaces, out, models, mask="nsdgeneral", **settings):
-    from brainldm.fmri import prepare_subject_from_root
+    from brainldm.fmri.prepare import prepare_subject_from_root
 
     fmri = out / "fmri"
     prepare_subject_from_root(nsd_root, fmri, subject=1, sessions=range(1, 5), rois=[mask],
@@ -274,7 +274,7 @@ def test_one_job_for_all_models_writes_the_files_of_one_job_per_model(tmp_path, 
 def roi_means(out, fmri, nsd_root, key, model):
     import nibabel as nib
 
-    from brainldm import nsd
+    from brainldm.nsd import layout as nsd
 
     ijk = np.load(fmri / "nsdgeneral_voxels.npz")["ijk"]
     streams = np.asarray(nib.load(str(nsd_root / nsd.roi_key(1, "streams"))).dataobj)[tuple(ijk.T)]
@@ -307,8 +307,8 @@ def test_whole_brain_mask_predicts_planted_voxels_and_not_the_noise(tmp_path, to
     predicted and its noise voxels (the brain outside early and ventral) are not."""
     import nibabel as nib
 
-    from brainldm import nsd
-    from brainldm.toy_world import VOXEL_CLASS, planted_key
+    from brainldm.nsd import layout as nsd
+    from brainldm.toy.world import VOXEL_CLASS, planted_key
 
     root = toy_world["nsd_root"]
     fmri = encode_subject(root, toy_spaces, tmp_path, ["z"], mask="brainmask")
@@ -328,7 +328,7 @@ def test_whole_brain_mask_predicts_planted_voxels_and_not_the_noise(tmp_path, to
 
 
 def test_toy_snr0_leaves_at_most_five_percent_significant(tmp_path, toy_world, toy_spaces):
-    from brainldm.toy_world import write_toy_world
+    from brainldm.toy.world import write_toy_world
 
     params0 = dataclasses.replace(toy_world["params"], snr=0.0)
     write_toy_world(tmp_path / "nsd0", tmp_path / "coco0", params0)
@@ -342,7 +342,7 @@ def test_toy_snr0_leaves_at_most_five_percent_significant(tmp_path, toy_world, t
 def test_volumes_and_summary_follow_the_contract(tmp_path, toy_world, toy_spaces):
     import nibabel as nib
 
-    from brainldm import nsd
+    from brainldm.nsd import layout as nsd
 
     encoding = {"zc_strengths": [0.5], "unet_blocks": ["mid", "up_1"], "unet_steps": ["early", "late"]}
     singles, joints = model_names(encoding)
@@ -383,8 +383,8 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from brainldm.encoding_features import EncodingFeatureExtractor, noise_seed
-    from brainldm.feature_store import load_features
+    from brainldm.features.ldm_parts import EncodingFeatureExtractor, noise_seed
+    from brainldm.features.store import load_features
 
     comp, settings = toy_spaces["components"], toy_spaces["settings"]
     ids = toy_spaces["ids"][:2]
@@ -413,8 +413,8 @@ def test_strengths_denoised_together_keep_each_run_s_values(toy_spaces):
     batched passes (as on a GPU) give the per-image values."""
     from dataclasses import replace
 
-    from brainldm.encoding_features import EncodingFeatureExtractor
-    from brainldm.feature_store import load_features
+    from brainldm.features.ldm_parts import EncodingFeatureExtractor
+    from brainldm.features.store import load_features
 
     comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]
     z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
@@ -446,8 +446,8 @@ def test_stochastic_ddim_noise_is_seeded_per_image(toy_spaces):
     values repeat and do not depend on which images share the batch."""
     from dataclasses import replace
 
-    from brainldm.encoding_features import EncodingFeatureExtractor
-    from brainldm.feature_store import load_features
+    from brainldm.features.ldm_parts import EncodingFeatureExtractor
+    from brainldm.features.store import load_features
 
     comp, ids = toy_spaces["components"], toy_spaces["ids"][:3]
     z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
@@ -463,9 +463,9 @@ def test_stochastic_ddim_noise_is_seeded_per_image(toy_spaces):
 
 
 def test_encoding_features_do_not_depend_on_batching(toy_spaces):
-    from brainldm.encoding_features import EncodingFeatureExtractor
-    from brainldm.encoding_spaces import load_encoding_space
-    from brainldm.feature_store import load_features
+    from brainldm.features.ldm_parts import EncodingFeatureExtractor
+    from brainldm.features.spaces import load_encoding_space
+    from brainldm.features.store import load_features
 
     comp, settings, ids = toy_spaces["components"], toy_spaces["settings"], toy_spaces["ids"][:3]
     z = load_features(toy_spaces["features"], "z", ids, dtype=np.float32)
@@ -488,7 +488,7 @@ def test_encoding_features_do_not_depend_on_batching(toy_spaces):
 def test_pool_to_respects_max_dims():
     import torch
 
-    from brainldm.encoding_features import pool_to, step_indices
+    from brainldm.features.ldm_parts import pool_to, step_indices
 
     x = torch.arange(2 * 8 * 6 * 6, dtype=torch.float32).reshape(2, 8, 6, 6)
     assert pool_to(x, 8 * 36).shape == (2, 8 * 36)

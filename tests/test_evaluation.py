@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from tiny_networks import tiny_alexnet, tiny_clip_vision, tiny_pooled
 
-from brainldm import evaluation as ev
-from brainldm.feature_networks import ExtractorUnavailable, build_network
-from brainldm.identification import read_rows
+from brainldm.evaluation import evaluate as ev
+from brainldm.evaluation.networks import ExtractorUnavailable, build_network
+from brainldm.evaluation.identification import read_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EIGHT = list(ev.FIELD_METRICS)
@@ -74,8 +74,8 @@ def test_each_protocol_feeds_the_networks_its_sizes():
 
 
 def test_pixel_metrics_follow_the_protocol_resizes():
-    from brainldm.feature_networks import resize_square, to_float_images
-    from brainldm.metrics import pixcorr
+    from brainldm.evaluation.networks import resize_square, to_float_images
+    from brainldm.evaluation.metrics import pixcorr
 
     rng = np.random.default_rng(5)
     originals = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)  # fine detail: resizes matter

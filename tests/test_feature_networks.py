@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_networks import tiny_alexnet, tiny_clip_vision, tiny_pooled
 
-from brainldm import feature_networks as fn
-from brainldm.feature_networks import ExtractorUnavailable, build_network, resize_square, to_float_images
+from brainldm.evaluation import networks as fn
+from brainldm.evaluation.networks import ExtractorUnavailable, build_network, resize_square, to_float_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from brainldm import feature_store as S
-from brainldm import features as F
-from brainldm import nsd
-from brainldm.sd_model import ModelNotAvailableError, load_stable_diffusion
+from brainldm.features import store as S
+from brainldm.features import extract as F
+from brainldm.nsd import layout as nsd
+from brainldm.features.sd_model import ModelNotAvailableError, load_stable_diffusion
 from toy_sd import toy_sd
 
 
@@ -184,7 +184,7 @@ def test_c_is_the_mean_of_single_caption_embeddings(components, toy_inputs):
 
 def test_captions_are_joined_to_the_right_images(built, toy_world, toy_inputs):
     """Independent join (raw CSV and JSON), and the planted attributes named in the captions."""
-    from brainldm.toy_world import ATTRIBUTES_KEY, SYNONYMS
+    from brainldm.toy.world import ATTRIBUTES_KEY, SYNONYMS
 
     with open(toy_world["nsd_root"] / nsd.stim_info_key(), newline="") as handle:
         coco_of = {int(row["nsdId"]): int(row["cocoId"]) for row in csv.DictReader(handle)}
@@ -311,7 +311,7 @@ def test_missing_model_offline_names_the_model_and_how_to_stage_it(tmp_path, mon
 @pytest.mark.slow
 def test_sd_v1_4_components_give_paper_shapes(components, toy_inputs):
     """SD v1.4's VAE and text encoder from the published configs (random weights, no download)."""
-    from brainldm.sd_model import build_components_from_configs, sd_v1_4_configs
+    from brainldm.features.sd_model import build_components_from_configs, sd_v1_4_configs
 
     built = build_components_from_configs(components=("vae", "text_encoder"))
     vae, text = built["vae"], built["text_encoder"]

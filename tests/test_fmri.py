@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from brainldm import nsd
-from brainldm.betas import FMRIDataError
-from brainldm.fmri import QC_COLUMNS, load_prepared, output_names, prepare_subject_from_root, read_tsv, summarize_qc
-from brainldm.reliability import noise_ceiling, split_half_reliability
-from brainldm.split import split_counts
-from brainldm.toy_world import VOXEL_CLASS, planted_key
+from brainldm.nsd import layout as nsd
+from brainldm.fmri.betas import FMRIDataError
+from brainldm.fmri.prepare import QC_COLUMNS, load_prepared, output_names, prepare_subject_from_root, read_tsv, summarize_qc
+from brainldm.fmri.reliability import noise_ceiling, split_half_reliability
+from brainldm.fmri.split import split_counts
+from brainldm.toy.world import VOXEL_CLASS, planted_key
 
 ROIS = ["early", "ventral", "lateral", "nsdgeneral", "V1v", "hV4", "brainmask"]
 SESSIONS = [1, 2, 3, 4]

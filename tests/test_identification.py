@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainldm import identification as ident
+from brainldm.evaluation import identification as ident
 from tiny_networks import tiny_alexnet
-from brainldm.identification import (
+from brainldm.evaluation.identification import (
     ExtractorUnavailable,
     paper_identification,
     paper_preprocess,
@@ -215,7 +215,7 @@ def test_clip_extractor_end_to_end_with_a_tiny_model(tiny_clip_dir):
 
 def test_clip_missing_offline_gives_a_clear_message(tmp_path):
     code = (
-        "from brainldm.identification import get_extractor\n"
+        "from brainldm.evaluation.identification import get_extractor\n"
         "get_extractor('clip', device='cpu')\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
@@ -223,7 +223,7 @@ def test_clip_missing_offline_gives_a_clear_message(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("brainldm.feature_networks.ExtractorUnavailable")
+    assert last.startswith("brainldm.evaluation.networks.ExtractorUnavailable")
     assert "openai/clip-vit-large-patch14" in last and "hf download" in last and "HF_HUB_OFFLINE" in last
 
 

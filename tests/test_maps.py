@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainldm import map_specs, maps, nsd, surface
+from brainldm.maps import figures as map_specs
+from brainldm.maps import draw as maps
+from brainldm.nsd import layout as nsd
+from brainldm.maps import surface
 from encoding_volumes import ENCODING, write_encoding_volumes
 
 N5 = surface.FSAVERAGE5_VERTICES
@@ -183,7 +186,7 @@ def test_viewer_values_default_is_r_of_z_minus_c_and_unknown_models_are_named():
 
 
 def test_toy_maps_light_z_at_the_occipital_pole_and_c_in_the_ventral_stream(toy_surface_maps):
-    from brainldm import toy_surface
+    from brainldm.toy import surface as toy_surface
 
     maps_by_name = toy_surface_maps["surface"]
     for hemi in nsd.HEMISPHERES:

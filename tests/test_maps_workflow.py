@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from brainldm import map_specs
+from brainldm.maps import figures as map_specs
 from encoding_volumes import ENCODING, write_encoding_volumes
 from headless_chromium import find_chromium, open_page
 from toy_runs import copy_workflow, snakemake
@@ -132,7 +132,7 @@ def assert_rendered(path, colours=None):
 def test_missing_transform_of_a_local_nsd_copy_stops_before_any_job_naming_it(maps_run, tmp_path):
     import shutil
 
-    from brainldm import nsd
+    from brainldm.nsd import layout as nsd
 
     directory = maps_run["directory"]
     local = tmp_path / "nsd"

@@ -8,8 +8,8 @@ from scipy.spatial.distance import correlation as scipy_correlation
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
-from brainldm.correlation import rowwise_pearson
-from brainldm.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
+from brainldm.linear.stats import rowwise_pearson
+from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
 
 
 def gray_image(values) -> np.ndarray:

@@ -73,7 +73,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def components(tiny_model_dir):
-    from brainldm.sd_model import load_stable_diffusion
+    from brainldm.features.sd_model import load_stable_diffusion
 
     return load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="float32")
 
@@ -240,7 +240,7 @@ def toy_features(tmp_path_factory, toy_world):
     sys.path.insert(0, str(Path(__file__).parent))
     from toy_sd import toy_sd, toy_z_c_features
 
-    from brainldm.sd_model import load_stable_diffusion
+    from brainldm.features.sd_model import load_stable_diffusion
 
     built = toy_sd(tmp_path_factory, toy_world)
     components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
@@ -255,10 +255,12 @@ def run_chain(world_nsd_root, toy_features, out, toy_config):
     Returns ``({(method, feature): identification row}, {(method, attribute): match row},
     z decoding summary)``.
     """
-    from brainldm import decoding, identification, nsd
-    from brainldm.fmri import prepare_subject_from_root
-    from brainldm.toy_semantic import load_semantic_net, match_reconstructions
-    from brainldm.toy_world import ATTRIBUTES_KEY
+    from brainldm import decoding
+    from brainldm.evaluation import identification
+    from brainldm.nsd import layout as nsd
+    from brainldm.fmri.prepare import prepare_subject_from_root
+    from brainldm.toy.semantic import load_semantic_net, match_reconstructions
+    from brainldm.toy.world import ATTRIBUTES_KEY
 
     fmri = out / "fmri"
     prepare_subject_from_root(world_nsd_root, fmri, subject=1, sessions=range(1, 5),
@@ -290,8 +292,8 @@ def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(tmp_path, toy_w
     (same images, noise-only betas) every method sits near 50%."""
     import dataclasses
 
-    from brainldm import nsd
-    from brainldm.toy_world import write_toy_world
+    from brainldm.nsd import layout as nsd
+    from brainldm.toy.world import write_toy_world
 
     ident, match, z_info = run_chain(toy_world["nsd_root"], toy_features, tmp_path / "snr1", toy_config)
     assert z_info["mean_test_r"] > 0.3

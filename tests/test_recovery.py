@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from brainldm import recovery
-from brainldm.atomic import atomic_path, remove_stale_temporaries
+from brainldm.core import recovery
+from brainldm.core.atomic import atomic_path, remove_stale_temporaries
 
 
 def dead_pid() -> int:

@@ -7,7 +7,7 @@ import html
 
 import yaml
 
-from brainldm.config import SCHEMA_PATH
+from brainldm.core.config import SCHEMA_PATH
 from brainldm.report import config_departures, write_config_page, write_table_page
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brainldm import nsd, surface
+from brainldm.nsd import layout as nsd
+from brainldm.maps import surface
 
 GRID = (6, 7, 5)
 
@@ -228,8 +229,8 @@ def test_project_volumes_writes_every_map_or_none(tmp_path):
 
 
 def test_toy_transforms_put_early_under_the_occipital_pole_and_ventral_under_ventral_temporal(toy_world):
-    from brainldm import toy_surface
-    from brainldm.toy_world import STREAMS_LABELS
+    from brainldm.toy import surface as toy_surface
+    from brainldm.toy.world import STREAMS_LABELS
 
     root, grid = toy_world["nsd_root"], toy_world["params"].grid
     streams, _ = nsd.read_volume(root / nsd.roi_key(1, "streams"))
@@ -262,7 +263,7 @@ def test_toy_fsaverage_indices_nest_fsaverage5(toy_world):
 
 
 def test_subdividing_an_icosahedron_gives_the_icosahedral_vertex_counts():
-    from brainldm.toy_surface import subdivide
+    from brainldm.toy.surface import subdivide
 
     phi = (1 + 5**0.5) / 2
     vertices = np.array([[-1, phi, 0], [1, phi, 0], [-1, -phi, 0], [1, -phi, 0], [0, -1, phi], [0, 1, phi],

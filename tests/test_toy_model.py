@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from brainldm.sd_model import (
+from brainldm.features.sd_model import (
     ModelNotAvailableError,
     load_stable_diffusion,
     resolve_model_dir,
     sd_v1_4_configs,
 )
-from brainldm.toy_model import (
+from brainldm.toy.model import (
     EOS,
     SHIPPED_WEIGHTS,
     WEIGHT_FILES,
@@ -71,7 +71,9 @@ def test_folder_loads_with_sd_classes_and_sd_scheduler(built, components):
     assert weights["toy"]["seed"] == 0 and weights["settings"]["seed"] == 0
     assert weights["n_train_images"] == int((~built["holdout"]).sum()) == 180
     assert weights["vae_scaling_factor"] == pytest.approx(components.vae.config.scaling_factor)
-    assert weights["command"].startswith("python3 -m brainldm.toy_training")
+    assert weights["command"].startswith(
+        "python3 -m brainldm.toy_training"  # the module's name when the weights were trained
+    )
 
 
 def test_vae_reconstructs_held_out_toy_images(built, components):

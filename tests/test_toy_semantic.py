@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainldm.identification import get_extractor, paper_identification
-from brainldm.toy_semantic import (
+from brainldm.evaluation.identification import get_extractor, paper_identification
+from brainldm.toy.semantic import (
     attribute_matches,
     load_semantic_net,
     match_reconstructions,
     predict_attributes,
 )
-from brainldm.toy_world import ATTRIBUTE_VALUES, ToyParams, toy_stimuli
+from brainldm.toy.world import ATTRIBUTE_VALUES, ToyParams, toy_stimuli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from brainldm.toy_model import SHIPPED_WEIGHTS, WEIGHT_FILES, read_manifest
-from brainldm.toy_training import TrainingSettings, ToyTrainingData, train_toy_weights
-from brainldm.toy_world import ToyParams
+from brainldm.toy.model import SHIPPED_WEIGHTS, WEIGHT_FILES, read_manifest
+from brainldm.toy.training import TrainingSettings, ToyTrainingData, train_toy_weights
+from brainldm.toy.world import ToyParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,7 +45,7 @@ def test_training_is_seeded_and_resumes_to_the_same_weights(tmp_path):
 def test_training_data_leave_out_the_shared_images():
     data = ToyTrainingData.from_params(TINY)
     assert len(data.images) == 12 and len(data.holdout_images) == 4
-    from brainldm.toy_world import toy_stimuli
+    from brainldm.toy.world import toy_stimuli
 
     shared = toy_stimuli(TINY).shared_nsd_ids
     assert not np.isin(data.nsd_ids, shared).any()
@@ -56,7 +56,9 @@ def test_shipped_weights_record_what_training_reached():
     trained model (not noise): the classifier reads the held-out stimuli, and text-to-image from
     held-out captions draws their colour far above chance."""
     manifest = read_manifest(SHIPPED_WEIGHTS)
-    assert manifest["command"].startswith("python3 -m brainldm.toy_training")
+    assert manifest["command"].startswith(
+        "python3 -m brainldm.toy_training"  # the module's name when the weights were trained
+    )
     assert manifest["toy"] == {**ToyParams().__dict__, "grid": list(ToyParams().grid)}
     assert manifest["vae"]["pixcorr_holdout_images"] > 0.9
     accuracy = manifest["semantic"]["holdout_accuracy"]

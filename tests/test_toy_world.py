@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from brainldm import nsd
-from brainldm.toy_world import (
+from brainldm.nsd import layout as nsd
+from brainldm.toy.world import (
     ATTRIBUTES_KEY, PRF_LABELS, STREAMS_LABELS, VOXEL_CLASS, ToyParams, planted_key,
     toy_nsd_keys, write_toy_world,
 )
@@ -116,7 +116,7 @@ def test_captions_join_through_coco_ids_and_name_the_attributes(world):
         assert int(info["cocoId"][nsd_id]) in {image["id"] for image in document["images"]}
         # The first template uses the attribute's own word or a synonym; the size word differs
         # per paraphrase, so check that the shape is named in every caption.
-        from brainldm.toy_world import SYNONYMS
+        from brainldm.toy.world import SYNONYMS
         shape_words = SYNONYMS[attributes[nsd_id]["shape"]]
         assert all(any(w in c.lower() for w in shape_words) for c in image_captions)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from brainldm.config import validate_config
+from brainldm.core.config import validate_config
 from conftest import merged_config
 from toy_runs import (BACKGROUND_NICENESS, REPO, behind_the_tests, copy_workflow, differing, file_hashes, job_counts,
                       snakemake, workflow_environment)
@@ -44,7 +44,7 @@ def test_planning_the_toy_graph_does_not_import_torch():
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "brainldm.config" in imported and "numpy" in imported
+    assert "brainldm.core.config" in imported and "numpy" in imported
     assert "torch" not in imported and "diffusers" not in imported
 
 
@@ -98,7 +98,7 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
 
 
 def test_toy_run_writes_the_field_metrics(toy_run):
-    from brainldm.identification import read_rows
+    from brainldm.evaluation.identification import read_rows
 
     rows = read_rows(toy_run / "results/toy/summary/metrics.tsv")
     assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in ("1", "2") for m in ("z", "c", "zc")}
@@ -252,7 +252,7 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
                        "--forcerun", "prepare_fmri")
     output = result.stdout + result.stderr
-    from brainldm.encoding import model_names
+    from brainldm.encoding.fit import model_names
 
     config = validate_config(merged_config(REPO / "config" / "toy.yaml"))
     shards = config["reconstruction"]["n_shards"]

@@ -14,8 +14,8 @@ import numpy as np
 
 @functools.lru_cache(maxsize=None)
 def _build(nsd_root: str, coco_root: str, out_dir: str) -> dict:
-    from brainldm import nsd
-    from brainldm.toy_model import assemble_toy_model
+    from brainldm.nsd import layout as nsd
+    from brainldm.toy.model import assemble_toy_model
 
     nsd_root, coco_root = Path(nsd_root), Path(coco_root)
     design = nsd.read_expdesign(nsd_root / nsd.expdesign_key())
@@ -42,9 +42,9 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
 
     Returns the features folder and the nsdIds (ascending) it holds.
     """
-    from brainldm import feature_store as S
-    from brainldm import features as F
-    from brainldm import nsd
+    from brainldm.features import store as S
+    from brainldm.features import extract as F
+    from brainldm.nsd import layout as nsd
 
     ids = S.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
     out = tmp_path_factory.mktemp("features")

@@ -95,7 +95,7 @@ def _cpu_seconds() -> float:
 
 
 def child_ours(s, n_targets, batch, backend, out, queue):
-    from brainldm.ridge import ridge_cv_predict
+    from brainldm.linear.ridge import ridge_cv_predict
 
     X, X_test, F, rows = make_data(s, n_targets)
     data_mb = _peak_mb()

@@ -9,7 +9,7 @@ has something to find. Both solvers fit the same float32 data with the same grid
 - ``himalaya``: the gallantlab recipe, ``ColumnKernelizer`` (StandardScaler(with_std=False) +
   linear Kernelizer per space) and ``MultipleKernelRidgeCV(kernels="precomputed",
   solver="random_search")``, ``predict`` and ``predict(split=True)``;
-- ``ours``: :func:`brainldm.banded.linear_kernels` + :func:`brainldm.banded.banded_ridge_cv_predict`.
+- ``ours``: :func:`brainldm.linear.banded.linear_kernels` + :func:`brainldm.linear.banded.banded_ridge_cv_predict`.
 
 Each runs in its own process with one BLAS thread, which reports wall and CPU time (CPU time is
 the fair measure on a shared machine) and peak resident memory (ru_maxrss);
@@ -89,8 +89,8 @@ def make_data(n_train, n_test, n_voxels, z_dims, c_dims, seed=0, chunk=1024):
 def run(which, shapes, n_iter, queue, threads=1, backend="numpy"):
     from threadpoolctl import threadpool_limits
 
-    from brainldm.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
-    from brainldm.scoring import voxel_correlation
+    from brainldm.linear.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
+    from brainldm.encoding.scoring import voxel_correlation
 
     importlib.import_module("himalaya.kernel_ridge")  # before the clock starts, for both
 

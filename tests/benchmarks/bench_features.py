@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
-from brainldm import features as F  # noqa: E402
+from brainldm.features import extract as F  # noqa: E402
 from brainldm import nsd  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
 
-    from brainldm.toy_world import ToyParams, write_toy_world
+    from brainldm.toy.world import ToyParams, write_toy_world
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_features_"))
     params = ToyParams()
@@ -118,11 +118,11 @@ def main() -> None:
     caption_paths = [work / "coco" / name for name in nsd.COCO_CAPTION_FILES]
     ids = np.sort(nsd.read_stim_info(stim_info_path)["nsdId"]).astype(np.int64)[: args.images]
 
-    from brainldm.sd_model import build_components_from_configs, load_stable_diffusion
+    from brainldm.features.sd_model import build_components_from_configs, load_stable_diffusion
 
     model_dir = work / "model"
     if not model_dir.exists():
-        from brainldm.toy_model import assemble_toy_model
+        from brainldm.toy.model import assemble_toy_model
 
         assemble_toy_model(model_dir)
     toy = load_stable_diffusion(str(model_dir), device=args.device, dtype=dtype)

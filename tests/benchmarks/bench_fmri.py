@@ -12,7 +12,7 @@ Then, each in a fresh subprocess (peak RSS = that process's ``ru_maxrss``), it t
   chunks in, at most 256 KB out per call, output discarded: the fastest plain inflate found
   here; an unbounded ``decompress(chunk)`` or 4 MB outputs are up to 1.5x slower, since zero
   runs then inflate into large fresh buffers);
-- ``prepare``: :func:`brainldm.fmri.prepare_subject` of the ROIs ``early``, ``ventral``,
+- ``prepare``: :func:`brainldm.fmri.prepare.prepare_subject` of the ROIs ``early``, ``ventral``,
   ``nsdgeneral`` for 1, 2 and 4 sessions (and 37 by reusing the 4 files under 37 names), with
   1 and 2 reading workers;
 - once, ``nibabel``: reading one session into memory the usual way (``np.asarray(img.dataobj)``),
@@ -149,7 +149,7 @@ def child(task: str, root: Path, n_sessions: int, workers: int) -> dict:
         data = np.asarray(nib.load(str(first)).dataobj)
         assert data.shape == (*GRID, TRIALS)
     elif task == "prepare":
-        from brainldm.fmri import prepare_subject_from_root
+        from brainldm.fmri.prepare import prepare_subject_from_root
 
         out = Path(tempfile.mkdtemp(dir=root.parent))
         prepare_subject_from_root(root, out, subject=1, sessions=range(1, n_sessions + 1),

@@ -48,7 +48,8 @@ class Timer:
 
 
 def nsd_size(folder: Path) -> None:
-    from brainldm import nsd, surface
+    from brainldm.nsd import layout as nsd
+    from brainldm.maps import surface
 
     print(f"NSD size: grid {NSD_GRID}, native vertices {NSD_VERTICES}")
     rng = np.random.default_rng(0)
@@ -83,8 +84,9 @@ def toy(folder: Path) -> None:
         matplotlib.use("Agg")
         for module in ("nibabel", "scipy.ndimage", "nilearn.plotting"):
             importlib.import_module(module)
-    from brainldm import map_specs, surface
-    from brainldm.toy_world import ToyParams, write_toy_world
+    from brainldm.maps import figures as map_specs
+    from brainldm.maps import surface
+    from brainldm.toy.world import ToyParams, write_toy_world
     from encoding_volumes import ENCODING, write_encoding_volumes
 
     print("toy (subject 1; models z, c, zc0.25, zc0.75; 3 U-Net blocks)")
@@ -98,11 +100,11 @@ def toy(folder: Path) -> None:
                                 params.grid, label_maps=map_specs.label_volume_names(names))
     figures = {name: str(folder / "maps" / f"{name}.png") for name in map_specs.figure_names(ENCODING)}
     with Timer("meshes (first use of nilearn's fsaverage5)"):
-        from brainldm.maps import fsaverage5
+        from brainldm.maps.draw import fsaverage5
 
         fsaverage5()
     with Timer("face_index_raster (once per process: nilearn draws the meshes)"):
-        from brainldm.maps import face_index_raster
+        from brainldm.maps.draw import face_index_raster
 
         face_index_raster(100)
     with Timer(f"plot_cortical_maps ({len(figures)} figures x 5 views)"):
@@ -122,8 +124,9 @@ def nilearn_drawn(surface_paths, block_names_path, encoding, folder: Path) -> No
     before it painted them through the face raster."""
     import matplotlib.pyplot as plt
 
-    from brainldm import map_specs, maps
-    from brainldm.surface import load_surface_map
+    from brainldm.maps import figures as map_specs
+    from brainldm.maps import draw as maps
+    from brainldm.maps.surface import load_surface_map
 
     folder.mkdir(parents=True, exist_ok=True)
     surface_maps = {name: load_surface_map(path) for name, path in surface_paths.items()}

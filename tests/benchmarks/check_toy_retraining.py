@@ -2,7 +2,7 @@
 
 Reads ``workflow/toy_model/manifest.json`` (its settings, toy world and command), retrains into a
 temporary folder exactly as the documented command does
-(``PYTHONPATH=workflow/scripts nice python3 -m brainldm.toy_training --out workflow/toy_model``;
+(``PYTHONPATH=workflow/scripts nice python3 -m brainldm.toy.training --out workflow/toy_model``;
 about 12 minutes of one free CPU core), and prints per file whether the bytes are identical; where
 they are not (another CPU kind or library build rounds differently), the largest weight
 difference and the held-out results side by side. It passes (exit 0) when every file is
@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
-from brainldm.toy_model import SHIPPED_WEIGHTS, WEIGHT_FILES, load_state, read_manifest  # noqa: E402
-from brainldm.toy_training import TrainingSettings, train_toy_weights  # noqa: E402
-from brainldm.toy_world import ToyParams  # noqa: E402
+from brainldm.toy.model import SHIPPED_WEIGHTS, WEIGHT_FILES, load_state, read_manifest  # noqa: E402
+from brainldm.toy.training import TrainingSettings, train_toy_weights  # noqa: E402
+from brainldm.toy.world import ToyParams  # noqa: E402
 
 
 def held_out_results(manifest: dict) -> dict[str, float]:

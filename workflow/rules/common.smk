@@ -6,13 +6,18 @@ from pathlib import Path
 # The library lives beside the rule scripts; rules and helpers import it from the workflow tree.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from brainldm import download as nsd_download
-from brainldm import map_specs
-from brainldm import nsd as nsd_layout
-from brainldm.fmri import output_names as fmri_output_names
-from brainldm.config import ConfigError, check_local_copies, is_toy, validate_config
-from brainldm.recovery import clear_stale_lock, record_lock_owner
-from brainldm.toy_world import (
+from brainldm.nsd import download as nsd_download
+from brainldm.maps import figures as map_specs
+from brainldm.nsd import layout as nsd_layout
+from brainldm.fmri.prepare import output_names as fmri_output_names
+from brainldm.core.config import (
+    ConfigError,
+    check_local_copies,
+    is_toy,
+    validate_config,
+)
+from brainldm.core.recovery import clear_stale_lock, record_lock_owner
+from brainldm.toy.world import (
     ATTRIBUTES_KEY as TOY_ATTRIBUTES_KEY,
     ToyParams,
     toy_nsd_keys,
@@ -165,7 +170,7 @@ def check_downloads_before_run():
 
     from snakemake.logging import logger
 
-    from brainldm.atomic import write_text
+    from brainldm.core.atomic import write_text
 
     keys = scheduled_nsd_downloads()
     if not keys:
@@ -354,14 +359,14 @@ def sd_model_inputs():
 FEATURE_SHARDS = config["features"]["n_shards"]
 # Rule make_toy_model writes the toy Stable Diffusion here (config/toy.yaml's model.id).
 TOY_MODEL_DIR = "resources/toy/model"
-# The trained toy weights that ship with the workflow (brainldm.toy_training writes them);
+# The trained toy weights that ship with the workflow (brainldm.toy.training writes them);
 # relative to the working directory, which --directory may put outside the workflow.
 TOY_WEIGHTS_DIR = os.path.relpath(Path(workflow.basedir) / "workflow" / "toy_model")
 
 
 def toy_weight_files():
     """The shipped toy weights folder's manifest and files (inputs of make_toy_model)."""
-    from brainldm.toy_weights import MANIFEST, WEIGHT_FILES
+    from brainldm.toy.weights import MANIFEST, WEIGHT_FILES
 
     return [f"{TOY_WEIGHTS_DIR}/{MANIFEST}"] + [
         f"{TOY_WEIGHTS_DIR}/{name}" for name in WEIGHT_FILES.values()
@@ -384,7 +389,7 @@ def feature_inputs(wildcards):
 
 
 def feature_shard_outputs(feature="{feature}", shard="{shard}"):
-    """Files of one extract_features job (shard of FEATURE_SHARDS; brainldm.features)."""
+    """Files of one extract_features job (shard of FEATURE_SHARDS; brainldm.features.extract)."""
     stem = f"{FEATURES_DIR}/shards/{feature}_{shard}of{FEATURE_SHARDS}"
     return {
         "features": f"{stem}.npy",
@@ -471,7 +476,7 @@ def evaluation_targets():
     return targets
 
 
-from brainldm.evaluation import registry_extractor_names
+from brainldm.evaluation.evaluate import registry_extractor_names
 
 try:  # two-way:<extractor> metrics must name a registry extractor: stop before any job if not
     registry_extractor_names(config["evaluation"]["metrics"])
@@ -590,7 +595,7 @@ def all_targets():
 
 # --------------------------------------------------------------------------- encoding
 
-from brainldm.encoding import model_names as encoding_model_names
+from brainldm.encoding.fit import model_names as encoding_model_names
 
 ENCODING = config["encoding"]
 ENCODING_FEATURES_DIR = f"results/{DATASET}/encoding_features"
@@ -619,7 +624,7 @@ def encoding_dir(subject="{subject}"):
 
 
 def encoding_shard_outputs(shard="{shard}"):
-    """Files of one extract_encoding_features job (brainldm.encoding_features)."""
+    """Files of one extract_encoding_features job (brainldm.features.ldm_parts)."""
     stem = f"{ENCODING_FEATURES_DIR}/shards/encoding_{shard}of{ENCODING_SHARDS}"
     return {
         "features": f"{stem}.npy",

@@ -1,6 +1,6 @@
 # Downloads, used when nsd.root / coco.root are null: every NSD key the config needs (one job per
 # file, output resources/nsd/<key>) from nsd.base_url, and COCO's two caption files.
-# Retries happen inside the job (brainldm.http_download: transient errors, with backoff); the
+# Retries happen inside the job (brainldm.nsd.http: transient errors, with backoff); the
 # rules set retries: 0 (over any profile's --retries) so that a final failure (403/404, an MD5
 # that differs again on a fresh full download) is not fetched again by Snakemake.
 # The gate and the plan run in the onstart hook, i.e. after the DAG is built and before any job,

@@ -3,7 +3,7 @@
 # merged into one array per feature indexed by ascending nsdId. Noise is seeded per
 # (seed, nsdId), so batch size and sharding never change a value. On the toy world, the tiny
 # Stable Diffusion it uses is first assembled by make_toy_model from the trained weights that
-# ship in workflow/toy_model (retrained by brainldm.toy_training, not by the workflow).
+# ship in workflow/toy_model (retrained by brainldm.toy.training, not by the workflow).
 
 
 if TOY:

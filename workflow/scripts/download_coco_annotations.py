@@ -2,9 +2,9 @@
 
 import sys
 
-from brainldm import nsd
-from brainldm.download import DownloadError, download_coco_captions
-from brainldm.logs import setup_logging
+from brainldm.nsd import layout as nsd
+from brainldm.nsd.download import DownloadError, download_coco_captions
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

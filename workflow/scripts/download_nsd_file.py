@@ -2,8 +2,8 @@
 
 import sys
 
-from brainldm.download import DownloadError, download_nsd_key
-from brainldm.logs import setup_logging
+from brainldm.nsd.download import DownloadError, download_nsd_key
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainldm.encoding_features import EncodingFeatureSettings, extract_encoding_shard
-from brainldm.feature_store import shard_nsd_ids
-from brainldm.logs import setup_logging
-from brainldm.sd_model import load_stable_diffusion
+from brainldm.features.ldm_parts import EncodingFeatureSettings, extract_encoding_shard
+from brainldm.features.store import shard_nsd_ids
+from brainldm.core.logs import setup_logging
+from brainldm.features.sd_model import load_stable_diffusion
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,11 +2,11 @@
 
 import torch
 
-from brainldm import nsd
-from brainldm.feature_store import needed_nsd_ids, shard_nsd_ids
-from brainldm.features import FeatureSettings, captions_by_nsd_id, extract_feature_shard
-from brainldm.logs import setup_logging
-from brainldm.sd_model import load_stable_diffusion
+from brainldm.nsd import layout as nsd
+from brainldm.features.store import needed_nsd_ids, shard_nsd_ids
+from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
+from brainldm.core.logs import setup_logging
+from brainldm.features.sd_model import load_stable_diffusion
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from brainldm.decoding import decode_feature
-from brainldm.logs import setup_logging
-from brainldm.ridge_ops import blas_threads
+from brainldm.core.logs import setup_logging
+from brainldm.linear.ops import blas_threads
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -3,9 +3,9 @@ one job per model or one for all of them (encoding.jobs)."""
 
 from pathlib import Path
 
-from brainldm.encoding import EncodingSettings, encode_models
-from brainldm.logs import setup_logging
-from brainldm.ridge_ops import blas_threads
+from brainldm.encoding.fit import EncodingSettings, encode_models
+from brainldm.core.logs import setup_logging
+from brainldm.linear.ops import blas_threads
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainldm.logs import setup_logging
-from brainldm.toy_model import assemble_toy_model
+from brainldm.core.logs import setup_logging
+from brainldm.toy.model import assemble_toy_model
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Rule make_toy_nsd: write the toy world (NSD layout, formats and planted truth)."""
 
-from brainldm import nsd
-from brainldm.logs import setup_logging
-from brainldm.toy_world import ToyParams, write_toy_world
+from brainldm.nsd import layout as nsd
+from brainldm.core.logs import setup_logging
+from brainldm.toy.world import ToyParams, write_toy_world
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainldm.encoding import map_subject
-from brainldm.logs import setup_logging
+from brainldm.encoding.fit import map_subject
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

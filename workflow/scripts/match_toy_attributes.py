@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainldm.atomic import write_text
-from brainldm.identification import format_rows
-from brainldm.logs import setup_logging
-from brainldm.nsd import read_stimuli
+from brainldm.core.atomic import write_text
+from brainldm.evaluation.identification import format_rows
+from brainldm.core.logs import setup_logging
+from brainldm.nsd.layout import read_stimuli
 from brainldm.reconstruction import ReconstructionSettings, read_manifests
-from brainldm.toy_semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions
+from brainldm.toy.semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

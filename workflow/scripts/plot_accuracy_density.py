@@ -1,7 +1,7 @@
 """Rule plot_accuracy_density: 2-D density of one subject's voxel r, z against c."""
 
-from brainldm.logs import setup_logging
-from brainldm.map_specs import draw_accuracy_density
+from brainldm.core.logs import setup_logging
+from brainldm.maps.figures import draw_accuracy_density
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

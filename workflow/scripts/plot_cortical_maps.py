@@ -1,7 +1,7 @@
 """Rule plot_cortical_maps: one subject's map figures on fsaverage5 (flat and inflated views)."""
 
-from brainldm.logs import setup_logging
-from brainldm.map_specs import draw_cortical_maps
+from brainldm.core.logs import setup_logging
+from brainldm.maps.figures import draw_cortical_maps
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.logs import setup_logging
-from brainldm.nsd import read_stimuli
+from brainldm.core.logs import setup_logging
+from brainldm.nsd.layout import read_stimuli
 from brainldm.reconstruction import figure_rows, plot_reconstructions, read_manifests
 
 if "snakemake" in globals():

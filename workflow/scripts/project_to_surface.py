@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from brainldm.logs import setup_logging
-from brainldm.surface import project_volumes, transform_paths
+from brainldm.core.logs import setup_logging
+from brainldm.maps.surface import project_volumes, transform_paths
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

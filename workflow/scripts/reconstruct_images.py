@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from brainldm.logs import setup_logging
+from brainldm.core.logs import setup_logging
 from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
-from brainldm.sd_model import load_stable_diffusion
+from brainldm.features.sd_model import load_stable_diffusion
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

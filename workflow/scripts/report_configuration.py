@@ -2,7 +2,7 @@
 
 import yaml
 
-from brainldm.logs import setup_logging
+from brainldm.core.logs import setup_logging
 from brainldm.report import write_config_page
 
 if "snakemake" in globals():

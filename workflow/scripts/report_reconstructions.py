@@ -2,8 +2,8 @@
 
 import shutil
 
-from brainldm.atomic import atomic_path
-from brainldm.logs import setup_logging
+from brainldm.core.atomic import atomic_path
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

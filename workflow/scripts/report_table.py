@@ -1,6 +1,6 @@
 """Rule report_table: one summary TSV as an HTML table for the report."""
 
-from brainldm.logs import setup_logging
+from brainldm.core.logs import setup_logging
 from brainldm.report import write_table_page
 
 if "snakemake" in globals():

@@ -1,7 +1,7 @@
 """Rule summarize_decoding: every (subject, feature) decoder summary in one table."""
 
 from brainldm.decoding import summarize_decoding
-from brainldm.logs import setup_logging
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule summarize_identification: every subject's identification table in one."""
 
-from brainldm.identification import summarize_identification
-from brainldm.logs import setup_logging
+from brainldm.evaluation.identification import summarize_identification
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule summarize_metrics: every subject's metrics in one table, and beside the published rows."""
 
-from brainldm.evaluation import summarize_metrics
-from brainldm.logs import setup_logging
+from brainldm.evaluation.evaluate import summarize_metrics
+from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Rule summarize_toy_attributes: every subject's attribute match table in one."""
 
-from brainldm.identification import summarize_tables
-from brainldm.logs import setup_logging
-from brainldm.toy_semantic import MATCH_COLUMNS
+from brainldm.evaluation.identification import summarize_tables
+from brainldm.core.logs import setup_logging
+from brainldm.toy.semantic import MATCH_COLUMNS
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule view_surface: one subject's interactive surface page (nilearn view_surf, offline)."""
 
-from brainldm.logs import setup_logging
-from brainldm.map_specs import write_viewer
+from brainldm.core.logs import setup_logging
+from brainldm.maps.figures import write_viewer
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -3,7 +3,7 @@
 The paper fits ``himalaya.ridge.RidgeCV`` (solver ``svd``, alphas 1e-6 ... 1, 5-fold ``KFold``
 without shuffling over the training trials, one alpha per target, ``fit_intercept=False``) on
 voxels standardised with the training trials' mean and std, targets left raw. The solver is
-:func:`brainldm.ridge.ridge_cv_predict` (or himalaya itself with ``decoding.solver: himalaya``);
+:func:`brainldm.linear.ridge.ridge_cv_predict` (or himalaya itself with ``decoding.solver: himalaya``);
 this module prepares its inputs from the prepared fMRI and the features, and writes the decoded
 features and their scores.
 """
@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import save_npy, write_text
-from .correlation import rowwise_pearson
-from .ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict
-from .ridge_ops import resolve_backend
+from brainldm.core.atomic import save_npy, write_text
+from brainldm.linear.stats import rowwise_pearson
+from brainldm.linear.ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict
+from brainldm.linear.ops import resolve_backend
 
 LOGGER = logging.getLogger("brainldm.decoding")
 

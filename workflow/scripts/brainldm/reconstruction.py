@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, write_text
+from brainldm.core.atomic import atomic_path, write_text
 
 LOGGER = logging.getLogger("brainldm.reconstruction")
 
@@ -94,7 +94,7 @@ class Reconstructor:
 
     Parameters
     ----------
-    components : brainldm.sd_model.SDComponents (or any object with ``vae``, ``text_encoder``,
+    components : brainldm.features.sd_model.SDComponents (or any object with ``vae``, ``text_encoder``,
         ``tokenizer``, ``unet``, ``scheduler``, ``device``, ``dtype``)
     settings : ReconstructionSettings
     per_image : bool, optional

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .atomic import write_text
+from brainldm.core.atomic import write_text
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
