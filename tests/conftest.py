@@ -89,6 +89,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     The toy runs keep both cores busy from the session's start, so every other test runs beside
     them; once they end, the tests are all that is left and mostly use one core.
     """
+
     def waits_for(item: pytest.Item) -> int:
         names = getattr(item, "fixturenames", ())
         return 2 if "second_toy_run" in names else 1 if "toy_run" in names else 0
@@ -112,13 +113,18 @@ def toy_runs_started(request, tmp_path_factory) -> dict[str, BackgroundRun]:
     runs = {}
     if "toy_run" in needed:
         directory = copy_workflow(tmp_path_factory.mktemp("workflow"))
-        runs["toy_run"] = BackgroundRun(directory, "--configfile", "config/toy.yaml",
-                                        log=directory.parent / "toy_run.log", on_slurm=False)
+        runs["toy_run"] = BackgroundRun(
+            directory, "--configfile", "config/toy.yaml", log=directory.parent / "toy_run.log", on_slurm=False
+        )
     if "second_toy_run" in needed:
         directory = copy_workflow(tmp_path_factory.mktemp("second"))
-        runs["second_toy_run"] = BackgroundRun(directory, "--configfile", "config/toy.yaml",
-                                               log=directory.parent / "second_run.log",
-                                               on_slurm=cluster_node_cpus() is not None)
+        runs["second_toy_run"] = BackgroundRun(
+            directory,
+            "--configfile",
+            "config/toy.yaml",
+            log=directory.parent / "second_run.log",
+            on_slurm=cluster_node_cpus() is not None,
+        )
     yield runs
     for run in runs.values():
         run.stop()

@@ -14,17 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.maps.figures import accuracy_models, joint_pairs
+from brainldm.nsd import layout as nsd
 from brainldm.toy.world import STREAMS_LABELS
 
 #: The encoding config block these volumes follow (model lists of the contract).
-ENCODING = {"zc_strengths": [0.25, 0.75], "unet_blocks": ["down_2", "mid", "up_1"],
-            "unet_steps": ["early", "middle", "late"], "fdr_q": 0.05}
+ENCODING = {
+    "zc_strengths": [0.25, 0.75],
+    "unet_blocks": ["down_2", "mid", "up_1"],
+    "unet_steps": ["early", "middle", "late"],
+    "fdr_q": 0.05,
+}
 
 
-def write_encoding_volumes(nsd_root: Path, subject: int, encoding_dir: Path, encoding: dict = ENCODING,
-                           seed: int = 0) -> dict[str, Path]:
+def write_encoding_volumes(
+    nsd_root: Path, subject: int, encoding_dir: Path, encoding: dict = ENCODING, seed: int = 0
+) -> dict[str, Path]:
     """Write ``voxels.npz`` and every contract volume for one subject; returns ``{name: path}``."""
     import nibabel as nib
 
@@ -50,7 +55,9 @@ def write_encoding_volumes(nsd_root: Path, subject: int, encoding_dir: Path, enc
         volumes[f"{joint}_unique_{space_a}"] = noisy(0.2 * early, 0.01)
         volumes[f"{joint}_unique_{space_b}"] = noisy(0.2 * weight * ventral, 0.01)
     n_blocks, n_steps = len(encoding["unet_blocks"]), len(encoding["unet_steps"])
-    best_block = np.where(early > 0, 0, np.where(ventral > 0, n_blocks - 1, rng.integers(0, n_blocks, mask.shape)))
+    best_block = np.where(
+        early > 0, 0, np.where(ventral > 0, n_blocks - 1, rng.integers(0, n_blocks, mask.shape))
+    )
     volumes["unet_best_block"] = np.where(mask, best_block, np.nan)
     volumes["unet_best_step"] = np.where(mask, rng.integers(0, n_steps, mask.shape), np.nan)
 
@@ -62,6 +69,10 @@ def write_encoding_volumes(nsd_root: Path, subject: int, encoding_dir: Path, enc
         nib.save(nib.Nifti1Image(values.astype(np.float32), affine), str(paths[name]))
     (folder / "unet_best_block.json").write_text(json.dumps(encoding["unet_blocks"]))
     (folder / "unet_best_step.json").write_text(json.dumps(encoding["unet_steps"]))
-    np.savez(encoding_dir / "voxels.npz", ijk=np.argwhere(mask).astype(np.int32), shape=np.array(mask.shape),
-             affine=affine)
+    np.savez(
+        encoding_dir / "voxels.npz",
+        ijk=np.argwhere(mask).astype(np.int32),
+        shape=np.array(mask.shape),
+        affine=affine,
+    )
     return paths

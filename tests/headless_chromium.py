@@ -75,8 +75,9 @@ class _Pipe:
         raw, self.buffer = self.buffer.split(b"\0", 1)
         return json.loads(raw)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60.0) -> dict:
+    def call(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60.0
+    ) -> dict:
         wanted = self.send(method, params, session)
         deadline = time.monotonic() + timeout
         while True:
@@ -108,8 +109,10 @@ def _errors(events: list[dict]) -> list[str]:
             description = details.get("exception", {}).get("description") or details.get("text", "")
             errors.append(f"uncaught: {description}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            errors.append("console.error: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                        for a in params.get("args", [])))
+            errors.append(
+                "console.error: "
+                + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            )
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             entry = params["entry"]
             errors.append(f"log: {entry.get('text', '')} {entry.get('url', '')}".strip())
@@ -141,8 +144,11 @@ def _settle(pipe: _Pipe, session: str, quiet_seconds: float, timeout: float) -> 
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
     while True:
-        state = pipe.call("Runtime.evaluate", {"expression": PAGE_STATE, "awaitPromise": True,
-                                               "returnByValue": True}, session=session)["result"]["value"]
+        state = pipe.call(
+            "Runtime.evaluate",
+            {"expression": PAGE_STATE, "awaitPromise": True, "returnByValue": True},
+            session=session,
+        )["result"]["value"]
         now = time.monotonic()
         if state != last:
             last, since = state, now
@@ -153,8 +159,15 @@ def _settle(pipe: _Pipe, session: str, quiet_seconds: float, timeout: float) -> 
         time.sleep(0.1)
 
 
-def open_page(path: str | Path, *, quiet_seconds: float = 1.0, width: int = 1400, height: int = 1000,
-              timeout: float = 120.0, clicks: tuple[str, ...] = ()) -> PageResult:
+def open_page(
+    path: str | Path,
+    *,
+    quiet_seconds: float = 1.0,
+    width: int = 1400,
+    height: int = 1000,
+    timeout: float = 120.0,
+    clicks: tuple[str, ...] = (),
+) -> PageResult:
     """Load ``path`` (a local file) in headless Chromium; collect errors, a summary, a screenshot.
 
     After the load and after each click the page is left to settle: until what it shows (its
@@ -170,6 +183,7 @@ def open_page(path: str | Path, *, quiet_seconds: float = 1.0, width: int = 1400
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         to_browser_read, to_browser_write = os.pipe()
         from_browser_read, from_browser_write = os.pipe()
+
         # The browser reads commands on fd 3 and writes answers on fd 4. Copy both ends first,
         # so that neither is overwritten when it happens to be fd 3 or 4 already.
         def wire_fds():
@@ -177,12 +191,28 @@ def open_page(path: str | Path, *, quiet_seconds: float = 1.0, width: int = 1400
             os.dup2(commands, 3)
             os.dup2(answers, 4)
 
-        command = [binary, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-                   "--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--no-first-run",
-                   "--disable-extensions", "--allow-file-access-from-files", f"--user-data-dir={profile}",
-                   f"--window-size={width},{height}", "about:blank"]
-        process = subprocess.Popen(command, pass_fds=(3, 4), preexec_fn=wire_fds,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [
+            binary,
+            "--headless=new",
+            "--remote-debugging-pipe",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-gl=swiftshader",
+            "--enable-unsafe-swiftshader",
+            "--no-first-run",
+            "--disable-extensions",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
+        process = subprocess.Popen(
+            command,
+            pass_fds=(3, 4),
+            preexec_fn=wire_fds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
         pipe = _Pipe(to_browser_write, from_browser_read)
@@ -191,26 +221,32 @@ def open_page(path: str | Path, *, quiet_seconds: float = 1.0, width: int = 1400
             session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
                 pipe.call(f"{domain}.enable", session=session)
-            pipe.call("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             pipe.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout=timeout)
             _settle(pipe, session, quiet_seconds, timeout)
             for step in clicks:
                 # A step is an element's text, or "js:<expression>" that clicks and returns true.
                 expression = step[3:] if step.startswith("js:") else f"{CLICK_TEXT}({json.dumps(step)})"
-                found = pipe.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                                  session=session)
+                found = pipe.call(
+                    "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session
+                )
                 if not found["result"].get("value"):
                     raise LookupError(f"{path}: nothing to click for {step!r}")
                 _settle(pipe, session, quiet_seconds, timeout)
-            summary = pipe.call("Runtime.evaluate", {"expression": PAGE_SUMMARY, "returnByValue": True},
-                                session=session)["result"]["value"]
+            summary = pipe.call(
+                "Runtime.evaluate", {"expression": PAGE_SUMMARY, "returnByValue": True}, session=session
+            )["result"]["value"]
             shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
             # Drain what arrived meanwhile, then read the errors.
             pipe.call("Runtime.evaluate", {"expression": "1"}, session=session)
-            return PageResult(errors=_errors(pipe.events), summary=json.loads(summary),
-                              screenshot=base64.b64decode(shot))
+            return PageResult(
+                errors=_errors(pipe.events), summary=json.loads(summary), screenshot=base64.b64decode(shot)
+            )
         finally:
             try:
                 pipe.send("Browser.close")

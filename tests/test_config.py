@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from brainldm.nsd import layout as nsd
-from brainldm.core.config import ConfigError, check_local_copies, load_schema, validate_config
-from brainldm.nsd.download import needed_keys
 from conftest import REPO, merged_config
+
+from brainldm.core.config import ConfigError, check_local_copies, load_schema, validate_config
+from brainldm.nsd import layout as nsd
+from brainldm.nsd.download import needed_keys
 
 
 def test_empty_config_gets_the_papers_defaults():
@@ -23,8 +23,14 @@ def test_empty_config_gets_the_papers_defaults():
     assert config["features"]["z_image_size"] == 320 and config["features"]["posterior"] == "sample"
     assert config["features"]["seed"] == 42 and config["reconstruction"]["seed"] == 42
     recon = config["reconstruction"]
-    assert (recon["strength"], recon["ddim_steps"], recon["ddim_eta"], recon["guidance_scale"],
-            recon["n_samples"], recon["image_size"]) == (0.8, 50, 0.0, 5.0, 5, 512)
+    assert (
+        recon["strength"],
+        recon["ddim_steps"],
+        recon["ddim_eta"],
+        recon["guidance_scale"],
+        recon["n_samples"],
+        recon["image_size"],
+    ) == (0.8, 50, 0.0, 5.0, 5, 512)
     assert config["model"]["id"] == "CompVis/stable-diffusion-v1-4"
     assert config["nsd"]["accept_terms"] is False
 
@@ -40,7 +46,9 @@ def test_toy_config_overrides_only_what_differs(toy_config, paper_config):
     assert toy_config["decoding"] == {**paper_config["decoding"], "threads": 1}
     assert paper_config["decoding"]["threads"] == paper_config["encoding"]["threads"] == 8
     # and its one-second fMRI preparation does not hold both of a laptop's cores
-    assert toy_config["fmri"] == {**paper_config["fmri"], "threads": 1} and paper_config["fmri"]["threads"] == 2
+    assert (
+        toy_config["fmri"] == {**paper_config["fmri"], "threads": 1} and paper_config["fmri"]["threads"] == 2
+    )
     assert toy_config["nsd"]["root"] == "resources/toy/nsd"
 
 
@@ -72,8 +80,16 @@ BAD_CONFIGS = [
     ({"nsd": {"base_url": "ftp://x"}}, "nsd.base_url", "matching"),
     ({"model": {"device": "tpu"}}, "model.device", "one of"),
     ({"decoding": {"alpha": [1.0]}}, "decoding.alpha", "unknown key"),
-    ({"evaluation": {"identification_features": ["pixel"]}}, "evaluation.identification_features[0]", "one of"),
-    ({"reconstruction": {"strength": 0.01}}, "reconstruction.strength", "int(50 * 0.01) = 0 img2img denoising steps"),
+    (
+        {"evaluation": {"identification_features": ["pixel"]}},
+        "evaluation.identification_features[0]",
+        "one of",
+    ),
+    (
+        {"reconstruction": {"strength": 0.01}},
+        "reconstruction.strength",
+        "int(50 * 0.01) = 0 img2img denoising steps",
+    ),
 ]
 
 
@@ -123,10 +139,15 @@ def test_a_bad_default_in_the_schema_is_caught():
 
 def test_command_line_strings_are_converted_to_the_schemas_types():
     # What `snakemake --config subjects=[1,2] sessions={"first":1,"last":3} ...` hands over.
-    config = validate_config({"dataset": "nsd", "subjects": ["1", "2"],
-                              "sessions": {"first": "1", "last": "3"},
-                              "nsd": {"accept_terms": "true", "root": "null"},
-                              "decoding": {"alphas": ["1e-3", "1"]}})
+    config = validate_config(
+        {
+            "dataset": "nsd",
+            "subjects": ["1", "2"],
+            "sessions": {"first": "1", "last": "3"},
+            "nsd": {"accept_terms": "true", "root": "null"},
+            "decoding": {"alphas": ["1e-3", "1"]},
+        }
+    )
     assert config["subjects"] == [1, 2] and config["sessions"] == {"first": 1, "last": 3}
     assert config["nsd"]["accept_terms"] is True and config["nsd"]["root"] is None
     assert config["decoding"]["alphas"] == [1e-3, 1.0]
@@ -137,17 +158,34 @@ def test_command_line_strings_are_converted_to_the_schemas_types():
 
 def test_img2img_strength_must_leave_a_denoising_step():
     """diffusers runs int(ddim_steps * strength) steps; 0 crashed inside it."""
-    with pytest.raises(ConfigError, match=r"'reconstruction.strength'.*expected at least 1 / ddim_steps = 0.1"):
+    with pytest.raises(
+        ConfigError, match=r"'reconstruction.strength'.*expected at least 1 / ddim_steps = 0.1"
+    ):
         validate_config(merged_config(reconstruction={"strength": 0.05, "ddim_steps": 10}))
-    assert validate_config(merged_config(reconstruction={"strength": 0.1, "ddim_steps": 10}))["reconstruction"]["strength"] == 0.1
+    assert (
+        validate_config(merged_config(reconstruction={"strength": 0.1, "ddim_steps": 10}))["reconstruction"][
+            "strength"
+        ]
+        == 0.1
+    )
     # the encoding stage's zc denoisings use the same sampler
-    with pytest.raises(ConfigError, match=r"'encoding.zc_strengths\[0\]': value 0.25 with reconstruction.ddim_steps 3 leaves no"):
-        validate_config(merged_config(reconstruction={"ddim_steps": 3}, encoding={"zc_strengths": [0.25, 0.5]}))
+    with pytest.raises(
+        ConfigError,
+        match=r"'encoding.zc_strengths\[0\]': value 0.25 with reconstruction.ddim_steps 3 leaves no",
+    ):
+        validate_config(
+            merged_config(reconstruction={"ddim_steps": 3}, encoding={"zc_strengths": [0.25, 0.5]})
+        )
 
 
 def local_config(tmp_path, **roots):
-    return validate_config(merged_config(subjects=[1], sessions={"first": 1, "last": 2},
-                                         **{name: {"root": str(root)} for name, root in roots.items()}))
+    return validate_config(
+        merged_config(
+            subjects=[1],
+            sessions={"first": 1, "last": 2},
+            **{name: {"root": str(root)} for name, root in roots.items()},
+        )
+    )
 
 
 def check_roots(config):
@@ -160,10 +198,15 @@ def make_files(root, names):
         (root / name).write_bytes(b"")
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", "does not exist"), ("a file", "is not a folder"), ("empty", "is empty"),
-    ("partial", "lacks 1 of the"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", "does not exist"),
+        ("a file", "is not a folder"),
+        ("empty", "is empty"),
+        ("partial", "lacks 1 of the"),
+    ],
+)
 def test_local_nsd_root_is_checked_at_startup_naming_the_key(tmp_path, case, words):
     root = tmp_path / "nsd"
     config = local_config(tmp_path, nsd=root)
@@ -192,9 +235,12 @@ def test_complete_local_copies_and_the_toy_world_pass(tmp_path):
     # the toy world's roots do not exist before its rule runs
     check_roots(validate_config(merged_config(REPO / "config" / "toy.yaml")))
 
+
 def test_run_subjects_selects_among_the_analysed_subjects():
     config = merged_config(REPO / "config" / "toy.yaml", run_subjects="2")
     assert validate_config(config)["run_subjects"] == [2]
     assert validate_config(merged_config(REPO / "config" / "toy.yaml"))["run_subjects"] is None
-    with pytest.raises(ConfigError, match=r"'run_subjects\[1\]': value 3 is not an analysed subject.*\[1, 2\]"):
+    with pytest.raises(
+        ConfigError, match=r"'run_subjects\[1\]': value 3 is not an analysed subject.*\[1, 2\]"
+    ):
         validate_config(merged_config(REPO / "config" / "toy.yaml", run_subjects=[1, 3]))

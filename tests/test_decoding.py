@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from brainldm import decoding
-from brainldm.linear import ops as ridge_ops
 from brainldm.decoding import fit_decoder, per_image_correlation, standardize
-from brainldm.linear.ridge import PAPER_ALPHAS, ridge_cv_predict
+from brainldm.linear import ops as ridge_ops
 from brainldm.linear.ops import kfold_splits
+from brainldm.linear.ridge import PAPER_ALPHAS, ridge_cv_predict
 
 WIDE_ALPHAS = [1e-2, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]
 
@@ -43,14 +43,24 @@ def himalaya_paper(X, Y, X_test, alphas=PAPER_ALPHAS, center=False):
     mean, std = X.mean(0), X.std(0)
     xs, xt = (X - mean) / std, (X_test - mean) / std
     y_mean = Y.mean(0) if center else 0.0
-    model = RidgeCV(alphas=np.asarray(alphas, dtype=X.dtype), cv=KFold(5, shuffle=False),
-                    fit_intercept=False, solver="svd")
+    model = RidgeCV(
+        alphas=np.asarray(alphas, dtype=X.dtype),
+        cv=KFold(5, shuffle=False),
+        fit_intercept=False,
+        solver="svd",
+    )
     model.fit(xs, Y - y_mean)
-    return np.asarray(model.predict(xt)) + y_mean, np.asarray(model.best_alphas_), np.asarray(model.cv_scores_)
+    return (
+        np.asarray(model.predict(xt)) + y_mean,
+        np.asarray(model.best_alphas_),
+        np.asarray(model.cv_scores_),
+    )
 
 
 def rel_diff(a, b):
-    return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max())
+    return float(
+        np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max()
+    )
 
 
 @pytest.mark.parametrize("alphas", [PAPER_ALPHAS, WIDE_ALPHAS], ids=["paper_alphas", "wide_alphas"])
@@ -173,23 +183,37 @@ def test_bad_inputs_name_the_problem():
 
 def test_blas_threads_limits_numpy_and_scipy_blas_in_a_fresh_process():
     """Every BLAS that numpy and scipy.linalg load (pip's wheels: one each) runs one thread."""
-    probe = ("import json, numpy; from threadpoolctl import threadpool_info; from brainldm.linear.ops import blas_threads\n"
-             "with blas_threads(1):\n"
-             "    limited = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
-             "import scipy.linalg\n"
-             "print(json.dumps([limited, len([i for i in threadpool_info() if i['user_api'] == 'blas'])]))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(SCRIPTS), "OPENBLAS_NUM_THREADS": "2"})
+    probe = (
+        "import json, numpy; from threadpoolctl import threadpool_info; from brainldm.linear.ops import blas_threads\n"
+        "with blas_threads(1):\n"
+        "    limited = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "import scipy.linalg\n"
+        "print(json.dumps([limited, len([i for i in threadpool_info() if i['user_api'] == 'blas'])]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(SCRIPTS), "OPENBLAS_NUM_THREADS": "2"},
+    )
     limited, n_libraries = json.loads(result.stdout)
     assert len(limited) == n_libraries >= 1 and set(limited) == {1}, (limited, n_libraries)
 
 
 def test_auto_backend_without_a_gpu_driver_is_numpy_and_leaves_torch_unimported(tmp_path):
-    probe = ("import sys; from brainldm import decoding; from brainldm.linear import ops as ridge_ops; "
-             "ridge_ops.GPU_DRIVER_FILES = (%r,); "
-             "print(ridge_ops.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver"))
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
+    probe = (
+        "import sys; from brainldm import decoding; from brainldm.linear import ops as ridge_ops; "
+        "ridge_ops.GPU_DRIVER_FILES = (%r,); "
+        "print(ridge_ops.resolve_backend('auto'), 'torch' in sys.modules)" % str(tmp_path / "no_driver")
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(SCRIPTS)},
+    )
     assert result.stdout.split() == ["numpy", "False"]
 
 
@@ -238,7 +262,13 @@ def test_decode_feature_writes_the_contract_outputs_and_control(tmp_path):
     fmri, feats, test_ids = write_contract_inputs(tmp_path, X, F, rows, X_test, F_test)
     out = tmp_path / "out"
     summary = decoding.decode_feature(
-        fmri, feats, "z", ["early", "ventral"], out, backend="numpy", shuffle_control=True,
+        fmri,
+        feats,
+        "z",
+        ["early", "ventral"],
+        out,
+        backend="numpy",
+        shuffle_control=True,
         progress=False,
     )
     pred = np.load(out / "z_pred.npy")
@@ -258,8 +288,16 @@ def test_decode_feature_writes_the_contract_outputs_and_control(tmp_path):
 
     decoding.summarize_decoding([out / "z.json"], [1], tmp_path / "decoding.tsv")
     header, line = (tmp_path / "decoding.tsv").read_text().splitlines()
-    assert header.split("\t")[:8] == ["subject", "feature", "rois", "n_train", "n_test", "n_voxels",
-                                      "mean_test_r", "median_alpha"]
+    assert header.split("\t")[:8] == [
+        "subject",
+        "feature",
+        "rois",
+        "n_train",
+        "n_test",
+        "n_voxels",
+        "mean_test_r",
+        "median_alpha",
+    ]
     assert line.split("\t")[:3] == ["1", "z", "early+ventral"]
 
 
@@ -270,10 +308,19 @@ def test_centred_score_sees_through_a_large_common_pattern(tmp_path):
     X, F, rows, X_test, F_test = make_data(n=600, n_images=200, seed=8, t=24)
     common = 10 * np.sin(np.arange(24))
     fmri, feats, _ = write_contract_inputs(tmp_path, X, F + common, rows, X_test, F_test + common)
-    raw = decoding.decode_feature(fmri, feats, "z", ["early", "ventral"], tmp_path / "raw", backend="numpy",
-                                  progress=False)
-    centred = decoding.decode_feature(fmri, feats, "z", ["early", "ventral"], tmp_path / "cen",
-                                      backend="numpy", center_targets=True, progress=False)
+    raw = decoding.decode_feature(
+        fmri, feats, "z", ["early", "ventral"], tmp_path / "raw", backend="numpy", progress=False
+    )
+    centred = decoding.decode_feature(
+        fmri,
+        feats,
+        "z",
+        ["early", "ventral"],
+        tmp_path / "cen",
+        backend="numpy",
+        center_targets=True,
+        progress=False,
+    )
     assert raw["mean_test_r"] < 0.3 < 0.6 < raw["mean_test_r_centered"]
     assert centred["mean_test_r"] > 0.9
     assert centred["mean_test_r_centered"] == pytest.approx(raw["mean_test_r_centered"], abs=2e-3)
@@ -296,7 +343,9 @@ def test_backend_errors_name_the_config_key(tmp_path, monkeypatch):
     X, F, rows, X_test, F_test = make_data(seed=8)
     fmri, feats, _ = write_contract_inputs(tmp_path, X, F, rows, X_test, F_test)
     with pytest.raises(RuntimeError, match=r"^decoding\.backend is 'torch_cuda' but torch sees no CUDA"):
-        decoding.decode_feature(fmri, feats, "z", ["early"], tmp_path / "o", backend="torch_cuda", progress=False)
+        decoding.decode_feature(
+            fmri, feats, "z", ["early"], tmp_path / "o", backend="torch_cuda", progress=False
+        )
     with pytest.raises(ValueError, match=r"^decoding\.backend 'jax' is unknown"):
         decoding.decode_feature(fmri, feats, "z", ["early"], tmp_path / "o", backend="jax", progress=False)
     assert not (tmp_path / "o").exists()

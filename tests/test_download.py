@@ -30,9 +30,9 @@ import pytest
 import yaml
 from conftest import merged_config
 
+from brainldm.core.config import validate_config
 from brainldm.nsd import download as dl
 from brainldm.nsd import http as http_dl
-from brainldm.core.config import validate_config
 from brainldm.nsd import layout as nsd
 from brainldm.toy.world import ToyParams, write_toy_world
 
@@ -84,7 +84,9 @@ class FaultyServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     @property
@@ -111,8 +113,13 @@ class FaultyServer:
         return None
 
     def _record(self, handler, method, path) -> dict:
-        record = {"method": method, "path": path, "range": handler.headers.get("Range"),
-                  "status": None, "sent": 0}
+        record = {
+            "method": method,
+            "path": path,
+            "range": handler.headers.get("Range"),
+            "status": None,
+            "sent": 0,
+        }
         with self.lock:
             self.requests.append(record)
         return record
@@ -169,7 +176,9 @@ class FaultyServer:
                 handler.close_connection = True
                 if kind == "drop":  # let the client read, then reset (RST, not FIN)
                     time.sleep(0.2)
-                    handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    handler.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
                     handler.connection.close()
                 return
             record["sent"] = len(body)
@@ -198,8 +207,9 @@ FAST = dict(backoff=0.0, timeout=2.0, progress=False, chunk_size=64 * 1024, rese
 
 
 def fetch(server, tmp_path, key=BETAS_KEY, **options):
-    return http_dl.download(http_dl.key_url(server.url, key), tmp_path / "out" / Path(key).name, key=key,
-                            **{**FAST, **options})
+    return http_dl.download(
+        http_dl.key_url(server.url, key), tmp_path / "out" / Path(key).name, key=key, **{**FAST, **options}
+    )
 
 
 def truth(toy_world, key=BETAS_KEY) -> bytes:
@@ -364,7 +374,9 @@ def test_corrupt_part_is_caught_by_md5_and_refetched(fresh, toy_world, tmp_path)
 
 
 def test_too_little_disk_space_stops_before_writing(fresh, tmp_path, monkeypatch):
-    monkeypatch.setattr(http_dl.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10, 10))
+    monkeypatch.setattr(
+        http_dl.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10, 10)
+    )
     with pytest.raises(http_dl.DownloadError, match=r"needs .* free in .* only 10 B are free"):
         fetch(fresh, tmp_path, attempts=3)
     dest = tmp_path / "out" / Path(BETAS_KEY).name
@@ -375,7 +387,7 @@ def test_too_little_disk_space_stops_before_writing(fresh, tmp_path, monkeypatch
 def test_multipart_etag_is_verified_when_the_part_size_is_inferable(tmp_path):
     rng = __import__("numpy").random.default_rng(0)
     data = rng.integers(0, 256, size=3 * 2**20 - 12345, dtype="uint8").tobytes()
-    parts = [hashlib.md5(data[i:i + 2**20]).digest() for i in range(0, len(data), 2**20)]
+    parts = [hashlib.md5(data[i : i + 2**20]).digest() for i in range(0, len(data), 2**20)]
     good = f'"{hashlib.md5(b"".join(parts)).hexdigest()}-{len(parts)}"'
     srv = FaultyServer(extra={"big.bin": data})
     try:
@@ -406,7 +418,7 @@ def test_file_digests_equal_md5_and_s3_multipart_etags_of_the_parts(tmp_path):
     md5, multipart = http_dl.file_digests(path, part_sizes=(4096, 2500, 10_000), block=1000)
     assert md5 == hashlib.md5(data).hexdigest()
     for size in (4096, 2500, 10_000):
-        parts = [hashlib.md5(data[start:start + size]).digest() for start in range(0, len(data), size)]
+        parts = [hashlib.md5(data[start : start + size]).digest() for start in range(0, len(data), size)]
         assert multipart[size] == hashlib.md5(b"".join(parts)).hexdigest(), size
 
 
@@ -432,7 +444,9 @@ def test_needed_keys_of_the_paper_config(paper_config):
         assert nsd.betas_key(subject, 38, "nifti") not in keys
         assert set(nsd.surface_transform_keys(subject)) <= set(keys)
     assert keys[:3] == [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
-    assert [k for k in keys if k.endswith(".ctab")] == [nsd.label_table_key(a) for a in ("streams", "prf-visualrois")]
+    assert [k for k in keys if k.endswith(".ctab")] == [
+        nsd.label_table_key(a) for a in ("streams", "prf-visualrois")
+    ]
 
 
 def test_needed_keys_follow_beta_format_and_rois(paper_config):
@@ -471,7 +485,9 @@ def test_offline_plan_uses_the_typical_sizes_table(paper_config):
     assert {e.source for e in plan.entries} == {"table"} and plan.n_files == 201
     betas = 4 * 37 * dl.typical_size(BETAS_KEY)[0]
     assert betas + 73000 * 425 * 425 * 3 < plan.total_bytes < betas + 73000 * 425 * 425 * 3 + 10**9
-    assert plan.summary().startswith("download plan: 201 files, 187.") and "betas: 148 files" in plan.summary()
+    assert (
+        plan.summary().startswith("download plan: 201 files, 187.") and "betas: 148 files" in plan.summary()
+    )
 
 
 # --------------------------------------------------------------------------- COCO
@@ -496,12 +512,17 @@ def test_coco_archive_keeps_only_the_two_caption_files(toy_world, tmp_path):
         for name in nsd.COCO_CAPTION_FILES:
             assert (tmp_path / "coco" / name).read_bytes() == (toy_world["coco_root"] / name).read_bytes()
         assert sorted(p.name for p in (tmp_path / "coco").rglob("*") if p.is_file()) == [
-            "captions_train2017.json", "captions_val2017.json"]  # no archive, no instances file
+            "captions_train2017.json",
+            "captions_val2017.json",
+        ]  # no archive, no instances file
         assert srv.gets()[1]["range"] is not None  # the archive download resumed
         srv.extra[COCO_ZIP] = b"this is not a zip file"
         with pytest.raises(http_dl.DownloadError, match="not a valid zip archive"):
             dl.download_coco_captions(f"{srv.url}/{COCO_ZIP}", tmp_path / "bad", **FAST)
-        assert list((tmp_path / "bad").rglob("*.json")) == [] and not (tmp_path / "bad" / "annotations_trainval2017.zip").exists()
+        assert (
+            list((tmp_path / "bad").rglob("*.json")) == []
+            and not (tmp_path / "bad" / "annotations_trainval2017.zip").exists()
+        )
     finally:
         srv.close()
 
@@ -515,8 +536,9 @@ def snakemake(directory: Path, *args: str, env: dict | None = None, check: bool 
     import os
 
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        command, cwd=directory, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -524,11 +546,16 @@ def snakemake(directory: Path, *args: str, env: dict | None = None, check: bool 
 
 def test_terms_gate_stops_before_any_job_and_any_request(fresh, tmp_path):
     directory = copy_workflow(tmp_path / "wf")
-    (directory / "config" / "gate.yaml").write_text(yaml.safe_dump({
-        "subjects": [1], "sessions": {"first": 1, "last": 2},
-        "nsd": {"root": None, "base_url": fresh.url, "accept_terms": False},
-        "coco": {"root": None, "annotations_url": f"{fresh.url}/{COCO_ZIP}"},
-    }))
+    (directory / "config" / "gate.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "subjects": [1],
+                "sessions": {"first": 1, "last": 2},
+                "nsd": {"root": None, "base_url": fresh.url, "accept_terms": False},
+                "coco": {"root": None, "annotations_url": f"{fresh.url}/{COCO_ZIP}"},
+            }
+        )
+    )
     targets = [f"resources/nsd/{nsd.expdesign_key()}", f"resources/nsd/{BETAS_KEY}"]
     result = snakemake(directory, *targets, "--configfile", "config/gate.yaml", check=False)
     output = result.stdout + result.stderr
@@ -548,10 +575,25 @@ def test_paper_dry_run_plans_every_input_without_network(fresh, tmp_path):
     planned = re.findall(r"wildcards: key=(\S+)", output)
     assert len(planned) == len(set(planned)) == 201
     for subject in (1, 2, 5, 7):
-        sessions = sorted(int(m) for m in re.findall(rf"subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session(\d\d)\.nii\.gz", " ".join(planned)))
+        sessions = sorted(
+            int(m)
+            for m in re.findall(
+                rf"subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session(\d\d)\.nii\.gz",
+                " ".join(planned),
+            )
+        )
         assert sessions == list(range(1, 38))
-        assert {nsd.roi_key(subject, "streams"), nsd.roi_key(subject, "nsdgeneral"), nsd.brainmask_key(subject)} <= set(planned)
-    assert {nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key(), nsd.label_table_key("streams")} <= set(planned)
+        assert {
+            nsd.roi_key(subject, "streams"),
+            nsd.roi_key(subject, "nsdgeneral"),
+            nsd.brainmask_key(subject),
+        } <= set(planned)
+    assert {
+        nsd.expdesign_key(),
+        nsd.stim_info_key(),
+        nsd.stimuli_key(),
+        nsd.label_table_key("streams"),
+    } <= set(planned)
     stats = dict(re.findall(r"^(download_\w+)\s+(\d+)$", output, flags=re.M))
     assert stats == {"download_nsd_file": "201", "download_coco_annotations": "1"}
     assert "download plan: 201 files" in output and "nsd.accept_terms is false" in output
@@ -565,15 +607,30 @@ def nsd_sized_world(tmp_path_factory):
     workflow's NSD code path when it comes from a download (``nsd.root: null`` is never the toy:
     ``is_toy`` keys on the root folder)."""
     root = tmp_path_factory.mktemp("world750")
-    params = ToyParams(n_subjects=2, n_sessions=1, trials_per_session=750, n_shared_images=50,
-                       n_own_images=200, image_size=32, grid=(10, 12, 9), snr=1.0, seed=3)
+    params = ToyParams(
+        n_subjects=2,
+        n_sessions=1,
+        trials_per_session=750,
+        n_shared_images=50,
+        n_own_images=200,
+        image_size=32,
+        grid=(10, 12, 9),
+        snr=1.0,
+        seed=3,
+    )
     write_toy_world(root / "nsd", root / "coco", params)
     return root
 
 
-FMRI_NAMES = ("train_trials.tsv", "test_images.tsv",
-              *(f"{roi}_{kind}" for roi in ("early", "ventral", "nsdgeneral")
-                for kind in ("train.npy", "test.npy", "voxels.npz")))
+FMRI_NAMES = (
+    "train_trials.tsv",
+    "test_images.tsv",
+    *(
+        f"{roi}_{kind}"
+        for roi in ("early", "ventral", "nsdgeneral")
+        for kind in ("train.npy", "test.npy", "voxels.npz")
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -588,19 +645,27 @@ def end_to_end(nsd_sized_world, tmp_path_factory):
     runs = {}
     try:
         for name, roots in {
-            "download": {"nsd": {"root": None, "base_url": srv.url, "accept_terms": True},
-                         "coco": {"root": None, "annotations_url": f"{srv.url}/{COCO_ZIP}"}},
-            "local": {"nsd": {"root": str(nsd_sized_world / "nsd")},
-                      "coco": {"root": str(nsd_sized_world / "coco")}},
+            "download": {
+                "nsd": {"root": None, "base_url": srv.url, "accept_terms": True},
+                "coco": {"root": None, "annotations_url": f"{srv.url}/{COCO_ZIP}"},
+            },
+            "local": {
+                "nsd": {"root": str(nsd_sized_world / "nsd")},
+                "coco": {"root": str(nsd_sized_world / "coco")},
+            },
         }.items():
             directory = copy_workflow(tmp_path_factory.mktemp(name))
             (directory / "config" / "e2e.yaml").write_text(yaml.safe_dump({**common, **roots}))
             downloads = []
             if name == "download":
                 keys = dl.needed_keys(validate_config(merged_config(**common, **roots)))
-                downloads = [f"resources/nsd/{k}" for k in keys] + [f"resources/coco/{n}" for n in nsd.COCO_CAPTION_FILES]
+                downloads = [f"resources/nsd/{k}" for k in keys] + [
+                    f"resources/coco/{n}" for n in nsd.COCO_CAPTION_FILES
+                ]
                 runs["keys"] = keys
-            snakemake(directory, *downloads, *fmri, "--configfile", "config/e2e.yaml")  # targets first: --configfile takes several values
+            snakemake(
+                directory, *downloads, *fmri, "--configfile", "config/e2e.yaml"
+            )  # targets first: --configfile takes several values
             runs[name] = directory
         runs["requests"] = list(srv.requests)
     finally:
@@ -615,14 +680,22 @@ def test_end_to_end_download_fetches_the_tree_byte_for_byte(end_to_end, nsd_size
     # shared; per subject betas, atlases (streams, nsdgeneral, prf-visualrois), mask, transforms; 2 label tables
     assert len(keys) == 3 + 2 * (1 + 3 + 1 + 8) + 2
     for key in keys:
-        assert (directory / "resources/nsd" / key).read_bytes() == (nsd_sized_world / "nsd" / key).read_bytes(), key
+        assert (directory / "resources/nsd" / key).read_bytes() == (
+            nsd_sized_world / "nsd" / key
+        ).read_bytes(), key
     for name in nsd.COCO_CAPTION_FILES:
-        assert (directory / "resources/coco" / name).read_bytes() == (nsd_sized_world / "coco" / name).read_bytes()
-    assert not list((directory / "resources").rglob("*.part")) and not list((directory / "resources").rglob("*.zip"))
+        assert (directory / "resources/coco" / name).read_bytes() == (
+            nsd_sized_world / "coco" / name
+        ).read_bytes()
+    assert not list((directory / "resources").rglob("*.part")) and not list(
+        (directory / "resources").rglob("*.zip")
+    )
     plan = (directory / "logs/download/nsd_plan.tsv").read_text().splitlines()
     assert len(plan) == 1 + len(keys) and all("\thead\t" in row for row in plan[1:])
     flaky = nsd.betas_key(2, 1, "nifti")
-    assert [r["range"] is not None for r in end_to_end["requests"] if r["method"] == "GET" and r["path"] == flaky] == [False, True]
+    assert [
+        r["range"] is not None for r in end_to_end["requests"] if r["method"] == "GET" and r["path"] == flaky
+    ] == [False, True]
     assert "verified by md5" in (directory / f"logs/download/nsd/{flaky}.log").read_text()
 
 
@@ -637,12 +710,18 @@ def test_end_to_end_stages_match_the_local_copy_run(end_to_end):
 def one_key_run(server, tmp_path):
     """Snakemake asked for one NSD key from ``server`` (terms accepted): its result."""
     directory = copy_workflow(tmp_path / "wf")
-    (directory / "config" / "one.yaml").write_text(yaml.safe_dump({
-        "subjects": [1], "sessions": {"first": 1, "last": 1},
-        "nsd": {"root": None, "base_url": server.url, "accept_terms": True},
-    }))
-    return directory, snakemake(directory, f"resources/nsd/{BETAS_KEY}", "--configfile", "config/one.yaml",
-                                check=False)
+    (directory / "config" / "one.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "subjects": [1],
+                "sessions": {"first": 1, "last": 1},
+                "nsd": {"root": None, "base_url": server.url, "accept_terms": True},
+            }
+        )
+    )
+    return directory, snakemake(
+        directory, f"resources/nsd/{BETAS_KEY}", "--configfile", "config/one.yaml", check=False
+    )
 
 
 @pytest.mark.parametrize("fault", ["404", "403", "etag"])

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from brainldm.encoding import scoring
-from brainldm.linear.banded import banded_ridge_cv_predict, candidate_gammas, himalaya_banded_predict, linear_kernels
 from brainldm.encoding.fit import (
     EncodingSettings,
     best_unet,
@@ -23,27 +22,44 @@ from brainldm.encoding.fit import (
     training_rows,
     variance_partition,
 )
+from brainldm.linear.banded import (
+    banded_ridge_cv_predict,
+    candidate_gammas,
+    himalaya_banded_predict,
+    linear_kernels,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def multikernel_problem(n_targets=40, weights=None, seed=0, noise=0.3, n_train=160, n_test=60, widths=(20, 200)):
+def multikernel_problem(
+    n_targets=40, weights=None, seed=0, noise=0.3, n_train=160, n_test=60, widths=(20, 200)
+):
     """himalaya's synthetic problem, its spaces split apart."""
     from himalaya.backend import set_backend
     from himalaya.utils import generate_multikernel_dataset
 
     set_backend("numpy")
     X_train, X_test, Y_train, Y_test, planted, widths = generate_multikernel_dataset(
-        n_kernels=len(widths), n_targets=n_targets, n_samples_train=n_train, n_samples_test=n_test,
-        n_features_list=list(widths), kernel_weights=weights, random_state=seed, noise=noise)
+        n_kernels=len(widths),
+        n_targets=n_targets,
+        n_samples_train=n_train,
+        n_samples_test=n_test,
+        n_features_list=list(widths),
+        kernel_weights=weights,
+        random_state=seed,
+        noise=noise,
+    )
     bounds = np.cumsum([0, *widths])
-    split = lambda X: [np.asarray(X)[:, bounds[i]:bounds[i + 1]] for i in range(len(widths))]  # noqa: E731
+    split = lambda X: [np.asarray(X)[:, bounds[i] : bounds[i + 1]] for i in range(len(widths))]  # noqa: E731
     return split(X_train), split(X_test), np.asarray(Y_train), np.asarray(Y_test), np.asarray(planted)
 
 
 def relative(a, b):
-    return float(np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max())
+    return float(
+        np.abs(np.asarray(a, float) - np.asarray(b, float)).max() / np.abs(np.asarray(b, float)).max()
+    )
 
 
 @pytest.mark.parametrize("seed, validation_operators", [(0, False), (1, False), (0, True), (1, True)])
@@ -51,8 +67,15 @@ def test_banded_predictions_equal_himalaya_multiple_kernel_ridge_cv(seed, valida
     """Both routes to the held-out predictions: targets projected per batch, or operators formed once."""
     train, test, Y, _, _ = multikernel_problem(seed=seed)
     Ks, Ks_test = linear_kernels(train, test)
-    ours = banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=20, random_state=seed, n_targets_batch=16,
-                                   validation_operators=validation_operators)
+    ours = banded_ridge_cv_predict(
+        Ks,
+        Y,
+        Ks_test,
+        n_iter=20,
+        random_state=seed,
+        n_targets_batch=16,
+        validation_operators=validation_operators,
+    )
     pred, split, deltas = himalaya_banded_predict(train, Y, test, n_iter=20, random_state=seed)
     assert relative(ours.predictions, pred) < 1e-4
     assert relative(ours.split_predictions, split) < 1e-4
@@ -76,10 +99,14 @@ def test_operators_are_formed_only_when_the_targets_outnumber_q_times_n_val(monk
     routes = {}
     for n_targets in (300, 40):
         asked.clear()
-        routes[n_targets] = banded.banded_ridge_cv_predict(Ks, Y[:, :n_targets], Ks_test, n_iter=5, random_state=0)
+        routes[n_targets] = banded.banded_ridge_cv_predict(
+            Ks, Y[:, :n_targets], Ks_test, n_iter=5, random_state=0
+        )
         assert asked and all(n_val == 32 and 40 < q * n_val < 300 for _, _, q, n_val in asked)
         assert {choose(*args) for args in asked} == {n_targets == 300}
-    projected = banded.banded_ridge_cv_predict(Ks, Y, Ks_test, n_iter=5, random_state=0, validation_operators=False)
+    projected = banded.banded_ridge_cv_predict(
+        Ks, Y, Ks_test, n_iter=5, random_state=0, validation_operators=False
+    )
     assert_same_models(routes[300], projected)
 
 
@@ -96,10 +123,20 @@ def test_torch_backend_fits_the_numpy_backend_s_model():
     train, test, Y, _, _ = multikernel_problem(seed=5, n_targets=300)
     Ks, Ks_test = linear_kernels(train, test)
     for validation_operators in (False, True):
-        fits = {backend: banded_ridge_cv_predict(Ks, Y, Ks_test, alphas=np.logspace(-2, 5, 8), n_iter=5,
-                                                 random_state=0, backend=backend,
-                                                 n_targets_batch=128, validation_operators=validation_operators)
-                for backend in ("numpy", "torch")}
+        fits = {
+            backend: banded_ridge_cv_predict(
+                Ks,
+                Y,
+                Ks_test,
+                alphas=np.logspace(-2, 5, 8),
+                n_iter=5,
+                random_state=0,
+                backend=backend,
+                n_targets_batch=128,
+                validation_operators=validation_operators,
+            )
+            for backend in ("numpy", "torch")
+        }
         assert_same_models(fits["torch"], fits["numpy"])
         assert len(np.unique(fits["torch"].best_alphas)) > 1
 
@@ -122,8 +159,9 @@ def test_single_space_equals_himalaya_kernel_ridge_cv():
     assert len(np.unique(ours.best_alphas)) >= 2
 
 
-@pytest.mark.parametrize("n_spaces, n_iter, concentration", [(2, 20, (0.1, 1.0)), (3, 7, (0.1, 1.0)),
-                                                               (4, 9, (0.5, np.inf, 2.0))])
+@pytest.mark.parametrize(
+    "n_spaces, n_iter, concentration", [(2, 20, (0.1, 1.0)), (3, 7, (0.1, 1.0)), (4, 9, (0.5, np.inf, 2.0))]
+)
 def test_candidates_are_himalayas_with_uniform_first(n_spaces, n_iter, concentration):
     from himalaya.kernel_ridge import generate_dirichlet_samples
 
@@ -145,8 +183,9 @@ def test_unique_variance_and_split_recover_planted_space_weights():
     n_targets = 60
     share = np.linspace(0.05, 0.95, n_targets)  # planted weight of space 0
     weights = np.stack([share, 1 - share], axis=1)
-    train, test, Y, Y_test, planted = multikernel_problem(n_targets=n_targets, weights=weights, noise=0.2,
-                                                           n_train=300, n_test=150, widths=(50, 50), seed=2)
+    train, test, Y, Y_test, planted = multikernel_problem(
+        n_targets=n_targets, weights=weights, noise=0.2, n_train=300, n_test=150, widths=(50, 50), seed=2
+    )
     np.testing.assert_allclose(planted, weights, rtol=1e-5)
     scores = {}
     for name, idx in (("a", [0]), ("b", [1]), ("a+b", [0, 1])):
@@ -204,8 +243,12 @@ def test_training_rows_average_repeats_in_first_presentation_order():
 
 
 def test_best_unet_block_and_step():
-    r = {"unet_a_early": [0.1, np.nan, 0.5], "unet_a_late": [0.3, np.nan, 0.1],
-         "unet_b_early": [0.2, np.nan, 0.2], "unet_b_late": [0.0, np.nan, 0.6]}
+    r = {
+        "unet_a_early": [0.1, np.nan, 0.5],
+        "unet_a_late": [0.3, np.nan, 0.1],
+        "unet_b_early": [0.2, np.nan, 0.2],
+        "unet_b_late": [0.0, np.nan, 0.6],
+    }
     block, step = best_unet({k: {"r": np.asarray(v)} for k, v in r.items()}, ["a", "b"], ["early", "late"])
     np.testing.assert_array_equal(block[[0, 2]], [0, 1])
     np.testing.assert_array_equal(step[[0, 2]], [1, 1])
@@ -235,25 +278,39 @@ def toy_spaces(tmp_path_factory, toy_world):
     built = toy_sd(tmp_path_factory, toy_world)
     components = load_stable_diffusion(str(built["model_dir"]), device="cpu", dtype="float32")
     out, ids = toy_z_c_features(tmp_path_factory, toy_world, built, components)
-    enc_settings = EncodingFeatureSettings(zc_strengths=(0.5,), unet_strength=0.5, unet_blocks=("mid", "up_1"),
-                                           unet_steps=("early", "late"), max_dims=512, ddim_steps=6)
+    enc_settings = EncodingFeatureSettings(
+        zc_strengths=(0.5,),
+        unet_strength=0.5,
+        unet_blocks=("mid", "up_1"),
+        unet_steps=("early", "late"),
+        max_dims=512,
+        ddim_steps=6,
+    )
     enc_dir = tmp_path_factory.mktemp("encoding_features")
     shard = enc_dir / "shards" / "encoding_0of1.npy"
     extract_encoding_shard(components, enc_settings, out, ids, shard, batch_size=16, progress=False)
     S.merge_shards("encoding", [shard], enc_dir, expected_nsd_ids=ids)
-    return {"features": out, "encoding": enc_dir, "components": components, "settings": enc_settings,
-            "ids": ids}
+    return {
+        "features": out,
+        "encoding": enc_dir,
+        "components": components,
+        "settings": enc_settings,
+        "ids": ids,
+    }
 
 
 def encode_subject(nsd_root, spaces, out, models, mask="nsdgeneral", **settings):
     from brainldm.fmri.prepare import prepare_subject_from_root
 
     fmri = out / "fmri"
-    prepare_subject_from_root(nsd_root, fmri, subject=1, sessions=range(1, 5), rois=[mask],
-                              trials_per_session=72, progress=False)
+    prepare_subject_from_root(
+        nsd_root, fmri, subject=1, sessions=range(1, 5), rois=[mask], trials_per_session=72, progress=False
+    )
     s = EncodingSettings(backend="numpy", mask=mask, **settings)
     for model in models:
-        encode_model(fmri, spaces["features"], spaces["encoding"], model, out / f"{model}.npz", s, progress=False)
+        encode_model(
+            fmri, spaces["features"], spaces["encoding"], model, out / f"{model}.npz", s, progress=False
+        )
     return fmri
 
 
@@ -262,8 +319,9 @@ def test_one_job_for_all_models_writes_the_files_of_one_job_per_model(tmp_path, 
     fmri = encode_subject(toy_world["nsd_root"], toy_spaces, tmp_path, models)
     s = EncodingSettings(backend="numpy")
     together = [tmp_path / f"together_{model}.npz" for model in models]
-    summaries = encode_models(fmri, toy_spaces["features"], toy_spaces["encoding"], models, together, s,
-                              progress=False)
+    summaries = encode_models(
+        fmri, toy_spaces["features"], toy_spaces["encoding"], models, together, s, progress=False
+    )
     assert [summary["model"] for summary in summaries] == models
     for model, path in zip(models, together):
         assert path.read_bytes() == (tmp_path / f"{model}.npz").read_bytes(), model
@@ -279,7 +337,10 @@ def roi_means(out, fmri, nsd_root, key, model):
     ijk = np.load(fmri / "nsdgeneral_voxels.npz")["ijk"]
     streams = np.asarray(nib.load(str(nsd_root / nsd.roi_key(1, "streams"))).dataobj)[tuple(ijk.T)]
     values = key(np.load(out / f"{model}.npz")) if callable(key) else np.load(out / f"{model}.npz")[key]
-    return {"early": float(np.nanmean(values[streams == 1])), "ventral": float(np.nanmean(values[streams == 5]))}
+    return {
+        "early": float(np.nanmean(values[streams == 1])),
+        "ventral": float(np.nanmean(values[streams == 5])),
+    }
 
 
 def test_toy_planted_tuning_is_found_through_the_real_features(tmp_path, toy_world, toy_spaces):
@@ -335,7 +396,9 @@ def test_toy_snr0_leaves_at_most_five_percent_significant(tmp_path, toy_world, t
     encode_subject(tmp_path / "nsd0", toy_spaces, tmp_path, ["z", "c", "z+c", "zc0.5"])
     for model in ("z", "c", "z+c", "zc0.5"):
         scores = np.load(tmp_path / f"{model}.npz")
-        assert scores["significant"].mean() <= 0.05, f"{model}: {scores['significant'].mean():.3f} significant with no signal"
+        assert scores["significant"].mean() <= 0.05, (
+            f"{model}: {scores['significant'].mean():.3f} significant with no signal"
+        )
         assert abs(np.nanmean(scores["r"])) < 0.1
 
 
@@ -348,10 +411,19 @@ def test_volumes_and_summary_follow_the_contract(tmp_path, toy_world, toy_spaces
     singles, joints = model_names(encoding)
     root = toy_world["nsd_root"]
     fmri = encode_subject(root, toy_spaces, tmp_path, singles + joints, n_iter=5)
-    atlases = {atlas: (root / nsd.roi_key(1, atlas), root / nsd.label_table_key(atlas))
-               for atlas in ("streams", "prf-visualrois")}
-    rows = map_subject(tmp_path, fmri / "nsdgeneral_voxels.npz", atlases, encoding, 1, tmp_path / "volumes",
-                       tmp_path / "summary.tsv")
+    atlases = {
+        atlas: (root / nsd.roi_key(1, atlas), root / nsd.label_table_key(atlas))
+        for atlas in ("streams", "prf-visualrois")
+    }
+    rows = map_subject(
+        tmp_path,
+        fmri / "nsdgeneral_voxels.npz",
+        atlases,
+        encoding,
+        1,
+        tmp_path / "volumes",
+        tmp_path / "summary.tsv",
+    )
     voxels = np.load(tmp_path / "voxels.npz")
     ijk = voxels["ijk"]
     z_r = nib.load(str(tmp_path / "volumes" / "z_r.nii.gz"))
@@ -362,7 +434,9 @@ def test_volumes_and_summary_follow_the_contract(tmp_path, toy_world, toy_spaces
     outside = np.ones(data.shape, bool)
     outside[tuple(ijk.T)] = False
     assert np.isnan(data[outside]).all()
-    significant = np.asarray(nib.load(str(tmp_path / "volumes" / "z+c_significant.nii.gz")).dataobj)[tuple(ijk.T)]
+    significant = np.asarray(nib.load(str(tmp_path / "volumes" / "z+c_significant.nii.gz")).dataobj)[
+        tuple(ijk.T)
+    ]
     assert set(np.unique(significant)) <= {0.0, 1.0} and significant.mean() > 0.2
     for name in ("z+c_unique_z", "z+c_unique_c", "z+zc0.5_unique_zc0.5", "unet_best_block", "unet_best_step"):
         assert (tmp_path / "volumes" / f"{name}.nii.gz").is_file(), name
@@ -392,17 +466,30 @@ def test_zc_is_diffusers_img2img_from_the_true_latent(toy_spaces):
     c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
     extractor = EncodingFeatureExtractor(comp, settings)
     zc, _ = extractor.denoise(z, c, ids, [0.5, 0.25])
-    pipe = StableDiffusionImg2ImgPipeline(vae=comp.vae, text_encoder=comp.text_encoder, tokenizer=comp.tokenizer,
-                                          unet=comp.unet, scheduler=comp.scheduler, safety_checker=None,
-                                          feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=comp.vae,
+        text_encoder=comp.text_encoder,
+        tokenizer=comp.tokenizer,
+        unet=comp.unet,
+        scheduler=comp.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     for strength in (0.5, 0.25):
         for row, nsd_id in enumerate(ids):
-            out = pipe(prompt_embeds=torch.as_tensor(c[row:row + 1]), negative_prompt_embeds=extractor.uncond,
-                       image=torch.as_tensor(z[row:row + 1]), strength=strength,
-                       num_inference_steps=settings.ddim_steps, guidance_scale=settings.guidance_scale,
-                       eta=settings.ddim_eta, output_type="latent",
-                       generator=torch.Generator().manual_seed(noise_seed(settings.seed, int(nsd_id), strength))).images
+            out = pipe(
+                prompt_embeds=torch.as_tensor(c[row : row + 1]),
+                negative_prompt_embeds=extractor.uncond,
+                image=torch.as_tensor(z[row : row + 1]),
+                strength=strength,
+                num_inference_steps=settings.ddim_steps,
+                guidance_scale=settings.guidance_scale,
+                eta=settings.ddim_eta,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(noise_seed(settings.seed, int(nsd_id), strength)),
+            ).images
             np.testing.assert_allclose(zc[strength][row], out[0].numpy(), rtol=1e-4, atol=1e-4)
         assert not np.allclose(zc[strength], z, atol=1e-2)
     assert not np.allclose(zc[0.5], zc[0.25], atol=1e-2)
@@ -422,14 +509,19 @@ def test_strengths_denoised_together_keep_each_run_s_values(toy_spaces):
 
     def spaces(extractor):
         values = extractor.compute(z, c, ids)
-        return {name: values[:, entry["start"]:entry["stop"]] for name, entry in extractor.layout.items()}
+        return {name: values[:, entry["start"] : entry["stop"]] for name, entry in extractor.layout.items()}
 
     alone = spaces(EncodingFeatureExtractor(comp, settings))  # zc0.5 only
     joint = replace(settings, zc_strengths=(0.25, 0.5, 0.75))
     together = spaces(EncodingFeatureExtractor(comp, joint))
     batched = spaces(EncodingFeatureExtractor(comp, joint, per_sample=False))
     without_level = spaces(EncodingFeatureExtractor(comp, replace(settings, zc_strengths=(0.25,))))
-    assert list(together) == ["zc0.25", "zc0.5", "zc0.75", *[name for name in alone if name.startswith("unet")]]
+    assert list(together) == [
+        "zc0.25",
+        "zc0.5",
+        "zc0.75",
+        *[name for name in alone if name.startswith("unet")],
+    ]
     assert list(without_level) == ["zc0.25", *[name for name in alone if name.startswith("unet")]]
     for name, value in alone.items():
         np.testing.assert_allclose(together[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
@@ -455,8 +547,12 @@ def test_stochastic_ddim_noise_is_seeded_per_image(toy_spaces):
     settings = replace(toy_spaces["settings"], zc_strengths=(0.25, 0.5), ddim_eta=1.0)
     together = EncodingFeatureExtractor(comp, settings).compute(z, c, ids)
     np.testing.assert_array_equal(EncodingFeatureExtractor(comp, settings).compute(z, c, ids), together)
-    alone = np.concatenate([EncodingFeatureExtractor(comp, settings).compute(z[i:i + 1], c[i:i + 1], ids[i:i + 1])
-                            for i in range(3)])
+    alone = np.concatenate(
+        [
+            EncodingFeatureExtractor(comp, settings).compute(z[i : i + 1], c[i : i + 1], ids[i : i + 1])
+            for i in range(3)
+        ]
+    )
     np.testing.assert_array_equal(alone, together)
     deterministic = EncodingFeatureExtractor(comp, replace(settings, ddim_eta=0.0)).compute(z, c, ids)
     assert not np.allclose(together, deterministic, atol=1e-3)
@@ -472,15 +568,23 @@ def test_encoding_features_do_not_depend_on_batching(toy_spaces):
     c = load_features(toy_spaces["features"], "c", ids, dtype=np.float32)
     extractor = EncodingFeatureExtractor(comp, settings)
     together = extractor.compute(z, c, ids)
-    alone = np.concatenate([extractor.compute(z[i:i + 1], c[i:i + 1], ids[i:i + 1]) for i in range(3)])
+    alone = np.concatenate([extractor.compute(z[i : i + 1], c[i : i + 1], ids[i : i + 1]) for i in range(3)])
     np.testing.assert_array_equal(together, alone)
     layout = json.loads((toy_spaces["encoding"] / "encoding.json").read_text())["layout"]
     assert list(layout) == ["zc0.5", "unet_mid_early", "unet_mid_late", "unet_up_1_early", "unet_up_1_late"]
-    assert all(entry["stop"] - entry["start"] <= 512 for name, entry in layout.items() if name.startswith("unet"))
+    assert all(
+        entry["stop"] - entry["start"] <= 512 for name, entry in layout.items() if name.startswith("unet")
+    )
     stored = load_encoding_space(toy_spaces["encoding"], "unet_mid_late", ids[::-1])
-    np.testing.assert_allclose(stored, together[::-1, layout["unet_mid_late"]["start"]:layout["unet_mid_late"]["stop"]],
-                               rtol=1e-3, atol=1e-3)  # float16 on disk
-    assert not np.allclose(load_encoding_space(toy_spaces["encoding"], "unet_mid_early", ids), stored[::-1], atol=1e-3)
+    np.testing.assert_allclose(
+        stored,
+        together[::-1, layout["unet_mid_late"]["start"] : layout["unet_mid_late"]["stop"]],
+        rtol=1e-3,
+        atol=1e-3,
+    )  # float16 on disk
+    assert not np.allclose(
+        load_encoding_space(toy_spaces["encoding"], "unet_mid_early", ids), stored[::-1], atol=1e-3
+    )
     with pytest.raises(KeyError, match="no encoding space 'zc0.9'"):
         load_encoding_space(toy_spaces["encoding"], "zc0.9", ids)
 
@@ -529,10 +633,13 @@ def test_each_encoding_job_waits_only_for_the_features_its_model_reads():
         inputs[Path(fields["output"]).stem] = set(fields["input"].split(", "))
     z_files = {"results/nsd/features/z.npy", "results/nsd/features/z_nsd_ids.npy"}
     c_files = {"results/nsd/features/c.npy", "results/nsd/features/c_nsd_ids.npy"}
-    encoding_files = {f"results/nsd/encoding_features/encoding{suffix}"
-                      for suffix in (".npy", "_nsd_ids.npy", ".json")}
-    betas = {f"results/nsd/subj05/fmri/{name}" for name in (
-        "nsdgeneral_train.npy", "nsdgeneral_test.npy", "train_trials.tsv", "test_images.tsv")}
+    encoding_files = {
+        f"results/nsd/encoding_features/encoding{suffix}" for suffix in (".npy", "_nsd_ids.npy", ".json")
+    }
+    betas = {
+        f"results/nsd/subj05/fmri/{name}"
+        for name in ("nsdgeneral_train.npy", "nsdgeneral_test.npy", "train_trials.tsv", "test_images.tsv")
+    }
     assert inputs["z"] == betas | z_files
     assert inputs["c"] == betas | c_files
     assert inputs["z+c"] == betas | z_files | c_files

@@ -43,7 +43,9 @@ def test_rule_parser_finds_every_rule_snakemake_knows():
     listed = set()
     for config in (["--configfile", "config/toy.yaml"], []):
         command = [sys.executable, "-m", "snakemake", "--list-rules", *config]
-        listed |= set(subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+        listed |= set(
+            subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+        )
     parsed = {name for rule_file in RULE_FILES for name in rule_blocks(rule_file.read_text())}
     assert {"make_toy_nsd", "plot_cortical_maps", "fit_encoding_model", "fit_encoding_models"} <= listed
     assert listed - {"all"} == parsed
@@ -59,7 +61,9 @@ def pyproject_pins() -> dict[str, str]:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = {}
-    for requirement in project["dependencies"] + [r for group in project["optional-dependencies"].values() for r in group]:
+    for requirement in project["dependencies"] + [
+        r for group in project["optional-dependencies"].values() for r in group
+    ]:
         match = PIP_PIN.match(requirement)
         assert match, f"pyproject.toml: {requirement!r} is not an exact pin (name==X.Y.Z)"
         assert match[1].lower() not in pins, f"pyproject.toml pins {match[1]} twice"
@@ -98,7 +102,9 @@ def test_every_rule_declares_an_existing_env_and_a_log():
 def test_env_pins_are_exact_and_equal_the_tested_versions(env_file):
     conda, pip = env_pins(env_file)
     python = ".".join(map(str, sys.version_info[:3]))
-    assert conda.get("python") == python, f"{env_file.name}: python pin {conda.get('python')} != tested {python}"
+    assert conda.get("python") == python, (
+        f"{env_file.name}: python pin {conda.get('python')} != tested {python}"
+    )
     if "pip" in conda:
         assert conda["pip"] == installed_version("pip")
     project = pyproject_pins()
@@ -107,7 +113,8 @@ def test_env_pins_are_exact_and_equal_the_tested_versions(env_file):
             check_not_installable_pin(env_file.name, name, version, pip, project)
             continue
         assert version == installed_version(name), (
-            f"{env_file.name}: {name}=={version} but the tests run {installed_version(name)}")
+            f"{env_file.name}: {name}=={version} but the tests run {installed_version(name)}"
+        )
         assert project.get(name) == version, f"{env_file.name}: {name}=={version} differs from pyproject.toml"
 
 
@@ -118,7 +125,8 @@ def check_not_installable_pin(env_name: str, name: str, version: str, pip: dict,
     paired_name, paired_version = paired.split("==")
     assert pip.get(paired_name) == paired_version, (
         f"{env_name}: {name}=={version} is the release paired with {paired}, but the env pins "
-        f"{paired_name}=={pip.get(paired_name)}")
+        f"{paired_name}=={pip.get(paired_name)}"
+    )
     assert project.get(paired_name) == paired_version, f"pyproject.toml does not pin {paired}"
     assert name not in project, f"pyproject.toml pins {name}, which cannot be installed here"
 
@@ -135,7 +143,9 @@ def test_not_installable_pins_are_pinned_somewhere_and_still_not_importable():
             importlib.import_module(name)
         except (ImportError, RuntimeError):
             continue
-        pytest.fail(f"{name} imports here now: remove it from NOT_INSTALLABLE_HERE and pin the installed version")
+        pytest.fail(
+            f"{name} imports here now: remove it from NOT_INSTALLABLE_HERE and pin the installed version"
+        )
 
 
 def test_not_installable_pin_must_match_its_pairing(tmp_path):
@@ -148,7 +158,9 @@ def test_not_installable_pin_must_match_its_pairing(tmp_path):
 
 def test_pyproject_pins_equal_the_tested_versions():
     for name, version in pyproject_pins().items():
-        assert installed_version(name) == version, f"pyproject.toml pins {name}=={version}, tests run {installed_version(name)}"
+        assert installed_version(name) == version, (
+            f"pyproject.toml pins {name}=={version}, tests run {installed_version(name)}"
+        )
 
 
 def test_pin_check_catches_a_drifted_pin(tmp_path):
@@ -164,7 +176,9 @@ def test_pin_check_catches_a_drifted_pin(tmp_path):
     other = tmp_path / "other.yaml"
     version = installed_version("numpy")
     major, minor, patch = version.split(".")[:3]
-    other.write_text(ENV_FILES[0].read_text().replace(f"numpy=={version}", f"numpy=={major}.{minor}.{int(patch) + 1}"))
+    other.write_text(
+        ENV_FILES[0].read_text().replace(f"numpy=={version}", f"numpy=={major}.{minor}.{int(patch) + 1}")
+    )
     with pytest.raises(AssertionError, match="the tests run"):
         test_env_pins_are_exact_and_equal_the_tested_versions(other)
 
@@ -177,8 +191,13 @@ def test_rule_scripts_import_only_packages_of_their_env():
     """
     import ast
 
-    import_names = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image",
-                    "huggingface_hub": "huggingface-hub"}
+    import_names = {
+        "yaml": "pyyaml",
+        "PIL": "pillow",
+        "sklearn": "scikit-learn",
+        "skimage": "scikit-image",
+        "huggingface_hub": "huggingface-hub",
+    }
     stdlib = set(sys.stdlib_module_names)
     library = REPO / "workflow" / "scripts"
 

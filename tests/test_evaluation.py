@@ -10,8 +10,8 @@ from PIL import Image
 from tiny_networks import tiny_alexnet, tiny_clip_vision, tiny_pooled
 
 from brainldm.evaluation import evaluate as ev
-from brainldm.evaluation.networks import ExtractorUnavailable, build_network
 from brainldm.evaluation.identification import read_rows
+from brainldm.evaluation.networks import ExtractorUnavailable, build_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EIGHT = list(ev.FIELD_METRICS)
@@ -19,10 +19,17 @@ EIGHT = list(ev.FIELD_METRICS)
 
 def tiny_networks(protocol: ev.Protocol) -> dict:
     """The five field networks as tiny stand-ins, at the protocol's input sizes."""
-    models = {"alexnet": tiny_alexnet(), "inception": tiny_pooled(1), "effnet": tiny_pooled(2),
-              "swav": tiny_pooled(3), "clip": tiny_clip_vision(protocol.input_sizes["clip"])}
-    return {name: build_network(name, input_size=protocol.input_sizes[name], device="cpu", model=model)
-            for name, model in models.items()}
+    models = {
+        "alexnet": tiny_alexnet(),
+        "inception": tiny_pooled(1),
+        "effnet": tiny_pooled(2),
+        "swav": tiny_pooled(3),
+        "clip": tiny_clip_vision(protocol.input_sizes["clip"]),
+    }
+    return {
+        name: build_network(name, input_size=protocol.input_sizes[name], device="cpu", model=model)
+        for name, model in models.items()
+    }
 
 
 def structured_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -40,19 +47,28 @@ def test_protocols_hold_the_documented_sizes_and_weights():
     assert mindeye.effnet_weights == "IMAGENET1K_V2" and bd.effnet_weights == "IMAGENET1K_V1"
     assert set(bd.input_sizes.values()) == {224} and bd.base_size == 224 and not bd.pixels_from_base
     assert [(s.kind, s.higher_is_better) for s in ev.FIELD_METRICS.values()] == [
-        ("pixcorr", True), ("ssim", True), ("two_way", True), ("two_way", True), ("two_way", True),
-        ("two_way", True), ("distance", False), ("distance", False)]
+        ("pixcorr", True),
+        ("ssim", True),
+        ("two_way", True),
+        ("two_way", True),
+        ("two_way", True),
+        ("two_way", True),
+        ("distance", False),
+        ("distance", False),
+    ]
 
 
 @pytest.mark.parametrize("protocol", ["mindeye", "brain_diffuser"])
 def test_identical_reconstructions_score_perfectly_on_all_eight(protocol):
     chosen = ev.PROTOCOLS[protocol]
-    specs, networks, extractors = ev.build_scorers(EIGHT + ["two-way:pixels"], chosen,
-                                                   networks=tiny_networks(chosen), pixel_size=16)
+    specs, networks, extractors = ev.build_scorers(
+        EIGHT + ["two-way:pixels"], chosen, networks=tiny_networks(chosen), pixel_size=16
+    )
     originals = structured_images(6)
     features = ev.image_features(list(originals), networks, extractors, chosen, batch_size=4)
-    scores = ev.score_reconstructions(originals, list(originals), specs, chosen, networks, extractors, features,
-                                      batch_size=4)
+    scores = ev.score_reconstructions(
+        originals, list(originals), specs, chosen, networks, extractors, features, batch_size=4
+    )
     assert list(scores) == EIGHT + ["two-way:pixels"]
     for name in ("PixCorr", "SSIM"):
         assert scores[name] == pytest.approx(1.0, abs=1e-9)
@@ -68,22 +84,25 @@ def test_each_protocol_feeds_the_networks_its_sizes():
         seen = {}
         for key in ("alexnet", "inception", "effnet"):
             module = networks[key].model.features
-            module.register_forward_pre_hook(lambda _m, inputs, key=key: seen.__setitem__(key, inputs[0].shape[-1]))
+            module.register_forward_pre_hook(
+                lambda _m, inputs, key=key: seen.__setitem__(key, inputs[0].shape[-1])
+            )
         ev.image_features(list(structured_images(2)), networks, {}, chosen)
         assert seen == {key: chosen.input_sizes[key] for key in seen}, name
 
 
 def test_pixel_metrics_follow_the_protocol_resizes():
-    from brainldm.evaluation.networks import resize_square, to_float_images
     from brainldm.evaluation.metrics import pixcorr
+    from brainldm.evaluation.networks import resize_square, to_float_images
 
     rng = np.random.default_rng(5)
     originals = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)  # fine detail: resizes matter
     reconstructions = np.clip(originals + rng.normal(0, 40, originals.shape), 0, 255).astype(np.uint8)
     for name, chosen in ev.PROTOCOLS.items():
         specs, networks, extractors = ev.build_scorers(["PixCorr"], chosen)
-        value = ev.score_reconstructions(originals, list(reconstructions), specs, chosen, networks, extractors,
-                                         {}, batch_size=2)["PixCorr"]
+        value = ev.score_reconstructions(
+            originals, list(reconstructions), specs, chosen, networks, extractors, {}, batch_size=2
+        )["PixCorr"]
 
         def at_425(images):
             tensor = to_float_images(images)
@@ -91,20 +110,32 @@ def test_pixel_metrics_follow_the_protocol_resizes():
                 tensor = resize_square(tensor, 256)
             return resize_square(tensor, 425).numpy()
 
-        assert value == pytest.approx(pixcorr(at_425(originals), at_425(reconstructions)).mean(), abs=1e-9), name
+        assert value == pytest.approx(pixcorr(at_425(originals), at_425(reconstructions)).mean(), abs=1e-9), (
+            name
+        )
 
 
 def test_shuffled_reconstructions_identify_near_chance():
     chosen = ev.PROTOCOLS["mindeye"]
     networks = {"alexnet": tiny_networks(chosen)["alexnet"]}
-    specs, networks, extractors = ev.build_scorers(["AlexNet(2)", "two-way:pixels"], chosen, networks=networks,
-                                                   pixel_size=16)
+    specs, networks, extractors = ev.build_scorers(
+        ["AlexNet(2)", "two-way:pixels"], chosen, networks=networks, pixel_size=16
+    )
     originals = structured_images(80, seed=1)
-    noisy = np.clip(originals + np.random.default_rng(2).normal(0, 25, originals.shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(originals + np.random.default_rng(2).normal(0, 25, originals.shape), 0, 255).astype(
+        np.uint8
+    )
     features = ev.image_features(list(originals), networks, extractors, chosen)
     matched = ev.score_reconstructions(originals, list(noisy), specs, chosen, networks, extractors, features)
-    shuffled = ev.score_reconstructions(originals, list(noisy[np.random.default_rng(3).permutation(80)]), specs,
-                                        chosen, networks, extractors, features)
+    shuffled = ev.score_reconstructions(
+        originals,
+        list(noisy[np.random.default_rng(3).permutation(80)]),
+        specs,
+        chosen,
+        networks,
+        extractors,
+        features,
+    )
     for name in ("AlexNet(2)", "two-way:pixels"):
         assert matched[name] > 0.9
         # 80 scores, each the fraction of 79 comparisons; their mean sits near 0.5 (sd ~0.03)
@@ -118,8 +149,13 @@ def write_pngs(tmp_path, originals, methods):
     for method, k in methods.items():
         for row, nsd_id in enumerate(range(100, 100 + len(originals))):
             for s in range(k):
-                image = originals[row] if s == 0 else np.clip(originals[row] + rng.normal(0, 30 * s, originals[row].shape),
-                                                              0, 255).astype(np.uint8)
+                image = (
+                    originals[row]
+                    if s == 0
+                    else np.clip(originals[row] + rng.normal(0, 30 * s, originals[row].shape), 0, 255).astype(
+                        np.uint8
+                    )
+                )
                 path = tmp_path / method / f"nsd{nsd_id}_s{s}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(path)
@@ -132,19 +168,34 @@ def test_evaluate_reconstructions_first_and_mean_of_samples(tmp_path):
     ids = list(range(100, 105))
     files = write_pngs(tmp_path, originals, {"z": 1, "zc": 3})
     metrics = ["PixCorr", "SSIM", "two-way:pixels"]
-    first = ev.evaluate_reconstructions(originals, ids, files, ["z", "zc"], {"z": 1, "zc": 3}, metrics, pixel_size=16)
+    first = ev.evaluate_reconstructions(
+        originals, ids, files, ["z", "zc"], {"z": 1, "zc": 3}, metrics, pixel_size=16
+    )
     assert [(r["method"], r["metric"]) for r in first] == [(m, x) for m in ("z", "zc") for x in metrics]
     assert all(r["protocol"] == "mindeye" and r["n_images"] == 5 and r["n_samples"] == 1 for r in first)
     assert all(r["value"] == pytest.approx(1.0, abs=1e-9) for r in first)  # sample 0 is the original
-    mean = ev.evaluate_reconstructions(originals, ids, files, ["z", "zc"], {"z": 1, "zc": 3}, metrics,
-                                       samples="mean", protocol="brain_diffuser", pixel_size=16)
+    mean = ev.evaluate_reconstructions(
+        originals,
+        ids,
+        files,
+        ["z", "zc"],
+        {"z": 1, "zc": 3},
+        metrics,
+        samples="mean",
+        protocol="brain_diffuser",
+        pixel_size=16,
+    )
     by_key = {(r["method"], r["metric"]): r for r in mean}
     assert by_key[("z", "PixCorr")]["n_samples"] == 1 and by_key[("zc", "PixCorr")]["n_samples"] == 3
     chosen = ev.PROTOCOLS["brain_diffuser"]
     specs, networks, extractors = ev.build_scorers(metrics, chosen, pixel_size=16)
     features = ev.image_features(list(originals), networks, extractors, chosen)
-    per_sample = [ev.score_reconstructions(originals, [files[(n, "zc", s)] for n in ids], specs, chosen, networks,
-                                           extractors, features) for s in range(3)]
+    per_sample = [
+        ev.score_reconstructions(
+            originals, [files[(n, "zc", s)] for n in ids], specs, chosen, networks, extractors, features
+        )
+        for s in range(3)
+    ]
     for metric in metrics:
         expected = np.mean([scores[metric] for scores in per_sample])
         assert by_key[("zc", metric)]["value"] == pytest.approx(expected, abs=1e-12)
@@ -162,11 +213,16 @@ def test_bad_metric_names_and_missing_networks_are_reported_at_once(monkeypatch,
     with pytest.raises(ValueError, match="'Alex' is unknown"):
         ev.registry_extractor_names(["Alex"])
     with pytest.raises(ValueError, match="evaluation.protocol"):
-        ev.evaluate_reconstructions(np.zeros((2, 4, 4, 3), np.uint8), [1, 2], {}, [], {}, ["PixCorr"], protocol="x")
+        ev.evaluate_reconstructions(
+            np.zeros((2, 4, 4, 3), np.uint8), [1, 2], {}, [], {}, ["PixCorr"], protocol="x"
+        )
     monkeypatch.setitem(sys.modules, "torchvision", None)
     with pytest.raises(ExtractorUnavailable) as info:
-        ev.build_scorers(["PixCorr", "AlexNet(2)", "AlexNet(5)", "EffNet-B", "SwAV"], ev.PROTOCOLS["mindeye"],
-                         swav_hub_dir=str(tmp_path / "swav"))
+        ev.build_scorers(
+            ["PixCorr", "AlexNet(2)", "AlexNet(5)", "EffNet-B", "SwAV"],
+            ev.PROTOCOLS["mindeye"],
+            swav_hub_dir=str(tmp_path / "swav"),
+        )
     lines = str(info.value).splitlines()
     assert len(lines) == 3  # AlexNet once for both layers, EffNet-B, SwAV
     assert "alexnet-owt-7be5be79.pth" in lines[0] and "efficientnet_b1-c27df63c.pth" in lines[1]
@@ -175,11 +231,24 @@ def test_bad_metric_names_and_missing_networks_are_reported_at_once(monkeypatch,
 
 def summary_rows(n_images: int):
     """Two subjects' tables as evaluate_reconstructions writes them."""
-    values = {1: {"PixCorr": 0.2, "AlexNet(2)": 0.8, "SwAV": 0.5, "two-way:pixels": 0.7},
-              2: {"PixCorr": 0.4, "AlexNet(2)": 0.9, "SwAV": 0.3, "two-way:pixels": 0.6}}
-    return {subject: [{"method": "zc", "metric": metric, "value": value, "protocol": "mindeye",
-                       "n_images": n_images, "n_samples": 1} for metric, value in table.items()]
-            for subject, table in values.items()}
+    values = {
+        1: {"PixCorr": 0.2, "AlexNet(2)": 0.8, "SwAV": 0.5, "two-way:pixels": 0.7},
+        2: {"PixCorr": 0.4, "AlexNet(2)": 0.9, "SwAV": 0.3, "two-way:pixels": 0.6},
+    }
+    return {
+        subject: [
+            {
+                "method": "zc",
+                "metric": metric,
+                "value": value,
+                "protocol": "mindeye",
+                "n_images": n_images,
+                "n_samples": 1,
+            }
+            for metric, value in table.items()
+        ]
+        for subject, table in values.items()
+    }
 
 
 @pytest.mark.parametrize("n_images, note", [(982, "published, other test set"), (1000, "published")])
@@ -196,17 +265,24 @@ def test_summary_and_comparison_with_published_rows(tmp_path, n_images, note):
     table = read_rows(tmp_path / "comparison.tsv")
     ours = table[0]
     assert list(ours)[:5] == ["source", "method", "protocol", "test_images", "subjects"]
-    assert (ours["source"], ours["method"], ours["subjects"], ours["test_images"]) == ("this run", "zc", "1,2",
-                                                                                       str(n_images))
+    assert (ours["source"], ours["method"], ours["subjects"], ours["test_images"]) == (
+        "this run",
+        "zc",
+        "1,2",
+        str(n_images),
+    )
     # subject means; identification in percent as published, distances as they are
-    assert (ours["PixCorr"], ours["AlexNet(2)"], ours["SwAV"], ours["two-way:pixels"]) == ("0.300", "85.0", "0.400",
-                                                                                           "65.0")
+    assert (ours["PixCorr"], ours["AlexNet(2)"], ours["SwAV"], ours["two-way:pixels"]) == (
+        "0.300",
+        "85.0",
+        "0.400",
+        "65.0",
+    )
     assert ours["SSIM"] == "-" and ours["note"] == "this run"
     published = table[1:]
     assert len(published) == len(ev.PUBLISHED) and all(row["note"] == note for row in published)
     mindeye2 = next(row for row in published if row["source"].startswith("MindEye2"))
-    assert (mindeye2["PixCorr"], mindeye2["AlexNet(2)"], mindeye2["SwAV"]) == (
-        "0.322", "96.1", "0.344")
+    assert (mindeye2["PixCorr"], mindeye2["AlexNet(2)"], mindeye2["SwAV"]) == ("0.322", "96.1", "0.344")
     assert mindeye2["two-way:pixels"] == "-"
     (tmp_path / "bad.tsv").write_text("method\tmetric\nzc\tPixCorr\n")
     with pytest.raises(ValueError, match="bad.tsv: columns"):

@@ -58,13 +58,17 @@ def test_alexnet_network_reads_features_4_and_11_with_the_real_preprocessing():
     assert feats["features.11"].shape == (3, 5 * 15 * 15)
     mean = torch.tensor(fn.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(fn.IMAGENET_STD).view(1, 3, 1, 1)
-    x = (F.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False, antialias=True) - mean) / std
+    x = (
+        F.interpolate(images, size=(256, 256), mode="bilinear", align_corners=False, antialias=True) - mean
+    ) / std
     with torch.no_grad():
         conv2 = model.features[:5](x.clone())
         conv5 = model.features[:12](x.clone())
     scale = conv2.abs().max().item()
     np.testing.assert_allclose(feats["features.4"], conv2.flatten(1).numpy(), rtol=0, atol=1e-5 * scale)
-    np.testing.assert_allclose(feats["features.11"], conv5.flatten(1).numpy(), rtol=0, atol=1e-5 * conv5.abs().max().item())
+    np.testing.assert_allclose(
+        feats["features.11"], conv5.flatten(1).numpy(), rtol=0, atol=1e-5 * conv5.abs().max().item()
+    )
     assert feats["features.4"].min() >= 0  # the output of the (in-place) ReLU after conv2
 
 
@@ -94,7 +98,9 @@ def test_clip_network_gives_image_embeds_with_clip_normalisation():
     assert feats.shape == (2, 16)
     mean = torch.tensor(fn.CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(fn.CLIP_STD).view(1, 3, 1, 1)
-    x = (F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False, antialias=True) - mean) / std
+    x = (
+        F.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False, antialias=True) - mean
+    ) / std
     with torch.no_grad():
         direct = model(pixel_values=x).image_embeds.numpy()
     np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
@@ -106,7 +112,9 @@ def fake_torchvision(monkeypatch, fail: Exception | None = None):
     models = types.ModuleType("torchvision.models")
 
     def enum(name):
-        return type(name, (), {"IMAGENET1K_V1": f"{name}.IMAGENET1K_V1", "IMAGENET1K_V2": f"{name}.IMAGENET1K_V2"})
+        return type(
+            name, (), {"IMAGENET1K_V1": f"{name}.IMAGENET1K_V1", "IMAGENET1K_V2": f"{name}.IMAGENET1K_V2"}
+        )
 
     def builder(name, factory):
         def build(weights=None):
@@ -114,6 +122,7 @@ def fake_torchvision(monkeypatch, fail: Exception | None = None):
             if fail is not None:
                 raise fail
             return factory()
+
         return build
 
     models.AlexNet_Weights = enum("AlexNet_Weights")
@@ -158,7 +167,7 @@ def test_missing_torchvision_or_weights_give_staging_instructions(monkeypatch):
     assert "URLError" in message and "TORCH_HOME=/shared/torch" in message
 
 
-HUBCONF = '''
+HUBCONF = """
 import torch
 from torch import nn
 
@@ -183,7 +192,7 @@ def resnet50(pretrained=True, **kwargs):
             url="https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar", map_location="cpu")
         model.load_state_dict({k.replace("module.", ""): v for k, v in state_dict.items()}, strict=False)
     return model
-'''
+"""
 
 
 @pytest.fixture
@@ -221,7 +230,9 @@ def test_swav_missing_checkpoint_or_repository_names_them(staged_torch_home, tmp
     with pytest.raises(ExtractorUnavailable) as info:
         build_network("swav", input_size=224, device="cpu")  # repository staged, checkpoint not
     message = str(info.value)
-    assert fn.SWAV_CHECKPOINT in message and "TORCH_HOME" in message and "facebookresearch/swav:main" in message
+    assert (
+        fn.SWAV_CHECKPOINT in message and "TORCH_HOME" in message and "facebookresearch/swav:main" in message
+    )
     assert "URLError" in message
     with pytest.raises(ExtractorUnavailable, match="hubconf.py does not exist"):
         build_network("swav", input_size=224, device="cpu", swav_hub_dir=str(tmp_path / "nowhere"))

@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from brainldm.features import store as S
-from brainldm.features import extract as F
-from brainldm.nsd import layout as nsd
-from brainldm.features.sd_model import ModelNotAvailableError, load_stable_diffusion
 from toy_sd import toy_sd
 
+from brainldm.features import extract as F
+from brainldm.features import store as S
+from brainldm.features.sd_model import ModelNotAvailableError, load_stable_diffusion
+from brainldm.nsd import layout as nsd
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,9 +48,17 @@ def run(tmp, components, toy_inputs, ids, n_shards, batch_size, feature, **kw):
     paths = []
     for shard in range(n_shards):
         path = tmp / "shards" / f"{feature}_{shard}of{n_shards}.npy"
-        F.extract_feature_shard(feature, components, S.shard_nsd_ids(ids, shard, n_shards), path, s,
-                                read_images=toy_inputs["read"], captions=toy_inputs["captions"],
-                                progress=False, chunk_size=16)
+        F.extract_feature_shard(
+            feature,
+            components,
+            S.shard_nsd_ids(ids, shard, n_shards),
+            path,
+            s,
+            read_images=toy_inputs["read"],
+            captions=toy_inputs["captions"],
+            progress=False,
+            chunk_size=16,
+        )
         paths.append(path)
     S.merge_shards(feature, paths, tmp, expected_nsd_ids=ids)
     return np.load(tmp / f"{feature}.npy"), json.loads((tmp / f"{feature}.json").read_text())
@@ -118,8 +125,9 @@ def test_same_bits_whatever_batch_size_shards_and_order(tmp_path, components, to
     runs = {}
     for n_shards, batch_size in ((1, 45), (3, 7), (4, 1)):
         out = tmp_path / f"{n_shards}_{batch_size}"
-        runs[n_shards, batch_size] = tuple(run(out, components, toy_inputs, ids, n_shards, batch_size, f)[0]
-                                           for f in ("z", "c"))
+        runs[n_shards, batch_size] = tuple(
+            run(out, components, toy_inputs, ids, n_shards, batch_size, f)[0] for f in ("z", "c")
+        )
     reference = runs[1, 45]
     for key, (z, c) in runs.items():
         assert np.array_equal(z, reference[0]), f"z differs with shards/batch {key}"
@@ -144,8 +152,12 @@ def test_z_is_the_seeded_posterior_sample_times_the_scaling_factor(components, t
     sf = vae.config.scaling_factor
     np.testing.assert_array_equal(mean, (dist.mean * sf).numpy())
     for i, n in enumerate(ids):
-        noise = torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(F.z_noise_seed(42, n)))
-        np.testing.assert_allclose(sample[i], ((dist.mean[i] + dist.std[i] * noise) * sf).numpy(), rtol=0, atol=1e-6)
+        noise = torch.randn(
+            dist.mean.shape[1:], generator=torch.Generator().manual_seed(F.z_noise_seed(42, n))
+        )
+        np.testing.assert_allclose(
+            sample[i], ((dist.mean[i] + dist.std[i] * noise) * sf).numpy(), rtol=0, atol=1e-6
+        )
     assert not np.array_equal(sample, mean)
     other_seed = F.encode_z(vae, images, ids, 64, "sample", 7)
     assert not np.array_equal(sample, other_seed)
@@ -173,8 +185,12 @@ def test_c_is_the_mean_of_single_caption_embeddings(components, toy_inputs):
     assert c.shape == (4, 77, 32) and c.dtype == np.float32
     for i, image_captions in enumerate(captions):
         assert len(image_captions) == 5
-        singles = np.stack([F.encode_captions(components.text_encoder, components.tokenizer, [text])[0]
-                            for text in image_captions])
+        singles = np.stack(
+            [
+                F.encode_captions(components.text_encoder, components.tokenizer, [text])[0]
+                for text in image_captions
+            ]
+        )
         np.testing.assert_allclose(c[i], singles.mean(axis=0), rtol=0, atol=1e-6)
         # and is not the first caption's embedding alone
         assert np.abs(c[i] - singles[0]).max() > 1e-3
@@ -220,10 +236,14 @@ def test_an_interrupted_shard_resumes_from_its_chunks(tmp_path):
 
     out = tmp_path / "z_0of1.npy"
     with pytest.raises(KeyboardInterrupt):
-        F.extract_shard("z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False)
+        F.extract_shard(
+            "z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False
+        )
     assert not out.exists() and len(list(F.chunk_dir(out).glob("*.npy"))) == 1  # 8 of 50 done
     calls.clear()
-    array = F.extract_shard("z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False)
+    array = F.extract_shard(
+        "z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False
+    )
     assert np.concatenate(calls)[0] == 18  # started after the finished chunk
     np.testing.assert_array_equal(array[:, 0], ids)
     np.testing.assert_array_equal(np.load(out), array)
@@ -233,7 +253,9 @@ def test_an_interrupted_shard_resumes_from_its_chunks(tmp_path):
     (F.chunk_dir(out) / "settings.json").write_text("{}")
     np.save(F.chunk_dir(out) / "0000000.npy", np.full((8, 3), -1, np.float32))
     calls.clear()
-    again = F.extract_shard("z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False)
+    again = F.extract_shard(
+        "z", compute, ids, out, batch_size=4, chunk_size=8, settings={"seed": 1}, progress=False
+    )
     assert np.concatenate(calls)[0] == 10 and (again >= 0).all()
 
 
@@ -241,7 +263,9 @@ def fake_shard(folder, name, ids, value=0.0, record=None):
     path = folder / f"{name}.npy"
     np.save(path, np.full((len(ids), 2), value, np.float32) + np.asarray(ids, np.float32)[:, None])
     np.save(S.ids_path(path), np.asarray(ids, np.int64))
-    S.record_path(path).write_text(json.dumps(record or {"model": {"model_id": "m"}, "value_settings": {"seed": 1}}))
+    S.record_path(path).write_text(
+        json.dumps(record or {"model": {"model_id": "m"}, "value_settings": {"seed": 1}})
+    )
     return path
 
 
@@ -256,8 +280,16 @@ def test_merge_orders_rows_and_checks_coverage(tmp_path):
     assert info["n_images"] == 5 and info["subjects"] == [1] and info["value_settings"] == {"seed": 1}
     # a shard left empty (more shards than images) merges too
     empty = tmp_path / "empty.npy"
-    F.extract_shard("z", None, np.zeros(0, np.int64), empty, batch_size=4, settings={"seed": 1},
-                    record={"model": {"model_id": "m"}}, progress=False)
+    F.extract_shard(
+        "z",
+        None,
+        np.zeros(0, np.int64),
+        empty,
+        batch_size=4,
+        settings={"seed": 1},
+        record={"model": {"model_id": "m"}},
+        progress=False,
+    )
     S.merge_shards("z", [a, empty, b], tmp_path / "out3", expected_nsd_ids=[1, 3, 7, 8, 9])
     np.testing.assert_array_equal(np.load(tmp_path / "out3" / "z.npy"), merged)
     assert json.loads((tmp_path / "out3" / "z.json").read_text())["n_shards"] == 3
@@ -301,7 +333,11 @@ def test_missing_model_offline_names_the_model_and_how_to_stage_it(tmp_path, mon
     assert "hf download CompVis/stable-diffusion-v1-4" in message and "local folder" in message
     with pytest.raises(ModelNotAvailableError, match="make_toy_model"):
         load_stable_diffusion("resources/toy/not_built", device="cpu")
-    with pytest.raises(ValueError, match="no CUDA device") if not torch.cuda.is_available() else pytest.raises(ModelNotAvailableError):
+    with (
+        pytest.raises(ValueError, match="no CUDA device")
+        if not torch.cuda.is_available()
+        else pytest.raises(ModelNotAvailableError)
+    ):
         load_stable_diffusion("CompVis/stable-diffusion-v1-4", device="cuda")
 
 

@@ -16,11 +16,18 @@ import numpy as np
 import pytest
 import scipy.io
 
-from brainldm.nsd import layout as nsd
 from brainldm.fmri.betas import FMRIDataError
-from brainldm.fmri.prepare import QC_COLUMNS, load_prepared, output_names, prepare_subject_from_root, read_tsv, summarize_qc
+from brainldm.fmri.prepare import (
+    QC_COLUMNS,
+    load_prepared,
+    output_names,
+    prepare_subject_from_root,
+    read_tsv,
+    summarize_qc,
+)
 from brainldm.fmri.reliability import noise_ceiling, split_half_reliability
 from brainldm.fmri.split import split_counts
+from brainldm.nsd import layout as nsd
 from brainldm.toy.world import VOXEL_CLASS, planted_key
 
 ROIS = ["early", "ventral", "lateral", "nsdgeneral", "V1v", "hV4", "brainmask"]
@@ -73,8 +80,9 @@ def raw_session(nsd_root: Path, subject: int, session: int) -> np.ndarray:
 def prepare(world, out_dir, subject=1, sessions=SESSIONS, rois=ROIS, nsd_root=None, **options):
     options.setdefault("trials_per_session", world["params"].trials_per_session)
     options.setdefault("progress", False)
-    return prepare_subject_from_root(nsd_root or world["nsd_root"], out_dir, subject=subject,
-                                     sessions=sessions, rois=rois, **options)
+    return prepare_subject_from_root(
+        nsd_root or world["nsd_root"], out_dir, subject=subject, sessions=sessions, rois=rois, **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +174,12 @@ def test_train_rows_are_the_raw_betas_of_their_trials(toy_world, prepared):
             mask = expected_mask(root, subject, roi)
             train = np.load(out_dir / f"{roi}_train.npy")
             assert train.dtype == np.float32 and train.shape == (train_trials.size, mask.sum())
-            expected = np.concatenate([
-                raw_session(root, subject, s)[mask][:, train_trials[train_trials // tps == s - 1] % tps].T
-                for s in SESSIONS])
+            expected = np.concatenate(
+                [
+                    raw_session(root, subject, s)[mask][:, train_trials[train_trials // tps == s - 1] % tps].T
+                    for s in SESSIONS
+                ]
+            )
             np.testing.assert_array_equal(train, expected.astype(np.float32))
 
 
@@ -183,8 +194,10 @@ def test_test_rows_are_the_mean_over_repeats(toy_world, prepared):
         ids = np.unique(nsd_ids[is_test])
         assert test.dtype == np.float32 and test.shape == (ids.size, mask.sum())
         for row, image in enumerate(ids):
-            repeats = [sessions[t // tps + 1][..., t % tps][mask].astype(np.float64)
-                       for t in trials[nsd_ids == image]]
+            repeats = [
+                sessions[t // tps + 1][..., t % tps][mask].astype(np.float64)
+                for t in trials[nsd_ids == image]
+            ]
             np.testing.assert_allclose(test[row], np.mean(repeats, axis=0), rtol=1e-6, atol=1e-3)
 
 
@@ -222,9 +235,13 @@ def test_hdf5_betas_and_concurrent_reading_give_identical_outputs(toy_world, pre
     for folder in ("h5", "w2"):
         for roi in ("early", "hV4"):
             for kind in ("train", "test"):
-                np.testing.assert_array_equal(np.load(tmp_path / folder / f"{roi}_{kind}.npy"),
-                                              np.load(prepared[1] / f"{roi}_{kind}.npy"))
-        assert (tmp_path / folder / "train_trials.tsv").read_text() == (prepared[1] / "train_trials.tsv").read_text()
+                np.testing.assert_array_equal(
+                    np.load(tmp_path / folder / f"{roi}_{kind}.npy"),
+                    np.load(prepared[1] / f"{roi}_{kind}.npy"),
+                )
+        assert (tmp_path / folder / "train_trials.tsv").read_text() == (
+            prepared[1] / "train_trials.tsv"
+        ).read_text()
 
 
 # --------------------------------------------------------------------------- voxels
@@ -260,7 +277,9 @@ def test_roi_by_name_across_atlases(toy_world, prepared):
     prf = np.asarray(nib.load(root / nsd.roi_key(1, "prf-visualrois")).dataobj)
     general = np.asarray(nib.load(root / nsd.roi_key(1, "nsdgeneral")).dataobj)
     v1v = np.load(prepared[1] / "V1v_voxels.npz")
-    assert str(v1v["atlas"]) == "prf-visualrois" and int(v1v["label"]) == label_value(root, "prf-visualrois", "V1v")
+    assert str(v1v["atlas"]) == "prf-visualrois" and int(v1v["label"]) == label_value(
+        root, "prf-visualrois", "V1v"
+    )
     assert (prf[tuple(v1v["ijk"].T)] == label_value(root, "prf-visualrois", "V1v")).all()
     assert v1v["ijk"].shape[0] == (prf == label_value(root, "prf-visualrois", "V1v")).sum()
     general_ijk = np.load(prepared[1] / "nsdgeneral_voxels.npz")["ijk"]
@@ -290,7 +309,9 @@ def test_qc_table_counts(toy_world, prepared):
             assert int(row["n_train_trials"]) == (~is_test).sum()
             assert int(row["n_test_trials"]) == is_test.sum() == counts.sum()
             assert int(row["n_test_images"]) == counts.size
-            assert int(row["test_repeats_min"]) == counts.min() and int(row["test_repeats_max"]) == counts.max()
+            assert (
+                int(row["test_repeats_min"]) == counts.min() and int(row["test_repeats_max"]) == counts.max()
+            )
             assert float(row["test_repeats_mean"]) == pytest.approx(counts.mean(), abs=1e-4)
             assert int(row["n_reliability_images"]) == (counts >= 2).sum()
             assert int(row["n_voxels"]) == expected_mask(toy_world["nsd_root"], subject, row["roi"]).sum()
@@ -309,8 +330,9 @@ def test_all_zero_voxels_are_counted_and_stay_finite(toy_world, tmp_path):
         data = np.asarray(image.dataobj).copy()
         data[tuple(dead.T)] = 0
         replace_volume(root, key, data, image.affine)
-    prepare(toy_world, tmp_path / "out", rois=["early", "lateral"], nsd_root=root,
-            value_scaling="zscore_session")
+    prepare(
+        toy_world, tmp_path / "out", rois=["early", "lateral"], nsd_root=root, value_scaling="zscore_session"
+    )
     qc = {row["roi"]: row for row in read_tsv(tmp_path / "out" / "qc.tsv")}
     assert int(qc["early"]["n_voxels_all_zero"]) == 3 and int(qc["lateral"]["n_voxels_all_zero"]) == 0
     prepared = load_prepared(tmp_path / "out", "early")
@@ -340,8 +362,9 @@ def test_planted_voxels_are_more_reliable_than_noise_voxels(toy_world, prepared)
         voxels = np.load(out_dir / "nsdgeneral_voxels.npz")
         classes = voxel_class[tuple(voxels["ijk"].T)]
         r = voxels["split_half_r"]
-        median = {name: np.median(r[classes == value]) for name, value in VOXEL_CLASS.items()
-                  if name != "outside"}
+        median = {
+            name: np.median(r[classes == value]) for name, value in VOXEL_CLASS.items() if name != "outside"
+        }
         assert median["early"] > median["noise"] + 0.25 and median["ventral"] > median["noise"] + 0.25
 
 
@@ -357,11 +380,14 @@ def test_split_half_reliability_and_noise_ceiling_formula():
     assert n_used == (n_repeats >= 2).sum()
     np.testing.assert_allclose(r, r_true, atol=0.05)
     # NC = 100 * s / (s + mean(1/n)), s = r / (1 - r); all three repeats: Spearman-Brown.
-    np.testing.assert_allclose(noise_ceiling(np.array([0.5, 0.2]), np.full(10, 3)),
-                               [100 * 1.5 / 2.0, 100 * 0.6 / 1.4])
+    np.testing.assert_allclose(
+        noise_ceiling(np.array([0.5, 0.2]), np.full(10, 3)), [100 * 1.5 / 2.0, 100 * 0.6 / 1.4]
+    )
     mixed = noise_ceiling(np.array([0.5]), np.array([1, 2, 3]))
     assert mixed[0] == pytest.approx(100 * 1.0 / (1.0 + (1 + 1 / 2 + 1 / 3) / 3))
-    np.testing.assert_array_equal(noise_ceiling(np.array([-0.2, 1.0, np.nan]), np.full(4, 3))[:2], [0.0, 100.0])
+    np.testing.assert_array_equal(
+        noise_ceiling(np.array([-0.2, 1.0, np.nan]), np.full(4, 3))[:2], [0.0, 100.0]
+    )
     assert np.isnan(noise_ceiling(np.array([np.nan]), np.full(4, 3))[0])
 
 
@@ -472,7 +498,7 @@ def test_truncated_or_wrong_length_session(toy_world, tmp_path, workers):
         prepare(toy_world, tmp_path / "out", nsd_root=root, workers=workers)
     assert_nothing_written(tmp_path / "out")
     corrupt = bytearray((toy_world["nsd_root"] / key).read_bytes())
-    corrupt[len(corrupt) // 2: len(corrupt) // 2 + 64] = bytes(64)
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 64] = bytes(64)
     (root / key).write_bytes(bytes(corrupt))
     with pytest.raises(FMRIDataError, match=rf"{root / key}: (corrupt gzip data|file ends after)"):
         prepare(toy_world, tmp_path / "out", nsd_root=root, workers=workers)
@@ -491,14 +517,17 @@ NSD_ROOT = os.environ.get("BRAINLDM_NSD_ROOT")
 @pytest.mark.skipif(
     not NSD_ROOT or not (Path(NSD_ROOT) / nsd.expdesign_key()).is_file(),
     reason="no NSD copy configured (set BRAINLDM_NSD_ROOT to a root holding "
-           "nsddata/experiments/nsd/nsd_expdesign.mat)",
+    "nsddata/experiments/nsd/nsd_expdesign.mat)",
 )
 @pytest.mark.parametrize("subject", [1, 2, 5, 7])
 def test_paper_counts_on_nsd(subject):
     design = nsd.read_expdesign(Path(NSD_ROOT) / nsd.expdesign_key())
     assert split_counts(design, subject, range(1, 38)) == {
-        "n_sessions": 37, "n_train_trials": 24_980, "n_train_images": 8_859,
-        "n_test_trials": 2_770, "n_test_images": 982,
+        "n_sessions": 37,
+        "n_train_trials": 24_980,
+        "n_train_images": 8_859,
+        "n_test_trials": 2_770,
+        "n_test_images": 982,
     }
     counts = split_counts(design, subject, range(1, 41))
     assert (counts["n_test_images"], counts["n_test_trials"]) == (1000, 3000)

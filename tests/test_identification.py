@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_networks import tiny_alexnet
 
 from brainldm.evaluation import identification as ident
-from tiny_networks import tiny_alexnet
 from brainldm.evaluation.identification import (
     ExtractorUnavailable,
     paper_identification,
@@ -138,7 +138,11 @@ def test_paper_preprocess_resizes_shorter_side_crops_centre_and_normalises():
     white = (1.0 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD
     np.testing.assert_allclose(batch[0, :, 10:-10, 10:-10].mean(axis=(1, 2)), white, rtol=1e-3)
     grey = np.full((30, 30, 3), 128, dtype=np.uint8)
-    np.testing.assert_allclose(paper_preprocess([grey])[0, :, 5, 5], (128 / 255 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD, rtol=1e-5)
+    np.testing.assert_allclose(
+        paper_preprocess([grey])[0, :, 5, 5],
+        (128 / 255 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD,
+        rtol=1e-5,
+    )
 
 
 def test_pixel_extractor_and_registry():
@@ -153,7 +157,10 @@ def test_pixel_extractor_and_registry():
 
 def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # as on this machine: not installed
-    for name, filename in [("alexnet", "alexnet-owt-7be5be79.pth"), ("inception", "inception_v3_google-0cc3c7bd.pth")]:
+    for name, filename in [
+        ("alexnet", "alexnet-owt-7be5be79.pth"),
+        ("inception", "inception_v3_google-0cc3c7bd.pth"),
+    ]:
         with pytest.raises(ExtractorUnavailable) as info:
             ident.get_extractor(name)
         message = str(info.value)
@@ -188,8 +195,15 @@ def tiny_clip_dir(tmp_path_factory):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=56, patch_size=14, projection_dim=16)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=56,
+        patch_size=14,
+        projection_dim=16,
+    )
     folder = tmp_path_factory.mktemp("tiny_clip")
     CLIPVisionModelWithProjection(config).save_pretrained(folder)
     return folder
@@ -206,7 +220,9 @@ def test_clip_extractor_end_to_end_with_a_tiny_model(tiny_clip_dir):
     assert feats.shape == (4, 16)
     model = CLIPVisionModelWithProjection.from_pretrained(tiny_clip_dir).eval()
     with torch.no_grad():
-        direct = model(pixel_values=torch.from_numpy(paper_preprocess(images)), interpolate_pos_encoding=True).image_embeds
+        direct = model(
+            pixel_values=torch.from_numpy(paper_preprocess(images)), interpolate_pos_encoding=True
+        ).image_embeds
     np.testing.assert_allclose(feats, direct.numpy(), rtol=1e-4, atol=1e-5)
     # each image identified among the others by its own copy
     acc, _ = paper_identification(feats, feats[:, None])
@@ -215,12 +231,17 @@ def test_clip_extractor_end_to_end_with_a_tiny_model(tiny_clip_dir):
 
 def test_clip_missing_offline_gives_a_clear_message(tmp_path):
     code = (
-        "from brainldm.evaluation.identification import get_extractor\n"
-        "get_extractor('clip', device='cpu')\n"
+        "from brainldm.evaluation.identification import get_extractor\nget_extractor('clip', device='cpu')\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-               PYTHONPATH=str(REPO / "workflow" / "scripts"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHONPATH=str(REPO / "workflow" / "scripts"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("brainldm.evaluation.networks.ExtractorUnavailable")
@@ -237,13 +258,16 @@ def test_identify_reconstructions_reads_pngs_and_summarises(tmp_path):
     for method, k in (("z", 1), ("zc", 2)):
         for row, nid in enumerate(ids):
             for s in range(k):
-                noisy = np.clip(originals[row] + rng.normal(0, 20, originals[row].shape), 0, 255).astype(np.uint8)
+                noisy = np.clip(originals[row] + rng.normal(0, 20, originals[row].shape), 0, 255).astype(
+                    np.uint8
+                )
                 path = tmp_path / method / f"{nid}_{s}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(noisy).save(path)
                 files[(nid, method, s)] = path
-    rows = ident.identify_reconstructions(originals, ids, files, ["z", "zc"], {"z": 1, "zc": 2},
-                                          ["pixels"], pixel_size=16)
+    rows = ident.identify_reconstructions(
+        originals, ids, files, ["z", "zc"], {"z": 1, "zc": 2}, ["pixels"], pixel_size=16
+    )
     assert [(r["method"], r["feature"]) for r in rows] == [("z", "pixels"), ("zc", "pixels")]
     assert all(r["accuracy"] == 1.0 and r["two_way_accuracy"] == 1.0 and r["n_images"] == 5 for r in rows)
     text = ident.format_rows(rows, ident.IDENTIFICATION_COLUMNS)
@@ -270,7 +294,8 @@ def test_read_subject_reconstructions_gathers_what_the_rules_score(tmp_path):
     shard.mkdir()
     (shard / "manifest.tsv").write_text("nsdId\tmethod\tsample\tfile\n4\tzc\t1\tzc/nsd4_s1.png\n")
     originals, ids, files, methods, samples = ident.read_subject_reconstructions(
-        [shard], tmp_path / "ids.npy", tmp_path / "stimuli.hdf5", {"methods": ["z", "zc"], "n_samples": 3})
+        [shard], tmp_path / "ids.npy", tmp_path / "stimuli.hdf5", {"methods": ["z", "zc"], "n_samples": 3}
+    )
     np.testing.assert_array_equal(originals, brick[[1, 4]])
     assert ids.tolist() == [1, 4] and methods == ("z", "zc") and samples == {"z": 1, "zc": 3}
     assert files == {(4, "zc", 1): shard / "zc" / "nsd4_s1.png"}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from brainldm.maps import figures as map_specs
-from brainldm.maps import draw as maps
-from brainldm.nsd import layout as nsd
-from brainldm.maps import surface
 from encoding_volumes import ENCODING, write_encoding_volumes
+
+from brainldm.maps import draw as maps
+from brainldm.maps import figures as map_specs
+from brainldm.maps import surface
+from brainldm.nsd import layout as nsd
 
 N5 = surface.FSAVERAGE5_VERTICES
 
@@ -35,10 +35,19 @@ def toy_surface_maps(toy_world, tmp_path_factory):
     names = map_specs.surface_volume_names(ENCODING)
     outputs = {name: folder / "surface" / f"{name}.npz" for name in names}
     grid = np.load(folder / "encoding" / "voxels.npz")["shape"]
-    surface.project_volumes({name: volumes[name] for name in names}, outputs, surface.transform_paths(root, 1),
-                            grid, label_maps=map_specs.label_volume_names(names))
-    return {"folder": folder, "volumes": volumes, "outputs": outputs,
-            "surface": {name: surface.load_surface_map(path) for name, path in outputs.items()}}
+    surface.project_volumes(
+        {name: volumes[name] for name in names},
+        outputs,
+        surface.transform_paths(root, 1),
+        grid,
+        label_maps=map_specs.label_volume_names(names),
+    )
+    return {
+        "folder": folder,
+        "volumes": volumes,
+        "outputs": outputs,
+        "surface": {name: surface.load_surface_map(path) for name, path in outputs.items()},
+    }
 
 
 def test_check_map_inputs_cuts_fsaverage_and_names_a_wrong_shape():
@@ -69,22 +78,32 @@ def test_flat_layout_puts_the_left_hemisphere_left_and_both_occipital_poles_cent
 def test_plot_surface_map_draws_the_surfaces_as_one_image_four_labels_a_colour_bar_and_the_title():
     values = {hemi: np.linspace(0, 1, N5) for hemi in nsd.HEMISPHERES}
     values["lh"][:50] = np.nan
-    figure = maps.plot_surface_map(values, maps.MapStyle(vmin=0, vmax=1, threshold=0.2, label="r"), title="a map",
-                                   dpi=60)
+    figure = maps.plot_surface_map(
+        values, maps.MapStyle(vmin=0, vmax=1, threshold=0.2, label="r"), title="a map", dpi=60
+    )
     assert len(figure.images) == 1 and figure.images[0].get_array().shape == (450, 660, 4)
-    assert [t.get_text() for t in figure.texts] == ["lh lateral", "lh medial", "rh medial", "rh lateral", "a map"]
+    assert [t.get_text() for t in figure.texts] == [
+        "lh lateral",
+        "lh medial",
+        "rh medial",
+        "rh lateral",
+        "a map",
+    ]
     assert len(figure.axes) == 1 and figure.axes[0].get_ylabel() == "r"
     figure.canvas.draw()  # the colour bar is drawn above the surfaces' image, not hidden by it
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]
     left, bottom, right, top = figure.axes[0].get_window_extent().extents.astype(int)
-    bar = pixels[pixels.shape[0] - top + 2:pixels.shape[0] - bottom - 2, left + 2:right - 2].reshape(-1, 3)
+    bar = pixels[pixels.shape[0] - top + 2 : pixels.shape[0] - bottom - 2, left + 2 : right - 2].reshape(
+        -1, 3
+    )
     assert len(np.unique(bar, axis=0)) > 20
 
 
 def test_categorical_map_gets_a_legend_of_the_block_names():
     values = {hemi: np.arange(N5) % 3.0 for hemi in nsd.HEMISPHERES}
-    figure = maps.plot_surface_map(values, maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block"),
-                                   dpi=60)
+    figure = maps.plot_surface_map(
+        values, maps.MapStyle(categories=("down_2", "mid", "up_1"), label="block"), dpi=60
+    )
     legend = figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["down_2", "mid", "up_1"]
     assert len(figure.axes) == 0
@@ -101,7 +120,9 @@ def test_face_index_raster_puts_each_panel_s_faces_inside_its_panel():
         assert len(rows) > 0.02 * raster.size, label  # every panel is drawn ...
         # ... inside its own axes (image rows count from the top)
         assert columns.min() >= left * width - 1 and columns.max() <= (left + panel_width) * width + 1, label
-        assert rows.max() <= (1 - bottom) * height + 1 and rows.min() >= (1 - bottom - panel_height) * height - 1
+        assert (
+            rows.max() <= (1 - bottom) * height + 1 and rows.min() >= (1 - bottom - panel_height) * height - 1
+        )
         # thousands of faces each (at 60 dpi many are smaller than a pixel; the back is hidden)
         assert 0.2 * len(mesh.faces) < len(np.unique(raster[rows, columns])) < 0.6 * len(mesh.faces), label
         first = last
@@ -158,13 +179,28 @@ def test_figure_maps_threshold_by_the_fdr_mask_and_compare_unique_variance():
         surface_maps[f"{joint}_unique_{b}"] = {h: 0.1 * ones + zeros for h in nsd.HEMISPHERES}
     surface_maps["unet_best_block"] = {h: zeros for h in nsd.HEMISPHERES}
     figures = map_specs.figure_maps(surface_maps, ENCODING, ENCODING["unet_blocks"], subject="01")
-    assert [f.name for f in figures] == map_specs.figure_names(ENCODING) == [
-        "r_z", "r_c", "r_zc0.25", "r_zc0.75", "unique_z_vs_c", "unique_z_vs_zc0.25", "unique_z_vs_zc0.75",
-        "unet_best_block"]
+    assert (
+        [f.name for f in figures]
+        == map_specs.figure_names(ENCODING)
+        == [
+            "r_z",
+            "r_c",
+            "r_zc0.25",
+            "r_zc0.75",
+            "unique_z_vs_c",
+            "unique_z_vs_zc0.25",
+            "unique_z_vs_zc0.75",
+            "unet_best_block",
+        ]
+    )
     r_z = figures[0].values["lh"]
     assert np.isnan(r_z[0::2]).all() and np.array_equal(r_z[1::2], r["lh"][1::2])
-    pooled = np.tile(r["lh"][1::2], 2 * len(map_specs.accuracy_models(ENCODING)))  # every model, both hemispheres
-    assert figures[0].style.vmax == figures[1].style.vmax == pytest.approx(np.percentile(pooled, 99), rel=1e-12)
+    pooled = np.tile(
+        r["lh"][1::2], 2 * len(map_specs.accuracy_models(ENCODING))
+    )  # every model, both hemispheres
+    assert (
+        figures[0].style.vmax == figures[1].style.vmax == pytest.approx(np.percentile(pooled, 99), rel=1e-12)
+    )
     unique = figures[4].values["rh"]
     np.testing.assert_allclose(unique[1::2], 0.2)
     assert np.isnan(unique[0::2]).all() and figures[4].style.vmin == -figures[4].style.vmax
@@ -208,9 +244,14 @@ def test_rule_drivers_write_every_figure_the_density_and_an_offline_viewer(toy_s
     outputs = toy_surface_maps["outputs"]
     volumes = toy_surface_maps["volumes"]
     figures = {name: folder / "maps" / f"{name}.png" for name in map_specs.figure_names(ENCODING)}
-    map_specs.draw_cortical_maps({n: str(p) for n, p in outputs.items()},
-                                 str(folder / "encoding/volumes/unet_best_block.json"), ENCODING,
-                                 figures, subject="01", dpi=60)
+    map_specs.draw_cortical_maps(
+        {n: str(p) for n, p in outputs.items()},
+        str(folder / "encoding/volumes/unet_best_block.json"),
+        ENCODING,
+        figures,
+        subject="01",
+        dpi=60,
+    )
     from PIL import Image
 
     for path in figures.values():
@@ -218,12 +259,17 @@ def test_rule_drivers_write_every_figure_the_density_and_an_offline_viewer(toy_s
             assert image.size == (660, 450)
             assert len(np.unique(np.asarray(image.convert("L")))) > 20  # a drawn map, not a blank page
     density = folder / "maps" / "density_z_vs_c.png"
-    map_specs.draw_accuracy_density(str(volumes["z_r"]), str(volumes["c_r"]), str(density),
-                                    x_model="z", y_model="c", subject="01", dpi=60)
+    map_specs.draw_accuracy_density(
+        str(volumes["z_r"]), str(volumes["c_r"]), str(density), x_model="z", y_model="c", subject="01", dpi=60
+    )
     assert density.stat().st_size > 5000
     viewer = folder / "maps" / "viewer.html"
-    map_specs.write_viewer({n: str(outputs[n]) for n in ("z_r", "c_r", "z_significant", "c_significant")},
-                           str(viewer), viewer_map="z-c", subject="01")
+    map_specs.write_viewer(
+        {n: str(outputs[n]) for n in ("z_r", "c_r", "z_significant", "c_significant")},
+        str(viewer),
+        viewer_map="z-c",
+        subject="01",
+    )
     page = viewer.read_text()
     assert "<script" in page and "plotly" in page.lower()
     import re

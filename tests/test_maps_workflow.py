@@ -15,17 +15,24 @@ import time
 import numpy as np
 import pytest
 import yaml
-
-from brainldm.maps import figures as map_specs
 from encoding_volumes import ENCODING, write_encoding_volumes
 from headless_chromium import find_chromium, open_page
 from toy_runs import copy_workflow, snakemake
 
+from brainldm.maps import figures as map_specs
+
 TOY_CONFIGS = ("--configfile", "config/toy.yaml", "config/maps_test.yaml")
 # Only these rules run: the stand-in volumes are taken as given even once the encoding stage's
 # own rules (which would remake them from the whole toy graph) are in the workflow.
-MAPS_RULES = ("--allowed-rules", "make_toy_nsd", "project_to_surface", "plot_cortical_maps",
-              "plot_accuracy_density", "view_surface", "report_configuration")
+MAPS_RULES = (
+    "--allowed-rules",
+    "make_toy_nsd",
+    "project_to_surface",
+    "plot_cortical_maps",
+    "plot_accuracy_density",
+    "view_surface",
+    "report_configuration",
+)
 
 
 def maps_targets(subjects=("01", "02")) -> list[str]:
@@ -44,8 +51,9 @@ def maps_run(tmp_path_factory):
     (directory / "config/maps_test.yaml").write_text(yaml.safe_dump({"encoding": ENCODING}))
     snakemake(directory, "resources/toy/nsd/nsddata/experiments/nsd/nsd_expdesign.mat", *TOY_CONFIGS)
     for subject in (1, 2):
-        write_encoding_volumes(directory / "resources/toy/nsd", subject,
-                               directory / f"results/toy/subj{subject:02d}/encoding")
+        write_encoding_volumes(
+            directory / "resources/toy/nsd", subject, directory / f"results/toy/subj{subject:02d}/encoding"
+        )
     started = time.monotonic()
     result = snakemake(directory, *maps_targets(), *MAPS_RULES, *TOY_CONFIGS)
     seconds = time.monotonic() - started
@@ -85,7 +93,9 @@ def test_report_loads_in_chromium_without_script_errors_and_shows_its_maps(maps_
     assert home.errors == [], home.errors
     assert "Encoding maps" in home.summary["text"] and "Configuration" in home.summary["text"]
     # The rule graph: drawn by vega on a canvas from the spec embedded in the page.
-    assert home.summary["canvases"] >= 1 and all(rule in page for rule in ("project_to_surface", "view_surface"))
+    assert home.summary["canvases"] >= 1 and all(
+        rule in page for rule in ("project_to_surface", "view_surface")
+    )
     # Open subject 1's r map of z from the menu, as a reader would.
     result = open_page(report, clicks=("Encoding maps", "subj01", show_result("r_z")))
     assert result.errors == [], result.errors
@@ -112,9 +122,11 @@ def test_interactive_viewer_loads_in_chromium_without_script_errors_and_draws(ma
 
 def show_result(label: str) -> str:
     """A click step pressing the eye button of the report's result row labelled ``label``."""
-    return ("js:(() => { const row = [...document.querySelectorAll('tr')].find(r => [...r.cells].some("
-            f"c => c.innerText.trim() === {label!r})); const eye = row && row.querySelector('a[iconname=eye]'); "
-            "if (!eye) return false; eye.click(); return true; })()")
+    return (
+        "js:(() => { const row = [...document.querySelectorAll('tr')].find(r => [...r.cells].some("
+        f"c => c.innerText.trim() === {label!r})); const eye = row && row.querySelector('a[iconname=eye]'); "
+        "if (!eye) return false; eye.click(); return true; })()"
+    )
 
 
 def assert_rendered(path, colours=None):
@@ -139,8 +151,9 @@ def test_missing_transform_of_a_local_nsd_copy_stops_before_any_job_naming_it(ma
     shutil.copytree(directory / "resources/toy/nsd", local)
     missing = nsd.layer_transform_key(2, "rh", "layerB2")
     (local / missing).unlink()
-    result = snakemake(directory, "-n", *TOY_CONFIGS, "--config", f'nsd={{"root": "{local}"}}', "dataset=local",
-                       check=False)
+    result = snakemake(
+        directory, "-n", *TOY_CONFIGS, "--config", f'nsd={{"root": "{local}"}}', "dataset=local", check=False
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "config key 'nsd.root'" in output and missing in output

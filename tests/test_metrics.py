@@ -8,8 +8,8 @@ from scipy.spatial.distance import correlation as scipy_correlation
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
-from brainldm.linear.stats import rowwise_pearson
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
+from brainldm.linear.stats import rowwise_pearson
 
 
 def gray_image(values) -> np.ndarray:
@@ -46,8 +46,9 @@ def test_correlation_distance_hand_computed_and_equal_to_scipy():
     np.testing.assert_allclose(correlation_distance(a, b), [0.0, 1.0, 2.0], atol=1e-12)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((2, 6, 50))
-    np.testing.assert_allclose(correlation_distance(x, y), [scipy_correlation(u, v) for u, v in zip(x, y)],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        correlation_distance(x, y), [scipy_correlation(u, v) for u, v in zip(x, y)], atol=1e-12
+    )
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
@@ -70,13 +71,21 @@ def test_ssim_equals_scikit_image_true_2d_call_and_not_the_old_column_average():
     for index in range(2):
         gray_o = rgb2gray(originals[index].transpose(1, 2, 0))
         gray_r = rgb2gray(reconstructions[index].transpose(1, 2, 0))
-        direct = structural_similarity(gray_r, gray_o, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, data_range=1.0)
+        direct = structural_similarity(
+            gray_r, gray_o, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        )
         assert ours[index] == pytest.approx(direct, abs=1e-12)
         # scikit-image <= 0.19 with multichannel=True read the gray image's columns as channels:
         # 1-D SSIMs along each column, averaged. That is a different number.
-        columns = structural_similarity(gray_r, gray_o, gaussian_weights=True, sigma=1.5,
-                                        use_sample_covariance=False, data_range=1.0, channel_axis=1)
+        columns = structural_similarity(
+            gray_r,
+            gray_o,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=1,
+        )
         assert abs(ours[index] - columns) > 1e-3
     assert ssim_gray(originals, originals) == pytest.approx([1.0, 1.0], abs=1e-12)
     with pytest.raises(ValueError, match=r"\(n, 3, H, W\)"):

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from toy_runs import REPO, copy_workflow
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -40,11 +39,13 @@ def dry_run_jobs(directory: Path, *args: str, path_prefix: Path | None = None) -
         threads = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
         resources = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
         pairs = dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {}
-        jobs.append({
-            "rule": header.group(1),
-            "threads": int(threads.group(1)) if threads else 1,
-            "resources": {key: int(value) if value.isdigit() else value for key, value in pairs.items()},
-        })
+        jobs.append(
+            {
+                "rule": header.group(1),
+                "threads": int(threads.group(1)) if threads else 1,
+                "resources": {key: int(value) if value.isdigit() else value for key, value in pairs.items()},
+            }
+        )
     assert jobs, output[-4000:]
     return jobs
 
@@ -112,8 +113,9 @@ def test_slurm_partitions_send_gpu_jobs_to_the_gpu_partition(workflow_copy, fake
         ('{"solver": "himalaya"}', None, 24000, 240),
     ],
 )
-def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_rows_and_solver(workflow_copy, encoding, rois,
-                                                                                  mem_mb, runtime):
+def test_encoding_jobs_ask_for_the_memory_and_time_of_their_mask_rows_and_solver(
+    workflow_copy, encoding, rois, mem_mb, runtime
+):
     """A cluster must not kill a fit that the paper settings' 16 GB and 4 h would not hold."""
     config = ["subjects=1", f"encoding={encoding}"] + ([f"fmri={{'rois': {rois}}}"] if rois else [])
     jobs = dry_run_jobs(workflow_copy, "--workflow-profile", "none", "--config", *config)

@@ -28,11 +28,16 @@ def write_tiny_tokenizer(folder):
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer",
-                                                             "model_max_length": 77, **special}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, **special})
+    )
     return len(tokens)
 
 
@@ -50,24 +55,49 @@ def tiny_model_dir(tmp_path_factory):
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
     torch.manual_seed(0)
     AutoencoderKL(
-        block_out_channels=(8, 8, 16), down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1,
-        norm_num_groups=4, sample_size=IMAGE, scaling_factor=0.5,
+        block_out_channels=(8, 8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=IMAGE,
+        scaling_factor=0.5,
     ).save_pretrained(folder / "vae")
     UNet2DConditionModel(
-        sample_size=IMAGE // 4, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=HIDDEN,
-        attention_head_dim=4, norm_num_groups=4,
+        sample_size=IMAGE // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=4,
+        norm_num_groups=4,
     ).save_pretrained(folder / "unet")
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )).save_pretrained(folder / "text_encoder")
-    DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
-                  set_alpha_to_one=False).save_pretrained(folder / "scheduler")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    ).save_pretrained(folder / "text_encoder")
+    DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+        set_alpha_to_one=False,
+    ).save_pretrained(folder / "scheduler")
     return folder
 
 
@@ -79,8 +109,17 @@ def components(tiny_model_dir):
 
 
 def settings(**kw):
-    base = dict(methods=("z", "c", "zc"), n_samples=2, image_size=IMAGE, strength=0.8, ddim_steps=5,
-                ddim_eta=0.0, guidance_scale=5.0, seed=42, batch_size=3)
+    base = dict(
+        methods=("z", "c", "zc"),
+        n_samples=2,
+        image_size=IMAGE,
+        strength=0.8,
+        ddim_steps=5,
+        ddim_eta=0.0,
+        guidance_scale=5.0,
+        seed=42,
+        batch_size=3,
+    )
     base.update(kw)
     return ReconstructionSettings(**base)
 
@@ -94,7 +133,10 @@ def decoded(n=3, seed=0):
 
 def read_all(out_dir):
     manifest = rec.read_manifests([out_dir / "manifest.tsv"])
-    return {key: np.asarray(__import__("PIL.Image").Image.open(path).convert("RGB")) for key, path in manifest.items()}
+    return {
+        key: np.asarray(__import__("PIL.Image").Image.open(path).convert("RGB"))
+        for key, path in manifest.items()
+    }
 
 
 def test_sample_seed_depends_on_each_part_and_is_stable():
@@ -187,7 +229,9 @@ def test_shard_files_figure_and_manifests(components, tmp_path):
     originals = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
     rows = rec.figure_rows(3, 2)
     assert rows.tolist() == [0, 2]
-    rec.plot_reconstructions(originals[rows], ids[rows], files, ["z", "zc"], tmp_path / "fig.png", title="subj01")
+    rec.plot_reconstructions(
+        originals[rows], ids[rows], files, ["z", "zc"], tmp_path / "fig.png", title="subj01"
+    )
     from PIL import Image
 
     with Image.open(tmp_path / "fig.png") as fig:
@@ -216,7 +260,9 @@ def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_
     monkeypatch.setattr(rec, "save_png", failing_save_png)
     out = tmp_path / "shard0of1"
     with pytest.raises(RuntimeError, match="killed"):
-        rec.reconstruct_shard(components, settings(methods=("z",), n_samples=1), dec, out, 0, 1, progress=False)
+        rec.reconstruct_shard(
+            components, settings(methods=("z",), n_samples=1), dec, out, 0, 1, progress=False
+        )
     assert len(written) == 2 and all(".tmp-" in str(path) for path in written)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoding"]
 
@@ -224,7 +270,14 @@ def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_
 def test_settings_from_config(paper_config):
     s = ReconstructionSettings.from_config(paper_config["reconstruction"])
     assert (s.n_samples, s.image_size, s.strength, s.ddim_steps, s.ddim_eta, s.guidance_scale, s.seed) == (
-        5, 512, 0.8, 50, 0.0, 5.0, 42)
+        5,
+        512,
+        0.8,
+        50,
+        0.0,
+        5.0,
+        42,
+    )
     assert s.samples_of("z") == 1 and s.samples_of("zc") == 5
 
 
@@ -257,34 +310,49 @@ def run_chain(world_nsd_root, toy_features, out, toy_config):
     """
     from brainldm import decoding
     from brainldm.evaluation import identification
-    from brainldm.nsd import layout as nsd
     from brainldm.fmri.prepare import prepare_subject_from_root
+    from brainldm.nsd import layout as nsd
     from brainldm.toy.semantic import load_semantic_net, match_reconstructions
     from brainldm.toy.world import ATTRIBUTES_KEY
 
     fmri = out / "fmri"
-    prepare_subject_from_root(world_nsd_root, fmri, subject=1, sessions=range(1, 5),
-                              rois=["early", "ventral"], trials_per_session=72, progress=False)
+    prepare_subject_from_root(
+        world_nsd_root,
+        fmri,
+        subject=1,
+        sessions=range(1, 5),
+        rois=["early", "ventral"],
+        trials_per_session=72,
+        progress=False,
+    )
     dec = out / "decoding"
     for feature, roi in (("z", "early"), ("c", "ventral")):
-        decoding.decode_feature(fmri, toy_features["dir"], feature, [roi], dec, backend="numpy", progress=False)
+        decoding.decode_feature(
+            fmri, toy_features["dir"], feature, [roi], dec, backend="numpy", progress=False
+        )
     s = ReconstructionSettings.from_config(toy_config["reconstruction"])
     rec.reconstruct_shard(toy_features["components"], s, dec, out / "rec", 0, 1, progress=False)
     files = rec.read_manifests([out / "rec" / "manifest.tsv"])
     ids = np.load(dec / "z_nsd_ids.npy")
     originals = nsd.read_stimuli(world_nsd_root / nsd.stimuli_key(), ids)
     samples = {m: s.samples_of(m) for m in s.methods}
-    rows = identification.identify_reconstructions(originals, ids, files, s.methods, samples,
-                                                   ["pixels", "toy_semantic"])
+    rows = identification.identify_reconstructions(
+        originals, ids, files, s.methods, samples, ["pixels", "toy_semantic"]
+    )
     attributes = json.loads((world_nsd_root / ATTRIBUTES_KEY).read_text())
-    matches = match_reconstructions(load_semantic_net(), [attributes[int(n)] for n in ids], originals, ids,
-                                    files, s.methods, samples)
-    return ({(row["method"], row["feature"]): row for row in rows},
-            {(row["method"], row["attribute"]): row for row in matches},
-            json.loads((dec / "z.json").read_text()))
+    matches = match_reconstructions(
+        load_semantic_net(), [attributes[int(n)] for n in ids], originals, ids, files, s.methods, samples
+    )
+    return (
+        {(row["method"], row["feature"]): row for row in rows},
+        {(row["method"], row["attribute"]): row for row in matches},
+        json.loads((dec / "z.json").read_text()),
+    )
 
 
-def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(tmp_path, toy_world, toy_features, toy_config):
+def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(
+    tmp_path, toy_world, toy_features, toy_config
+):
     """With the planted signal (toy seed 0, subject 1): z is identified in pixels and keeps the
     object's position; c (generated from the decoded caption embedding) is identified in the
     semantic space and draws the colour far above chance but the position at chance (the
@@ -312,14 +380,19 @@ def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(tmp_path, toy_w
 
     params0 = dataclasses.replace(toy_world["params"], snr=0.0)
     write_toy_world(tmp_path / "nsd0", tmp_path / "coco0", params0)
-    same = [nsd.read_stimuli(root / nsd.stimuli_key(), np.arange(10)) for root in (toy_world["nsd_root"], tmp_path / "nsd0")]
+    same = [
+        nsd.read_stimuli(root / nsd.stimuli_key(), np.arange(10))
+        for root in (toy_world["nsd_root"], tmp_path / "nsd0")
+    ]
     np.testing.assert_array_equal(*same)  # the features (of the images) stay valid
     noise, _, z0 = run_chain(tmp_path / "nsd0", toy_features, tmp_path / "snr0", toy_config)
     assert abs(z0["mean_test_r"]) < 0.15
     for (method, feature), row in noise.items():
         assert row["n_images"] == 30
         assert 0.35 < row["accuracy"] < 0.65, f"{method}/{feature}: {row['accuracy']:.3f} with no signal"
-        assert 0.35 < row["two_way_accuracy"] < 0.65, f"{method}/{feature}: {row['two_way_accuracy']:.3f} with no signal"
+        assert 0.35 < row["two_way_accuracy"] < 0.65, (
+            f"{method}/{feature}: {row['two_way_accuracy']:.3f} with no signal"
+        )
 
 
 def test_paper_img2img_schedule_starts_at_781_with_40_steps(components):

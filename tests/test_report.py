@@ -26,9 +26,16 @@ def test_departures_are_the_values_that_differ_from_the_defaults(paper_config):
     config["reconstruction"]["n_samples"] = 2
     rows = {row["key"]: row for row in config_departures(config, schema())}
     assert set(rows) == {"fmri.value_scaling", "decoding.center_targets", "reconstruction.n_samples"}
-    assert rows["decoding.center_targets"] == {"key": "decoding.center_targets", "value": True, "default": False,
-                                               "kind": "departure"}
-    assert rows["reconstruction.n_samples"]["kind"] == "setting" and rows["reconstruction.n_samples"]["default"] == 5
+    assert rows["decoding.center_targets"] == {
+        "key": "decoding.center_targets",
+        "value": True,
+        "default": False,
+        "kind": "departure",
+    }
+    assert (
+        rows["reconstruction.n_samples"]["kind"] == "setting"
+        and rows["reconstruction.n_samples"]["default"] == 5
+    )
 
 
 def test_config_page_lists_the_toy_settings_and_the_whole_config(toy_config, tmp_path):

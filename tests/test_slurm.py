@@ -15,18 +15,35 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from toy_runs import BACKGROUND_NICENESS, behind_the_tests, differing, file_hashes, job_counts, job_logs, steps_done
+from toy_runs import (
+    BACKGROUND_NICENESS,
+    behind_the_tests,
+    differing,
+    file_hashes,
+    job_counts,
+    job_logs,
+    steps_done,
+)
 
 #: The toy graph's `localrule`s, run on the submit host: the summaries and report pages, the light
 #: figures and the viewer page, the toy's own builders and attribute check (the downloads, local
 #: too, are not in the toy graph).
 SUBMIT_HOST_RULES = {
-    "report_configuration", "report_table", "report_reconstructions",
-    "summarize_fmri_qc", "summarize_decoding", "summarize_identification", "summarize_metrics",
-    "summarize_encoding", "summarize_toy_attributes",
-    "plot_reconstructions", "plot_accuracy_density", "view_surface",
-    "make_toy_nsd", "make_toy_model", "match_toy_attributes",
+    "report_configuration",
+    "report_table",
+    "report_reconstructions",
+    "summarize_fmri_qc",
+    "summarize_decoding",
+    "summarize_identification",
+    "summarize_metrics",
+    "summarize_encoding",
+    "summarize_toy_attributes",
+    "plot_reconstructions",
+    "plot_accuracy_density",
+    "view_surface",
+    "make_toy_nsd",
+    "make_toy_model",
+    "match_toy_attributes",
 }
 
 
@@ -62,7 +79,9 @@ def test_light_rules_run_on_the_submit_host_and_every_other_job_through_slurm(sl
     jobs = job_counts(output)
     submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", output)
     assert SUBMIT_HOST_RULES <= set(jobs), sorted(SUBMIT_HOST_RULES - set(jobs))
-    assert Counter(submitted) == {rule: count for rule, count in jobs.items() if rule not in SUBMIT_HOST_RULES}
+    assert Counter(submitted) == {
+        rule: count for rule, count in jobs.items() if rule not in SUBMIT_HOST_RULES
+    }
 
 
 @pytest.mark.usefixtures("slurm_run")  # after the cluster run: its jobs hold the node's CPUs till then
@@ -70,9 +89,16 @@ def test_cluster_jobs_run_at_the_priority_of_the_submitter(tmp_path):
     """The test cluster passes the submitter's nice on to a job and to the job's session, so the
     suite's cluster run stays behind the tests (.ci/slurm-cluster)."""
     # srun, not sbatch --wait (which polls for ~10 s): the same rule passes the priority on
-    job = subprocess.run(["srun", "--quiet", "sh", "-c", "nice; cat /proc/self/autogroup"], cwd=tmp_path,
-                         capture_output=True, text=True, check=True, timeout=120, start_new_session=True,
-                         preexec_fn=behind_the_tests)
+    job = subprocess.run(
+        ["srun", "--quiet", "sh", "-c", "nice; cat /proc/self/autogroup"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        start_new_session=True,
+        preexec_fn=behind_the_tests,
+    )
     niceness, *session = job.stdout.splitlines()
     expected = min(os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS, 19)
     assert int(niceness) == expected

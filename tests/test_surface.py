@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brainldm.nsd import layout as nsd
 from brainldm.maps import surface
+from brainldm.nsd import layout as nsd
 
 GRID = (6, 7, 5)
 
@@ -35,14 +35,21 @@ def identity_fsaverage(n_native):
 
 def test_transform_files_round_trip_in_nsd_layout(tmp_path):
     coordinates = np.array([[1, 1, 1], [2.5, 3.25, 4], [9999, 9999, 9999]], dtype=np.float64)
-    paths = write_transforms(tmp_path, 3, {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
-                             {h: identity_fsaverage(3) for h in nsd.HEMISPHERES})
+    paths = write_transforms(
+        tmp_path,
+        3,
+        {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
+        {h: identity_fsaverage(3) for h in nsd.HEMISPHERES},
+    )
     assert paths["lh"]["layerB2"] == tmp_path / "nsddata/ppdata/subj03/transforms/lh.func1pt8-to-layerB2.mgz"
     assert paths["rh"]["fsaverage"].name == "rh.white-to-fsaverage.mgz"
     np.testing.assert_array_equal(surface.read_layer_coordinates(paths["lh"]["layerB1"]), coordinates)
-    np.testing.assert_array_equal(surface.read_fsaverage_indices(paths["rh"]["fsaverage"]), identity_fsaverage(3))
+    np.testing.assert_array_equal(
+        surface.read_fsaverage_indices(paths["rh"]["fsaverage"]), identity_fsaverage(3)
+    )
     assert set(nsd.surface_transform_keys(3)) == {
-        str(path.relative_to(tmp_path)) for by_kind in paths.values() for path in by_kind.values()}
+        str(path.relative_to(tmp_path)) for by_kind in paths.values() for path in by_kind.values()
+    }
 
 
 def test_nearest_and_cubic_reproduce_the_voxels_at_integer_coordinates():
@@ -55,7 +62,9 @@ def test_nearest_and_cubic_reproduce_the_voxels_at_integer_coordinates():
         np.testing.assert_allclose(values, volume[tuple(ijk.T)], rtol=0, atol=1e-8 * volume.max())
     # Off the grid points, nearest takes the closest voxel.
     nudged = layers[:, 2:] + np.array([0.3, 0.4, -0.2])
-    np.testing.assert_array_equal(surface.sample_depths(volume, nudged, "nearest")[0], volume[tuple(ijk[2:].T)])
+    np.testing.assert_array_equal(
+        surface.sample_depths(volume, nudged, "nearest")[0], volume[tuple(ijk[2:].T)]
+    )
 
 
 def test_linear_and_cubic_between_voxels():
@@ -74,12 +83,28 @@ def test_linear_and_cubic_between_voxels():
 def test_invalid_and_out_of_volume_vertices_are_nan():
     volume = ramp_volume()
     x, y, z = GRID
-    layers = np.array([[[1, 1, 1], [9999, 9999, 9999], [9999, 2, 2], [0.99, 1, 1], [x + 0.01, 1, 1],
-                        [1, y, z], [1, y + 1, 1], [np.nan, 1, 1], [x, y, z]]], dtype=np.float64)
+    layers = np.array(
+        [
+            [
+                [1, 1, 1],
+                [9999, 9999, 9999],
+                [9999, 2, 2],
+                [0.99, 1, 1],
+                [x + 0.01, 1, 1],
+                [1, y, z],
+                [1, y + 1, 1],
+                [np.nan, 1, 1],
+                [x, y, z],
+            ]
+        ],
+        dtype=np.float64,
+    )
     for interpolation in ("nearest", "linear", "cubic"):
         values = surface.sample_depths(volume, layers, interpolation)[0]
         assert np.isnan(values[[1, 2, 3, 4, 6, 7]]).all(), interpolation
-        np.testing.assert_allclose(values[[0, 5, 8]], [0, volume[0, y - 1, z - 1], volume[-1, -1, -1]], atol=1e-9)
+        np.testing.assert_allclose(
+            values[[0, 5, 8]], [0, volume[0, y - 1, z - 1], volume[-1, -1, -1]], atol=1e-9
+        )
     labels = surface.sample_labels(np.floor(volume / 100), layers)
     assert np.isnan(labels[[1, 2, 3, 4, 6, 7]]).all()
 
@@ -155,8 +180,9 @@ def test_hemispheres_keep_their_own_transforms(tmp_path):
     volume = ramp_volume()
     lh = np.array([[1, 1, 1], [2, 1, 1]], dtype=np.float64)
     rh = np.array([[6, 7, 5], [6, 7, 4]], dtype=np.float64)
-    paths = write_transforms(tmp_path, 1, {"lh": [lh] * 3, "rh": [rh] * 3},
-                             {h: identity_fsaverage(2) for h in nsd.HEMISPHERES})
+    paths = write_transforms(
+        tmp_path, 1, {"lh": [lh] * 3, "rh": [rh] * 3}, {h: identity_fsaverage(2) for h in nsd.HEMISPHERES}
+    )
     projected = surface.project_volume(volume, surface.load_transforms(paths), GRID, interpolation="nearest")
     np.testing.assert_array_equal(projected["lh"][:4], [0, 100, 0, 100])
     np.testing.assert_array_equal(projected["rh"][:4], [564, 563, 564, 563])
@@ -191,8 +217,12 @@ def test_missing_transform_names_the_file_and_how_to_get_it_and_writes_nothing(t
     import nibabel as nib
 
     coordinates = np.array([[1, 1, 1], [2, 2, 2]], dtype=np.float64)
-    paths = write_transforms(tmp_path / "nsd", 5, {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
-                             {h: identity_fsaverage(2) for h in nsd.HEMISPHERES})
+    paths = write_transforms(
+        tmp_path / "nsd",
+        5,
+        {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
+        {h: identity_fsaverage(2) for h in nsd.HEMISPHERES},
+    )
     paths["rh"]["layerB3"].unlink()
     volume_path = tmp_path / "z_r.nii.gz"
     nib.save(nib.Nifti1Image(ramp_volume().astype(np.float32), np.eye(4)), str(volume_path))
@@ -201,7 +231,10 @@ def test_missing_transform_names_the_file_and_how_to_get_it_and_writes_nothing(t
         surface.project_volumes({"z_r": volume_path}, outputs, paths, GRID)
     message = str(error.value)
     assert "rh.func1pt8-to-layerB3.mgz" in message
-    assert "aws s3 cp s3://natural-scenes-dataset/nsddata/ppdata/subj05/transforms/rh.func1pt8-to-layerB3.mgz" in message
+    assert (
+        "aws s3 cp s3://natural-scenes-dataset/nsddata/ppdata/subj05/transforms/rh.func1pt8-to-layerB3.mgz"
+        in message
+    )
     assert not outputs["z_r"].exists() and not (tmp_path / "out").exists()
 
 
@@ -209,8 +242,12 @@ def test_project_volumes_writes_every_map_or_none(tmp_path):
     import nibabel as nib
 
     coordinates = np.array([[1, 1, 1], [3, 4, 2]], dtype=np.float64)
-    paths = write_transforms(tmp_path / "nsd", 1, {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
-                             {h: identity_fsaverage(2) for h in nsd.HEMISPHERES})
+    paths = write_transforms(
+        tmp_path / "nsd",
+        1,
+        {h: [coordinates] * 3 for h in nsd.HEMISPHERES},
+        {h: identity_fsaverage(2) for h in nsd.HEMISPHERES},
+    )
     good = tmp_path / "good.nii.gz"
     nib.save(nib.Nifti1Image(ramp_volume().astype(np.float32), np.eye(4)), str(good))
     bad = tmp_path / "bad.nii.gz"
@@ -246,7 +283,9 @@ def test_toy_transforms_put_early_under_the_occipital_pole_and_ventral_under_ven
         assert np.mean(on_fsaverage5[occipital] == STREAMS_LABELS["early"]) > 0.95
         assert np.mean(on_fsaverage5[ventral_temporal] == STREAMS_LABELS["ventral"]) > 0.9
         frontal = y > 20
-        assert not np.any(np.isin(on_fsaverage5[frontal], [STREAMS_LABELS["early"], STREAMS_LABELS["ventral"]]))
+        assert not np.any(
+            np.isin(on_fsaverage5[frontal], [STREAMS_LABELS["early"], STREAMS_LABELS["ventral"]])
+        )
         # NSD's conventions: 1-based coordinates inside the grid, 9999 on the medial wall only.
         layers = transforms[hemi].layers
         invalid = np.all(layers == surface.INVALID_COORDINATE, axis=2)
@@ -257,7 +296,9 @@ def test_toy_transforms_put_early_under_the_occipital_pole_and_ventral_under_ven
 
 
 def test_toy_fsaverage_indices_nest_fsaverage5(toy_world):
-    indices = surface.read_fsaverage_indices(surface.transform_paths(toy_world["nsd_root"], 2)["rh"]["fsaverage"])
+    indices = surface.read_fsaverage_indices(
+        surface.transform_paths(toy_world["nsd_root"], 2)["rh"]["fsaverage"]
+    )
     np.testing.assert_array_equal(indices[:10_242], np.arange(1, 10_243))
     assert indices.max() == 10_242 and np.unique(indices).size == 10_242
 
@@ -266,12 +307,47 @@ def test_subdividing_an_icosahedron_gives_the_icosahedral_vertex_counts():
     from brainldm.toy.surface import subdivide
 
     phi = (1 + 5**0.5) / 2
-    vertices = np.array([[-1, phi, 0], [1, phi, 0], [-1, -phi, 0], [1, -phi, 0], [0, -1, phi], [0, 1, phi],
-                         [0, -1, -phi], [0, 1, -phi], [phi, 0, -1], [phi, 0, 1], [-phi, 0, -1], [-phi, 0, 1]],
-                        dtype=np.float64)
-    faces = np.array([[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-                      [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
-                      [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]])
+    vertices = np.array(
+        [
+            [-1, phi, 0],
+            [1, phi, 0],
+            [-1, -phi, 0],
+            [1, -phi, 0],
+            [0, -1, phi],
+            [0, 1, phi],
+            [0, -1, -phi],
+            [0, 1, -phi],
+            [phi, 0, -1],
+            [phi, 0, 1],
+            [-phi, 0, -1],
+            [-phi, 0, 1],
+        ],
+        dtype=np.float64,
+    )
+    faces = np.array(
+        [
+            [0, 11, 5],
+            [0, 5, 1],
+            [0, 1, 7],
+            [0, 7, 10],
+            [0, 10, 11],
+            [1, 5, 9],
+            [5, 11, 4],
+            [11, 10, 2],
+            [10, 7, 6],
+            [7, 1, 8],
+            [3, 9, 4],
+            [3, 4, 2],
+            [3, 2, 6],
+            [3, 6, 8],
+            [3, 8, 9],
+            [4, 9, 5],
+            [2, 4, 11],
+            [6, 2, 10],
+            [8, 6, 7],
+            [9, 8, 1],
+        ]
+    )
     for rounds, expected in ((1, 42), (2, 162), (3, 642)):  # 10 * 4**n + 2
         dense = subdivide(vertices, faces, rounds)
         assert dense.shape == (expected, 3)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_sd import toy_sd
 
 from brainldm.features.sd_model import (
     ModelNotAvailableError,
@@ -30,8 +31,6 @@ from brainldm.toy.model import (
     toy_vocabulary,
     vae_roundtrip,
 )
-from toy_sd import toy_sd
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,8 +48,13 @@ def components(built):
 def test_folder_loads_with_sd_classes_and_sd_scheduler(built, components):
     folder = built["model_dir"]
     index = json.loads((folder / "model_index.json").read_text())
-    expected = {"vae": "AutoencoderKL", "text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer",
-                "unet": "UNet2DConditionModel", "scheduler": "DDIMScheduler"}
+    expected = {
+        "vae": "AutoencoderKL",
+        "text_encoder": "CLIPTextModel",
+        "tokenizer": "CLIPTokenizer",
+        "unet": "UNet2DConditionModel",
+        "scheduler": "DDIMScheduler",
+    }
     for name, cls in expected.items():
         assert index[name][1] == cls
         assert type(getattr(components, name)).__name__ == cls
@@ -94,8 +98,13 @@ def test_vae_reconstructs_held_out_toy_images(built, components):
 def test_warm_start_encoder_is_average_pooling(built):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    )
     init_vae_as_pooling(vae)
     x = images_to_tensor(built["images"][:6])
     with torch.no_grad():
@@ -106,9 +115,14 @@ def test_warm_start_encoder_is_average_pooling(built):
         assert r > 0.999
     assert float(dist.std.max()) < 0.01  # posterior starts narrow
     with pytest.raises(ValueError, match="channels per group"):
-        init_vae_as_pooling(AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8,
-                                          down_block_types=("DownEncoderBlock2D",) * 2,
-                                          up_block_types=("UpDecoderBlock2D",) * 2))
+        init_vae_as_pooling(
+            AutoencoderKL(
+                block_out_channels=(16, 32),
+                norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+            )
+        )
 
 
 def test_vocabulary_makes_every_caption_word_one_token(built, components):
@@ -122,7 +136,9 @@ def test_vocabulary_makes_every_caption_word_one_token(built, components):
     ids = tokenizer("zebra", add_special_tokens=False).input_ids
     assert len(ids) > 1 and tokenizer.convert_tokens_to_ids(EOS) not in ids
     # padding to 77 with the end token, as SD's pipeline does
-    padded = tokenizer(built["captions"][0][0], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    padded = tokenizer(
+        built["captions"][0][0], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     assert padded.shape == (1, 77) and int(padded[0, -1]) == tokenizer.convert_tokens_to_ids(EOS)
     assert int(padded[0, 0]) == tokenizer.bos_token_id
     assert tokenizer.vocab_size == components.text_encoder.config.vocab_size
@@ -143,12 +159,20 @@ def test_img2img_pipeline_reads_the_folder(built):
     from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
 
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(built["model_dir"], safety_checker=None,
-                                                          requires_safety_checker=False)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        built["model_dir"], safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     init = Image.fromarray(built["images"][0])
-    out = pipe("a red circle", image=init, strength=0.8, num_inference_steps=5, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(0), output_type="np").images
+    out = pipe(
+        "a red circle",
+        image=init,
+        strength=0.8,
+        num_inference_steps=5,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
 
@@ -156,8 +180,13 @@ def test_assembly_is_byte_identical_and_checks_sha256(tmp_path, built):
     import shutil
 
     assemble_toy_model(tmp_path / "again")
-    for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "tokenizer/vocab.json", "brainldm_toy_model.json"):
+    for part in (
+        "vae/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "brainldm_toy_model.json",
+    ):
         assert (tmp_path / "again" / part).read_bytes() == (built["model_dir"] / part).read_bytes(), part
     # assembling over an existing folder replaces it, nothing half-written stays
     assemble_toy_model(tmp_path / "again")

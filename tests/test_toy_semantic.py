@@ -32,7 +32,9 @@ def test_classifier_reads_held_out_stimuli_and_blurred_ones(world):
     images = world.images[test]
     truth = [world.attributes[i] for i in test]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 4), scale_factor=4, mode="bilinear")
+    blurred = torch.nn.functional.interpolate(
+        torch.nn.functional.avg_pool2d(x, 4), scale_factor=4, mode="bilinear"
+    )
     blurred = blurred.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for version in (images, blurred):
         predicted = predict_attributes(net, list(version))
@@ -49,18 +51,25 @@ def test_toy_semantic_features_identify_the_stimuli_in_the_registry(world):
     np.testing.assert_allclose(features[:, :4].sum(1), 1, atol=1e-5)  # shape probabilities
     np.testing.assert_allclose(features[:, 4:].sum(1), 1, atol=1e-5)  # colour probabilities
     # each image's own features identify it against images of other shape or colour
-    accuracy, _ = paper_identification(features, features[:, None] + 0.01 * np.random.default_rng(0).random((30, 1, 9)))
+    accuracy, _ = paper_identification(
+        features, features[:, None] + 0.01 * np.random.default_rng(0).random((30, 1, 9))
+    )
     assert accuracy > 0.85
     # batch size does not change the features beyond float rounding
     np.testing.assert_allclose(extractor(images, batch_size=30)["toy_semantic"], features, atol=1e-6)
 
 
 def test_attribute_matches_counts_and_chance():
-    truth = [{"shape": "circle", "colour": "red", "size": "small", "position": "left", "background": "gray"},
-             {"shape": "square", "colour": "blue", "size": "large", "position": "top", "background": "dark"}]
+    truth = [
+        {"shape": "circle", "colour": "red", "size": "small", "position": "left", "background": "gray"},
+        {"shape": "square", "colour": "blue", "size": "large", "position": "top", "background": "dark"},
+    ]
     right = [[dict(t)] * 2 for t in truth]
     swapped = [[dict(truth[1])] * 2, [dict(truth[0])] * 2]
-    rows = {(r["method"], r["attribute"]): r for r in attribute_matches(truth, {"right": right, "swapped": swapped})}
+    rows = {
+        (r["method"], r["attribute"]): r
+        for r in attribute_matches(truth, {"right": right, "swapped": swapped})
+    }
     assert rows[("right", "shape")]["match"] == 1.0 and rows[("swapped", "shape")]["match"] == 0.0
     # both methods predict each value half of the time; seen values are half/half too: chance 1/2
     assert rows[("right", "colour")]["chance"] == pytest.approx(0.5)

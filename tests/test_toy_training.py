@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 from brainldm.toy.model import SHIPPED_WEIGHTS, WEIGHT_FILES, read_manifest
-from brainldm.toy.training import TrainingSettings, ToyTrainingData, train_toy_weights
+from brainldm.toy.training import ToyTrainingData, TrainingSettings, train_toy_weights
 from brainldm.toy.world import ToyParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: A toy world of 16 images at 32 px: enough to run every training stage in seconds.
 TINY = ToyParams(n_sessions=1, trials_per_session=30, n_shared_images=4, n_own_images=6, image_size=32)
-QUICK = dict(vae_steps=3, semantic_steps=2, semantic_extra_images=8, checkpoint_every=2, batch_size=4, warmup_steps=2)
+QUICK = dict(
+    vae_steps=3, semantic_steps=2, semantic_extra_images=8, checkpoint_every=2, batch_size=4, warmup_steps=2
+)
 
 
 def hashes(folder):
@@ -24,18 +26,27 @@ def hashes(folder):
 
 
 def test_training_is_seeded_and_resumes_to_the_same_weights(tmp_path):
-    straight = train_toy_weights(tmp_path / "a", TrainingSettings(ldm_steps=4, **QUICK), TINY,
-                                 tmp_path / "ck_a", progress=False)
+    straight = train_toy_weights(
+        tmp_path / "a", TrainingSettings(ldm_steps=4, **QUICK), TINY, tmp_path / "ck_a", progress=False
+    )
     assert straight["n_train_images"] == 12 and straight["ldm"]["steps"] == 4
     # a run stopped after 2 steps, then continued to 4 from its checkpoint
-    train_toy_weights(tmp_path / "b", TrainingSettings(ldm_steps=2, **QUICK), TINY, tmp_path / "ck_b", progress=False)
-    resumed = train_toy_weights(tmp_path / "b", TrainingSettings(ldm_steps=4, **QUICK), TINY, tmp_path / "ck_b",
-                                progress=False)
+    train_toy_weights(
+        tmp_path / "b", TrainingSettings(ldm_steps=2, **QUICK), TINY, tmp_path / "ck_b", progress=False
+    )
+    resumed = train_toy_weights(
+        tmp_path / "b", TrainingSettings(ldm_steps=4, **QUICK), TINY, tmp_path / "ck_b", progress=False
+    )
     assert resumed["sha256"] == straight["sha256"] == hashes(tmp_path / "a")
     assert resumed["ldm"]["mean_loss_per_100_steps"] == straight["ldm"]["mean_loss_per_100_steps"]
     # another seed, other weights (the tokenizer is the same: it is the toy's word list)
-    other = train_toy_weights(tmp_path / "c", TrainingSettings(seed=1, ldm_steps=4, **QUICK), TINY,
-                              tmp_path / "ck_c", progress=False)
+    other = train_toy_weights(
+        tmp_path / "c",
+        TrainingSettings(seed=1, ldm_steps=4, **QUICK),
+        TINY,
+        tmp_path / "ck_c",
+        progress=False,
+    )
     for name in ("unet.safetensors", "text_encoder.safetensors", "vae.safetensors", "semantic.safetensors"):
         assert other["sha256"][name] != straight["sha256"][name], name
     assert other["sha256"]["tokenizer/vocab.json"] == straight["sha256"]["tokenizer/vocab.json"]

@@ -15,8 +15,14 @@ import scipy.io
 
 from brainldm.nsd import layout as nsd
 from brainldm.toy.world import (
-    ATTRIBUTES_KEY, PRF_LABELS, STREAMS_LABELS, VOXEL_CLASS, ToyParams, planted_key,
-    toy_nsd_keys, write_toy_world,
+    ATTRIBUTES_KEY,
+    PRF_LABELS,
+    STREAMS_LABELS,
+    VOXEL_CLASS,
+    ToyParams,
+    planted_key,
+    toy_nsd_keys,
+    write_toy_world,
 )
 
 
@@ -27,10 +33,14 @@ def world(toy_world):
 
 def test_every_listed_file_exists_and_nothing_else(world):
     params = world["params"]
-    written = {p.relative_to(world["nsd_root"]).as_posix() for p in world["nsd_root"].rglob("*") if p.is_file()}
+    written = {
+        p.relative_to(world["nsd_root"]).as_posix() for p in world["nsd_root"].rglob("*") if p.is_file()
+    }
     assert written == set(toy_nsd_keys(params))
     assert sorted(p.name for p in (world["coco_root"] / "annotations").iterdir()) == [
-        "captions_train2017.json", "captions_val2017.json"]
+        "captions_train2017.json",
+        "captions_val2017.json",
+    ]
 
 
 def test_expdesign_fields_and_one_based_semantics(world):
@@ -59,7 +69,9 @@ def test_expdesign_fields_and_one_based_semantics(world):
     t = 17
     assert trial_ids[t] == mat["subjectim"][1, mat["masterordering"][0, t] - 1] - 1
     np.testing.assert_array_equal(design.shared_nsd_ids(), mat["sharedix"][0] - 1)
-    np.testing.assert_array_equal(nsd.session_of_trial([0, params.trials_per_session], params.trials_per_session), [1, 2])
+    np.testing.assert_array_equal(
+        nsd.session_of_trial([0, params.trials_per_session], params.trials_per_session), [1, 2]
+    )
 
 
 def test_stim_info_agrees_with_the_design(world):
@@ -68,8 +80,16 @@ def test_stim_info_agrees_with_the_design(world):
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == params.n_images
-    assert {"nsdId", "cocoId", "cocoSplit", "cropBox", "shared1000", "subject1", "subject1_rep0",
-            "subject2_rep2"} <= set(rows[0])
+    assert {
+        "nsdId",
+        "cocoId",
+        "cocoSplit",
+        "cropBox",
+        "shared1000",
+        "subject1",
+        "subject1_rep0",
+        "subject2_rep2",
+    } <= set(rows[0])
     assert [int(r["nsdId"]) for r in rows] == list(range(params.n_images))
     design = nsd.read_expdesign(world["nsd_root"] / nsd.expdesign_key())
     info = nsd.read_stim_info(path)
@@ -117,6 +137,7 @@ def test_captions_join_through_coco_ids_and_name_the_attributes(world):
         # The first template uses the attribute's own word or a synonym; the size word differs
         # per paraphrase, so check that the shape is named in every caption.
         from brainldm.toy.world import SYNONYMS
+
         shape_words = SYNONYMS[attributes[nsd_id]["shape"]]
         assert all(any(w in c.lower() for w in shape_words) for c in image_captions)
 
@@ -170,7 +191,10 @@ def test_planted_early_and_ventral_voxels_carry_signal_noise_voxels_do_not(world
     design = nsd.read_expdesign(world["nsd_root"] / nsd.expdesign_key())
     params = world["params"]
     trial_ids = design.trial_nsd_ids(1)
-    sessions = [nsd.read_betas_session(world["nsd_root"] / nsd.betas_key(1, s)) for s in range(1, params.n_sessions + 1)]
+    sessions = [
+        nsd.read_betas_session(world["nsd_root"] / nsd.betas_key(1, s))
+        for s in range(1, params.n_sessions + 1)
+    ]
     ijk = planted["brain_ijk"]
     betas = np.concatenate([b[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]] for b in sessions]).astype(np.float64)
     first = np.array([np.flatnonzero(trial_ids == i)[0] for i in np.unique(trial_ids)])
@@ -186,21 +210,40 @@ def test_planted_early_and_ventral_voxels_carry_signal_noise_voxels_do_not(world
 
 
 def test_generation_is_deterministic_and_seed_dependent(tmp_path):
-    small = ToyParams(n_subjects=2, n_sessions=1, trials_per_session=18, n_shared_images=2,
-                      n_own_images=4, image_size=16, grid=(8, 9, 8), seed=3)
+    small = ToyParams(
+        n_subjects=2,
+        n_sessions=1,
+        trials_per_session=18,
+        n_shared_images=2,
+        n_own_images=4,
+        image_size=16,
+        grid=(8, 9, 8),
+        seed=3,
+    )
     for name, params in (("a", small), ("b", small), ("c", ToyParams(**{**small.__dict__, "seed": 4}))):
         write_toy_world(tmp_path / name / "nsd", tmp_path / name / "coco", params)
+
     def load(name):
-        return (nsd.read_betas_session(tmp_path / name / "nsd" / nsd.betas_key(2, 1)),
-                nsd.read_stimuli(tmp_path / name / "nsd" / nsd.stimuli_key(), range(10)))
+        return (
+            nsd.read_betas_session(tmp_path / name / "nsd" / nsd.betas_key(2, 1)),
+            nsd.read_stimuli(tmp_path / name / "nsd" / nsd.stimuli_key(), range(10)),
+        )
+
     for left, right in zip(load("a"), load("b")):
         np.testing.assert_array_equal(left, right)
     assert not np.array_equal(load("a")[0], load("c")[0])
 
 
 def test_snr_zero_plants_no_signal(tmp_path):
-    params = ToyParams(n_sessions=1, trials_per_session=18, n_shared_images=2, n_own_images=4,
-                       image_size=16, grid=(8, 9, 8), snr=0.0)
+    params = ToyParams(
+        n_sessions=1,
+        trials_per_session=18,
+        n_shared_images=2,
+        n_own_images=4,
+        image_size=16,
+        grid=(8, 9, 8),
+        snr=0.0,
+    )
     write_toy_world(tmp_path / "nsd", tmp_path / "coco", params)
     with_signal = ToyParams(**{**params.__dict__, "snr": 1.0})
     write_toy_world(tmp_path / "s" / "nsd", tmp_path / "s" / "coco", with_signal)
@@ -209,7 +252,9 @@ def test_snr_zero_plants_no_signal(tmp_path):
     loud = nsd.read_betas_session(tmp_path / "s" / "nsd" / nsd.betas_key(1, 1)).astype(int)
     planted = np.load(tmp_path / "nsd" / planted_key(1))
     ijk = planted["brain_ijk"][planted["voxel_class"] == VOXEL_CLASS["noise"]]
-    np.testing.assert_array_equal(quiet[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]], loud[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]])
+    np.testing.assert_array_equal(
+        quiet[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]], loud[:, ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    )
     assert not np.array_equal(quiet, loud)
     assert float(planted["snr"]) == 0.0
 
@@ -220,8 +265,10 @@ def test_readers_name_the_file_on_bad_input(tmp_path):
     with pytest.raises(nsd.NSDFormatError, match=r"design\.mat.*'sharedix'"):
         nsd.read_expdesign(bad_mat)
     zero_based = tmp_path / "zero.mat"
-    scipy.io.savemat(zero_based, {"masterordering": np.array([[0, 1]]), "subjectim": np.array([[1, 2]]),
-                                  "sharedix": np.array([[1]])})
+    scipy.io.savemat(
+        zero_based,
+        {"masterordering": np.array([[0, 1]]), "subjectim": np.array([[1, 2]]), "sharedix": np.array([[1]])},
+    )
     with pytest.raises(nsd.NSDFormatError, match="1-based"):
         nsd.read_expdesign(zero_based)
     floats = tmp_path / "betas_session01.nii.gz"
@@ -233,8 +280,16 @@ def test_readers_name_the_file_on_bad_input(tmp_path):
 
 def test_every_toy_world_file_is_byte_identical_across_writes(tmp_path):
     """Same parameters, same bytes in every file (no dates: scipy's savemat stamps one)."""
-    small = ToyParams(n_subjects=2, n_sessions=1, trials_per_session=18, n_shared_images=2,
-                      n_own_images=4, image_size=16, grid=(8, 9, 8), seed=3)
+    small = ToyParams(
+        n_subjects=2,
+        n_sessions=1,
+        trials_per_session=18,
+        n_shared_images=2,
+        n_own_images=4,
+        image_size=16,
+        grid=(8, 9, 8),
+        seed=3,
+    )
     write_toy_world(tmp_path / "a" / "nsd", tmp_path / "a" / "coco", small)
     time.sleep(1.1)  # the MATLAB header's date has one-second resolution
     write_toy_world(tmp_path / "b" / "nsd", tmp_path / "b" / "coco", small)
@@ -246,8 +301,9 @@ def test_every_toy_world_file_is_byte_identical_across_writes(tmp_path):
     assert nsd.read_expdesign(tmp_path / "a" / "nsd" / nsd.expdesign_key()).sharedix.size == 2
 
 
-@pytest.mark.parametrize("content", [b"", b"not a MATLAB file at all" * 8, "truncated"],
-                         ids=["empty", "garbage", "truncated"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a MATLAB file at all" * 8, "truncated"], ids=["empty", "garbage", "truncated"]
+)
 def test_corrupt_expdesign_is_one_line_naming_the_file(tmp_path, content):
     path = tmp_path / "nsd_expdesign.mat"
     if content == "truncated":
@@ -264,7 +320,9 @@ def test_corrupt_expdesign_is_one_line_naming_the_file(tmp_path, content):
 def test_captions_that_are_not_json_name_the_file_and_place(tmp_path):
     path = tmp_path / "captions_train2017.json"
     path.write_text('{"annotations": [{"id": 1, "image_id": 2, "caption": "a cat"},\n oops]}')
-    with pytest.raises(nsd.NSDFormatError, match=r"captions_train2017\.json: not valid JSON \(.* at line 2 column 2\)"):
+    with pytest.raises(
+        nsd.NSDFormatError, match=r"captions_train2017\.json: not valid JSON \(.* at line 2 column 2\)"
+    ):
         nsd.read_coco_captions([path])
     path.write_bytes(b'{"annotations": "\xff"}')
     with pytest.raises(nsd.NSDFormatError, match=r"captions_train2017\.json: not UTF-8"):

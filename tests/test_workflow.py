@@ -13,11 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import merged_config
+from toy_runs import (
+    BACKGROUND_NICENESS,
+    REPO,
+    behind_the_tests,
+    copy_workflow,
+    differing,
+    file_hashes,
+    job_counts,
+    snakemake,
+    workflow_environment,
+)
 
 from brainldm.core.config import validate_config
-from conftest import merged_config
-from toy_runs import (BACKGROUND_NICENESS, REPO, behind_the_tests, copy_workflow, differing, file_hashes, job_counts,
-                      snakemake, workflow_environment)
 
 
 def test_lint_is_clean():
@@ -43,7 +52,11 @@ def test_planning_the_toy_graph_does_not_import_torch():
     command = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--configfile", "config/toy.yaml"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "brainldm.core.config" in imported and "numpy" in imported
     assert "torch" not in imported and "diffusers" not in imported
 
@@ -62,8 +75,13 @@ def test_a_working_directory_outside_the_workflow_plans_the_whole_toy_graph(tmp_
 
 def test_snakefmt_check_is_clean():
     """Snakefile and every .smk parse and are formatted (snakefmt's own rules)."""
-    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -75,12 +93,26 @@ def test_toy_run_writes_the_toy_world(toy_run):
 
 def test_toy_run_assembles_the_model_and_scores_attributes(toy_run):
     record = json.loads((toy_run / "resources/toy/model/brainldm_toy_model.json").read_text())
-    assert record["weights"]["sha256"] == json.loads((REPO / "workflow/toy_model/manifest.json").read_text())["sha256"]
+    assert (
+        record["weights"]["sha256"]
+        == json.loads((REPO / "workflow/toy_model/manifest.json").read_text())["sha256"]
+    )
     rows = (toy_run / "results/toy/summary/attributes.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["subject", "method", "attribute", "match", "chance", "n_images", "n_samples"]
+    assert rows[0].split("\t") == [
+        "subject",
+        "method",
+        "attribute",
+        "match",
+        "chance",
+        "n_images",
+        "n_samples",
+    ]
     seen = {tuple(row.split("\t")[:3]) for row in rows[1:]}
     assert ("2", "c", "shape") in seen and ("1", "original", "position") in seen and len(seen) == 2 * 4 * 5
-    features = {row.split("\t")[2] for row in (toy_run / "results/toy/summary/identification.tsv").read_text().splitlines()[1:]}
+    features = {
+        row.split("\t")[2]
+        for row in (toy_run / "results/toy/summary/identification.tsv").read_text().splitlines()[1:]
+    }
     assert features == {"pixels", "toy_semantic"}
 
 
@@ -91,7 +123,9 @@ def test_toy_rerun_has_nothing_to_do(toy_run):
 
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
     directory = copy_workflow(tmp_path)
-    result = snakemake(directory, "--configfile", "config/toy.yaml", "--config", "subjects=[1,12]", check=False)
+    result = snakemake(
+        directory, "--configfile", "config/toy.yaml", "--config", "subjects=[1,12]", check=False
+    )
     assert result.returncode != 0
     assert "config key 'subjects[1]'" in result.stdout + result.stderr
     assert not (directory / "resources").exists()
@@ -101,7 +135,9 @@ def test_toy_run_writes_the_field_metrics(toy_run):
     from brainldm.evaluation.identification import read_rows
 
     rows = read_rows(toy_run / "results/toy/summary/metrics.tsv")
-    assert {(r["subject"], r["method"]) for r in rows} == {(s, m) for s in ("1", "2") for m in ("z", "c", "zc")}
+    assert {(r["subject"], r["method"]) for r in rows} == {
+        (s, m) for s in ("1", "2") for m in ("z", "c", "zc")
+    }
     assert {r["metric"] for r in rows} == {"PixCorr", "SSIM", "two-way:pixels", "two-way:toy_semantic"}
     assert all(r["protocol"] == "mindeye" and r["n_samples"] == "1" for r in rows)
     # two-way:pixels is the identification registry's pixel space on the first sample: the same
@@ -113,7 +149,10 @@ def test_toy_run_writes_the_field_metrics(toy_run):
             reference = two_way[(row["subject"], row["method"])]
             assert row["value"] == reference["two_way_accuracy"] and row["n_images"] == reference["n_images"]
     value = {(r["subject"], r["method"], r["metric"]): float(r["value"]) for r in rows}
-    for subject in ("1", "2"):  # z reconstructions carry the image's layout, c ones only what the caption says
+    for subject in (
+        "1",
+        "2",
+    ):  # z reconstructions carry the image's layout, c ones only what the caption says
         assert value[(subject, "z", "PixCorr")] > value[(subject, "c", "PixCorr")] + 0.2
     comparison = read_rows(toy_run / "results/toy/summary/metrics_comparison.tsv")
     assert [r["method"] for r in comparison if r["source"] == "this run"] == ["z", "c", "zc"]
@@ -142,15 +181,23 @@ def test_toy_report_holds_configuration_tables_and_reconstructions(toy_run):
 
 # --------------------------------------------------------------------------- determinism, recovery
 
-READ_PRIORITY = ("import os; print(os.getpriority(os.PRIO_PROCESS, 0)); "
-                 "os.path.exists('/proc/self/autogroup') and print(open('/proc/self/autogroup').read())")
+READ_PRIORITY = (
+    "import os; print(os.getpriority(os.PRIO_PROCESS, 0)); "
+    "os.path.exists('/proc/self/autogroup') and print(open('/proc/self/autogroup').read())"
+)
 
 
 def test_background_runs_start_behind_the_tests_in_their_own_session():
     """The suite's toy runs lower their priority where the kernel counts it: their session's."""
     expected = min(os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS, 19)
-    child = subprocess.run([sys.executable, "-c", READ_PRIORITY], capture_output=True, text=True, check=True,
-                           start_new_session=True, preexec_fn=behind_the_tests).stdout.splitlines()
+    child = subprocess.run(
+        [sys.executable, "-c", READ_PRIORITY],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+        preexec_fn=behind_the_tests,
+    ).stdout.splitlines()
     assert int(child[0]) == expected
     if Path("/proc/self/autogroup").is_file():
         assert child[1].endswith(f" nice {expected}"), child
@@ -183,8 +230,13 @@ def killed_run(toy_run, toy_hashes, tmp_path_factory, toy_config):
     command = [sys.executable, "-m", "snakemake", "--cores", "2", target, "--configfile", "config/toy.yaml"]
     log = directory.parent / "killed.log"
     with open(log, "w") as handle:
-        run = subprocess.Popen([*command, "--forcerun", "reconstruct_images"], cwd=directory, stdout=handle,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        run = subprocess.Popen(
+            [*command, "--forcerun", "reconstruct_images"],
+            cwd=directory,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 600
         try:
             while not any(recon.glob("subj*/reconstruction/shard*.tmp-*/*/*.png")):
@@ -197,12 +249,17 @@ def killed_run(toy_run, toy_hashes, tmp_path_factory, toy_config):
     left = {
         "locks": list((directory / ".snakemake/locks").glob("*.lock")),
         "partial": list(recon.glob("subj*/reconstruction/shard*.tmp-*")),
-        "incomplete": [shard for shard in recon.glob("subj*/reconstruction/shard*of*")
-                       if ".tmp-" not in shard.name and not holds_its_manifest(shard)],
+        "incomplete": [
+            shard
+            for shard in recon.glob("subj*/reconstruction/shard*of*")
+            if ".tmp-" not in shard.name and not holds_its_manifest(shard)
+        ],
     }
     outputs = {name: directory.parent / f"resume.{name}" for name in ("stdout", "stderr")}
     with open(outputs["stdout"], "w") as stdout, open(outputs["stderr"], "w") as stderr:
-        resume = subprocess.Popen(command, cwd=directory, stdout=stdout, stderr=stderr, env=workflow_environment())
+        resume = subprocess.Popen(
+            command, cwd=directory, stdout=stdout, stderr=stderr, env=workflow_environment()
+        )
     yield {"directory": directory, "left": left, "resume": resume, "outputs": outputs}
     if resume.poll() is None:
         resume.kill()
@@ -245,26 +302,42 @@ def summary_rows(directory: Path, name: str, subject: int) -> list[str]:
 def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_run, toy_hashes):
     before = {path: digest for path, digest in toy_hashes.items() if path.startswith("results/")}
     mtimes = {path: (toy_run / path).stat().st_mtime_ns for path in before}
-    rows = {name: summary_rows(toy_run, name, 2)
-            for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv", "encoding.tsv")}
+    rows = {
+        name: summary_rows(toy_run, name, 2)
+        for name in ("decoding.tsv", "identification.tsv", "fmri_qc.tsv", "metrics.tsv", "encoding.tsv")
+    }
     subject_1 = ("results/toy/subj01/", "results/toy/report/subj01_")  # its folder and report figure
 
-    result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1",
-                       "--forcerun", "prepare_fmri")
+    result = snakemake(
+        toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1", "--forcerun", "prepare_fmri"
+    )
     output = result.stdout + result.stderr
     from brainldm.encoding.fit import model_names
 
     config = validate_config(merged_config(REPO / "config" / "toy.yaml"))
     shards = config["reconstruction"]["n_shards"]
     n_encoding_models = sum(len(names) for names in model_names(config["encoding"]))
-    encoding_jobs = ({"fit_encoding_models": 1} if config["encoding"]["jobs"] == "per_subject"
-                     else {"fit_encoding_model": n_encoding_models})
-    assert job_counts(output) == {"prepare_fmri": 1, "fit_decoder": 2, "reconstruct_images": shards,
-                                  "plot_reconstructions": 1, "identify_reconstructions": 1,
-                                  "evaluate_reconstructions": 1, "report_reconstructions": 1,
-                                  "match_toy_attributes": 1, **encoding_jobs,
-                                  "map_encoding": 1, "project_to_surface": 1, "plot_cortical_maps": 1,
-                                  "plot_accuracy_density": 1, "view_surface": 1}
+    encoding_jobs = (
+        {"fit_encoding_models": 1}
+        if config["encoding"]["jobs"] == "per_subject"
+        else {"fit_encoding_model": n_encoding_models}
+    )
+    assert job_counts(output) == {
+        "prepare_fmri": 1,
+        "fit_decoder": 2,
+        "reconstruct_images": shards,
+        "plot_reconstructions": 1,
+        "identify_reconstructions": 1,
+        "evaluate_reconstructions": 1,
+        "report_reconstructions": 1,
+        "match_toy_attributes": 1,
+        **encoding_jobs,
+        "map_encoding": 1,
+        "project_to_surface": 1,
+        "plot_cortical_maps": 1,
+        "plot_accuracy_density": 1,
+        "view_surface": 1,
+    }
     assert "subject=02" not in output
     after = file_hashes(toy_run, parts=("results",))
     assert sorted(after) == sorted(before)
@@ -282,16 +355,25 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
     # an input's content changed); subject 2's rows stay as they were.
     result = snakemake(toy_run, "--configfile", "config/toy.yaml")
     output = result.stdout + result.stderr
-    summaries = {"summarize_fmri_qc", "summarize_decoding", "summarize_identification",
-                 "summarize_metrics", "summarize_toy_attributes", "summarize_encoding",
-                 "report_table"}
+    summaries = {
+        "summarize_fmri_qc",
+        "summarize_decoding",
+        "summarize_identification",
+        "summarize_metrics",
+        "summarize_toy_attributes",
+        "summarize_encoding",
+        "report_table",
+    }
     assert "Nothing to be done" in output or set(job_counts(output)) <= summaries, output[-3000:]
     for name, subject_2_rows in rows.items():
         assert subject_2_rows and summary_rows(toy_run, name, 2) == subject_2_rows
         assert summary_rows(toy_run, name, 1)
     final = file_hashes(toy_run, parts=("results",))
-    assert [path for path in untouched
-            if not path.startswith("results/toy/summary/") and final[path] != before[path]] == []
+    assert [
+        path
+        for path in untouched
+        if not path.startswith("results/toy/summary/") and final[path] != before[path]
+    ] == []
 
 
 def test_killed_run_resumes_with_the_same_command(killed_run, toy_hashes):
@@ -312,7 +394,11 @@ def test_toy_run_encoding_finds_the_planted_tuning(toy_run):
 
     with open(toy_run / "results/toy/summary/encoding.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    r = {(row["subject"], row["model"], row["roi"]): float(row["mean_r"]) for row in rows if not row["unique_space"]}
+    r = {
+        (row["subject"], row["model"], row["roi"]): float(row["mean_r"])
+        for row in rows
+        if not row["unique_space"]
+    }
     for subject in ("1", "2"):
         assert r[(subject, "z", "early")] > r[(subject, "z", "ventral")]
         assert r[(subject, "c", "ventral")] > r[(subject, "c", "early")]

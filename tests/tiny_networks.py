@@ -18,16 +18,29 @@ class TinyAlexNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(4, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(3, 4, 11, 4, 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(4, 6, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 5, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(5 * 36, 12), nn.ReLU(), nn.Dropout(), nn.Linear(12, 7),
-            nn.ReLU(), nn.Linear(7, 3),
+            nn.Dropout(),
+            nn.Linear(5 * 36, 12),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(12, 7),
+            nn.ReLU(),
+            nn.Linear(7, 3),
         )
 
     def forward(self, x):
@@ -40,7 +53,9 @@ class TinyPooled(nn.Module):
 
     def __init__(self, channels: int = 6):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, channels, 7, 4, 3), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2, 1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, channels, 7, 4, 3), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2, 1)
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, 4)
 
@@ -63,6 +78,13 @@ def tiny_clip_vision(image_size: int = 224):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=image_size, patch_size=14, projection_dim=16)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=16,
+    )
     return CLIPVisionModelWithProjection(config).eval()

@@ -56,8 +56,9 @@ def copy_workflow(destination: Path) -> Path:
 def snakemake(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``snakemake --cores 2 ARGS`` in ``directory``; on failure (with ``check``) its output's tail."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=1200,
-                            env=workflow_environment())
+    result = subprocess.run(
+        command, cwd=directory, capture_output=True, text=True, timeout=1200, env=workflow_environment()
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -131,16 +132,26 @@ class BackgroundRun:
     """
 
     def __init__(self, directory: Path, *args: str, log: Path, on_slurm: bool):
-        executor = (("--workflow-profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "1")
-                    if on_slurm else ("--cores", "2"))
+        executor = (
+            ("--workflow-profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "1")
+            if on_slurm
+            else ("--cores", "2")
+        )
         self.command = [sys.executable, "-m", "snakemake", *executor, *args]
         self.directory = directory
         self.log = log
         self.started = time.monotonic()
         with open(log, "w") as handle:
-            self.process = subprocess.Popen(self.command, cwd=directory, stdout=handle, stderr=subprocess.STDOUT,
-                                            text=True, env=workflow_environment(),
-                                            start_new_session=True, preexec_fn=behind_the_tests)
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=directory,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=workflow_environment(),
+                start_new_session=True,
+                preexec_fn=behind_the_tests,
+            )
 
     def output(self) -> str:
         """Wait until the run ends (at most ``RUN_TIMEOUT_S`` from its start); its output, or fail
@@ -149,8 +160,9 @@ class BackgroundRun:
             self.process.wait(timeout=max(1.0, RUN_TIMEOUT_S - (time.monotonic() - self.started)))
         except subprocess.TimeoutExpired:
             self.stop()
-            raise AssertionError(f"{' '.join(self.command)} ran past {RUN_TIMEOUT_S} s:\n"
-                                 f"{self.log.read_text()[-6000:]}")
+            raise AssertionError(
+                f"{' '.join(self.command)} ran past {RUN_TIMEOUT_S} s:\n{self.log.read_text()[-6000:]}"
+            )
         output = self.log.read_text()
         if self.process.returncode != 0:
             raise AssertionError(f"{' '.join(self.command)} failed:\n{output[-8000:]}")

@@ -26,9 +26,17 @@ def _build(nsd_root: str, coco_root: str, out_dir: str) -> dict:
     captions = nsd.captions_for(stim_info, coco, all_ids)
     images = nsd.read_stimuli(nsd_root / nsd.stimuli_key(), all_ids)
     record = assemble_toy_model(out_dir)
-    return {"model_dir": Path(out_dir), "record": record, "nsd_ids": all_ids, "images": images,
-            "captions": captions, "holdout": holdout, "design": design, "stim_info": stim_info,
-            "coco": coco}
+    return {
+        "model_dir": Path(out_dir),
+        "record": record,
+        "nsd_ids": all_ids,
+        "images": images,
+        "captions": captions,
+        "holdout": holdout,
+        "design": design,
+        "stim_info": stim_info,
+        "coco": coco,
+    }
 
 
 def toy_sd(tmp_path_factory, toy_world) -> dict:
@@ -42,8 +50,8 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
 
     Returns the features folder and the nsdIds (ascending) it holds.
     """
-    from brainldm.features import store as S
     from brainldm.features import extract as F
+    from brainldm.features import store as S
     from brainldm.nsd import layout as nsd
 
     ids = S.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
@@ -52,9 +60,16 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
     settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
     for feature in ("z", "c"):
         path = out / "shards" / f"{feature}_0of1.npy"
-        F.extract_feature_shard(feature, components, ids, path, settings,
-                                read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
-                                captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
-                                progress=False, chunk_size=64)
+        F.extract_feature_shard(
+            feature,
+            components,
+            ids,
+            path,
+            settings,
+            read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+            captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
+            progress=False,
+            chunk_size=64,
+        )
         S.merge_shards(feature, [path], out, expected_nsd_ids=ids)
     return out, ids

@@ -100,12 +100,21 @@ def child_ours(s, n_targets, batch, backend, out, queue):
     X, X_test, F, rows = make_data(s, n_targets)
     data_mb = _peak_mb()
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    result = ridge_cv_predict(X, F, X_test, alphas=ALPHAS, n_folds=N_FOLDS, rows=rows,
-                              backend=backend, n_targets_batch=batch)
+    result = ridge_cv_predict(
+        X, F, X_test, alphas=ALPHAS, n_folds=N_FOLDS, rows=rows, backend=backend, n_targets_batch=batch
+    )
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     np.save(out, result.predictions)
-    queue.put({"seconds": seconds, "cpu": cpu, "peak_mb": _peak_mb(), "data_mb": data_mb,
-               "filter_rank": result.filter_rank, "load": os.getloadavg()[0]})
+    queue.put(
+        {
+            "seconds": seconds,
+            "cpu": cpu,
+            "peak_mb": _peak_mb(),
+            "data_mb": data_mb,
+            "filter_rank": result.filter_rank,
+            "load": os.getloadavg()[0],
+        }
+    )
 
 
 def child_himalaya(s, n_targets, out, queue):
@@ -119,14 +128,25 @@ def child_himalaya(s, n_targets, out, queue):
     del F
     data_mb = _peak_mb()
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    model = RidgeCV(alphas=np.asarray(ALPHAS, dtype=np.float32), cv=KFold(N_FOLDS, shuffle=False),
-                    fit_intercept=False, solver="svd")
+    model = RidgeCV(
+        alphas=np.asarray(ALPHAS, dtype=np.float32),
+        cv=KFold(N_FOLDS, shuffle=False),
+        fit_intercept=False,
+        solver="svd",
+    )
     model.fit(X, Y)
     pred = np.asarray(model.predict(X_test))
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     np.save(out, pred)
-    queue.put({"seconds": seconds, "cpu": cpu, "peak_mb": _peak_mb(), "data_mb": data_mb,
-               "load": os.getloadavg()[0]})
+    queue.put(
+        {
+            "seconds": seconds,
+            "cpu": cpu,
+            "peak_mb": _peak_mb(),
+            "data_mb": data_mb,
+            "load": os.getloadavg()[0],
+        }
+    )
 
 
 def child_himalaya_per_target(s, n_targets, queue):
@@ -150,8 +170,12 @@ def child_himalaya_per_target(s, n_targets, queue):
     t0, c0 = time.perf_counter(), _cpu_seconds()
     np.matmul(refit_matrix, y)
     refit_seconds, refit_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    queue.put({"per_target": (N_FOLDS * cv_seconds + refit_seconds) / t,
-               "per_target_cpu": (N_FOLDS * cv_cpu + refit_cpu) / t})
+    queue.put(
+        {
+            "per_target": (N_FOLDS * cv_seconds + refit_seconds) / t,
+            "per_target_cpu": (N_FOLDS * cv_cpu + refit_cpu) / t,
+        }
+    )
 
 
 def run(target, *args):
@@ -168,8 +192,10 @@ def run(target, *args):
             break
         except queue_module.Empty:
             if not proc.is_alive():
-                raise RuntimeError(f"{target.__name__} died (exit code {proc.exitcode}; "
-                                   "-9 usually means the kernel's out-of-memory killer)")
+                raise RuntimeError(
+                    f"{target.__name__} died (exit code {proc.exitcode}; "
+                    "-9 usually means the kernel's out-of-memory killer)"
+                )
     proc.join()
     return result
 
@@ -177,37 +203,67 @@ def run(target, *args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--feature", choices=["z", "c", "both"], default="both")
-    parser.add_argument("--scale", type=float, default=0.25,
-                        help="fraction of NSD's trials, images, test images and voxels (1 = NSD)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=0.25,
+        help="fraction of NSD's trials, images, test images and voxels (1 = NSD)",
+    )
     parser.add_argument("--targets-c", type=int, default=NSD["c"][1], help="targets of c for our fit")
-    parser.add_argument("--baseline-targets", type=int, default=512,
-                        help="targets the himalaya baseline fits (its time is extrapolated to all)")
+    parser.add_argument(
+        "--baseline-targets",
+        type=int,
+        default=512,
+        help="targets the himalaya baseline fits (its time is extrapolated to all)",
+    )
     parser.add_argument("--batch", type=int, default=8192, help="our n_targets_batch")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--ours-seconds", type=float, default=None,
-                        help="our wall time on all targets measured in an earlier run: fit ours "
-                             "only on the baseline's targets (for the comparison) and use this time")
+    parser.add_argument(
+        "--ours-seconds",
+        type=float,
+        default=None,
+        help="our wall time on all targets measured in an earlier run: fit ours "
+        "only on the baseline's targets (for the comparison) and use this time",
+    )
     args = parser.parse_args(argv)
 
-    print(f"# cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, scale {args.scale}, "
-          f"backend {args.backend}", flush=True)
+    print(
+        f"# cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, scale {args.scale}, "
+        f"backend {args.backend}",
+        flush=True,
+    )
     features = ["z", "c"] if args.feature == "both" else [args.feature]
     with tempfile.TemporaryDirectory() as tmp:
         for feature in features:
             s = shapes(feature, args.scale)
             n_targets = args.targets_c if feature == "c" else s["n_targets"]
             base_t = min(args.baseline_targets, n_targets)
-            print(f"{feature}: {s['n_trials']} trials of {s['n_images']} images, {s['n_test']} test, "
-                  f"{s['n_voxels']} voxels, {n_targets} targets", flush=True)
-            ours = run(child_ours, s, base_t if args.ours_seconds else n_targets, args.batch,
-                       args.backend, f"{tmp}/ours_{feature}.npy")
+            print(
+                f"{feature}: {s['n_trials']} trials of {s['n_images']} images, {s['n_test']} test, "
+                f"{s['n_voxels']} voxels, {n_targets} targets",
+                flush=True,
+            )
+            ours = run(
+                child_ours,
+                s,
+                base_t if args.ours_seconds else n_targets,
+                args.batch,
+                args.backend,
+                f"{tmp}/ours_{feature}.npy",
+            )
             if args.ours_seconds:
-                print(f"  (our fit below is on {base_t} targets; the speed-up uses --ours-seconds "
-                      f"{args.ours_seconds:.1f} measured on all {n_targets})", flush=True)
-            print(f"  ours      : {ours['seconds']:8.1f} s wall, {ours['cpu']:8.1f} s CPU, peak "
-                  f"{ours['peak_mb'] / 1024:5.2f} GB (data alone {ours['data_mb'] / 1024:.2f} GB), "
-                  f"filter rank {ours['filter_rank']}, load {ours['load']:.1f}", flush=True)
+                print(
+                    f"  (our fit below is on {base_t} targets; the speed-up uses --ours-seconds "
+                    f"{args.ours_seconds:.1f} measured on all {n_targets})",
+                    flush=True,
+                )
+            print(
+                f"  ours      : {ours['seconds']:8.1f} s wall, {ours['cpu']:8.1f} s CPU, peak "
+                f"{ours['peak_mb'] / 1024:5.2f} GB (data alone {ours['data_mb'] / 1024:.2f} GB), "
+                f"filter rank {ours['filter_rank']}, load {ours['load']:.1f}",
+                flush=True,
+            )
             if args.skip_baseline:
                 continue
             base = run(child_himalaya, s, base_t, f"{tmp}/himalaya_{feature}.npy")
@@ -217,21 +273,30 @@ def main(argv=None):
                 kernel = run(child_himalaya_per_target, s, min(base_t, 512))
                 seconds += (n_targets - base_t) * kernel["per_target"]
                 cpu += (n_targets - base_t) * kernel["per_target_cpu"]
-                note = (f"{base['seconds']:.1f} s wall / {base['cpu']:.1f} s CPU measured on {base_t} "
-                        f"targets + {kernel['per_target'] * 1e3:.2f} ms / {kernel['per_target_cpu'] * 1e3:.2f} "
-                        f"ms CPU x {n_targets - base_t} more targets")
+                note = (
+                    f"{base['seconds']:.1f} s wall / {base['cpu']:.1f} s CPU measured on {base_t} "
+                    f"targets + {kernel['per_target'] * 1e3:.2f} ms / {kernel['per_target_cpu'] * 1e3:.2f} "
+                    f"ms CPU x {n_targets - base_t} more targets"
+                )
             ref = np.load(f"{tmp}/himalaya_{feature}.npy")
             mine = np.load(f"{tmp}/ours_{feature}.npy")[:, :base_t]
             rel = float(np.abs(mine - ref).max() / np.abs(ref).max())
             col = np.linalg.norm(mine - ref, axis=0) / np.linalg.norm(ref, axis=0)
-            print(f"  himalaya  : {seconds:8.1f} s wall, {cpu:8.1f} s CPU ({note}); peak "
-                  f"{base['peak_mb'] / 1024:5.2f} GB on {base_t} targets (data alone "
-                  f"{base['data_mb'] / 1024:.2f} GB), load {base['load']:.1f}", flush=True)
+            print(
+                f"  himalaya  : {seconds:8.1f} s wall, {cpu:8.1f} s CPU ({note}); peak "
+                f"{base['peak_mb'] / 1024:5.2f} GB on {base_t} targets (data alone "
+                f"{base['data_mb'] / 1024:.2f} GB), load {base['load']:.1f}",
+                flush=True,
+            )
             ours_seconds = args.ours_seconds or ours["seconds"]
             cpu_ratio = "" if args.ours_seconds else f", {cpu / ours['cpu']:.1f}x CPU"
-            print(f"  speed-up  : {seconds / ours_seconds:.1f}x wall{cpu_ratio}; "
-                  f"predictions on {base_t} targets: max |diff| / max |himalaya| = {rel:.2e}, worst "
-                  f"per-target relative L2 = {col.max():.2e}", flush=True)
+            print(
+                f"  speed-up  : {seconds / ours_seconds:.1f}x wall{cpu_ratio}; "
+                f"predictions on {base_t} targets: max |diff| / max |himalaya| = {rel:.2e}, worst "
+                f"per-target relative L2 = {col.max():.2e}",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

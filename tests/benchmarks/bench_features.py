@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
-from brainldm.features import extract as F  # noqa: E402
 from brainldm import nsd  # noqa: E402
+from brainldm.features import extract as F  # noqa: E402
 
 
 def timed(fn, repeat=1):
@@ -55,7 +55,14 @@ def release_like_z(vae, stimuli, ids, size, seed):
         for n in ids:
             image = nsd.read_stimuli(stimuli, [n])[0]  # opens the file for every image
             image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
-            x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(param.device, param.dtype)
+            x = (
+                torch.from_numpy(np.array(image))
+                .permute(2, 0, 1)[None]
+                .float()
+                .div(127.5)
+                .sub(1)
+                .to(param.device, param.dtype)
+            )
             latents = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
             vae.decode(latents / vae.config.scaling_factor)  # the needless decode
             out.append(latents.float().cpu().numpy())
@@ -78,7 +85,11 @@ def pipeline_z(vae, stimuli, ids, size, seed, batch_size, per_sample):
     out = []
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
-        out.append(F.encode_z(vae, nsd.read_stimuli(stimuli, batch), batch, size, "sample", seed, per_sample=per_sample))
+        out.append(
+            F.encode_z(
+                vae, nsd.read_stimuli(stimuli, batch), batch, size, "sample", seed, per_sample=per_sample
+            )
+        )
     return np.concatenate(out)
 
 
@@ -89,8 +100,15 @@ def pipeline_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids, batc
     out = []
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
-        out.append(F.encode_c(text_encoder, tokenizer, [captions[int(n)] for n in batch],
-                              batch_size=5 * batch_size, per_sample=per_sample))
+        out.append(
+            F.encode_c(
+                text_encoder,
+                tokenizer,
+                [captions[int(n)] for n in batch],
+                batch_size=5 * batch_size,
+                per_sample=per_sample,
+            )
+        )
     return np.concatenate(out)
 
 
@@ -136,7 +154,9 @@ def main() -> None:
         size = 320
         model_name = "SD v1.4 VAE + CLIP ViT-L/14 text encoder (published configs, random weights)"
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    )
     print(f"device: {device_name}; {model_name}; {len(ids)} images at {size} px; batch {args.batch_size}")
     vae.eval()
     text_encoder.eval()
@@ -155,24 +175,34 @@ def main() -> None:
             rows.append(("z", "pipeline batched (GPU path)", t))
         t, c_loop = timed(lambda: release_like_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids))
         rows.append(("c", "one image at a time (release-like, JSON re-parsed)", t))
-        t, c_pipe = timed(lambda: pipeline_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids,
-                                             args.batch_size, per_sample))
+        t, c_pipe = timed(
+            lambda: pipeline_c(
+                text_encoder, tokenizer, stim_info_path, caption_paths, ids, args.batch_size, per_sample
+            )
+        )
         rows.append(("c", f"pipeline ({'per-sample, bit-exact' if per_sample else 'batched'})", t))
         if per_sample:
-            t, _ = timed(lambda: pipeline_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids,
-                                            args.batch_size, False))
+            t, _ = timed(
+                lambda: pipeline_c(
+                    text_encoder, tokenizer, stim_info_path, caption_paths, ids, args.batch_size, False
+                )
+            )
             rows.append(("c", "pipeline batched (GPU path)", t))
     np.testing.assert_allclose(c_pipe, c_loop, rtol=0, atol=1e-3 if dtype == torch.float32 else 5e-2)
     baseline = {feature: seconds for feature, name, seconds in rows if name.startswith("one image")}
     print(f"{'feature':8}{'method':52}{'seconds':>9}{'images/s':>10}{'speed-up':>10}")
     for feature, name, seconds in rows:
-        print(f"{feature:8}{name:52}{seconds:9.2f}{len(ids) / seconds:10.3g}{baseline[feature] / seconds:9.1f}x")
+        print(
+            f"{feature:8}{name:52}{seconds:9.2f}{len(ids) / seconds:10.3g}{baseline[feature] / seconds:9.1f}x"
+        )
     size_mb = sum(p.stat().st_size for p in caption_paths) / 1e6
     start = time.perf_counter()
     for p in caption_paths:
         json.loads(p.read_text())
-    print(f"(toy caption JSONs: {size_mb:.2f} MB, parsed in {time.perf_counter() - start:.3f} s; COCO's "
-          "captions_train2017.json is ~90 MB, so the release's per-image re-parse costs far more on NSD)")
+    print(
+        f"(toy caption JSONs: {size_mb:.2f} MB, parsed in {time.perf_counter() - start:.3f} s; COCO's "
+        "captions_train2017.json is ~90 MB, so the release's per-image re-parse costs far more on NSD)"
+    )
 
 
 if __name__ == "__main__":

@@ -95,9 +95,14 @@ def write_world(root: Path, n_sessions: int, level: int) -> None:
     masterordering = rng.permutation(np.repeat(np.arange(1, 10_001), 3))
     path = root / nsd.expdesign_key()
     path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, {"masterordering": masterordering[None, :].astype(np.float64),
-                   "subjectim": subjectim.astype(np.float64),
-                   "sharedix": subjectim[:, :1000].astype(np.float64)})
+    savemat(
+        path,
+        {
+            "masterordering": masterordering[None, :].astype(np.float64),
+            "subjectim": subjectim.astype(np.float64),
+            "sharedix": subjectim[:, :1000].astype(np.float64),
+        },
+    )
     # ROIs: the most posterior brain voxels form nsdgeneral; early and ventral lie inside it.
     ijk = np.argwhere(brain)
     ijk = ijk[np.argsort(ijk[:, 1], kind="stable")][: ROI_SIZES["nsdgeneral"]]
@@ -105,22 +110,29 @@ def write_world(root: Path, n_sessions: int, level: int) -> None:
     general[tuple(ijk.T)] = 1
     streams = np.zeros(GRID, dtype=np.int16)
     streams[tuple(ijk[: ROI_SIZES["early"]].T)] = 1
-    streams[tuple(ijk[ROI_SIZES["early"]: ROI_SIZES["early"] + ROI_SIZES["ventral"]].T)] = 5
-    for key, data in ((nsd.roi_key(1, "nsdgeneral"), general), (nsd.roi_key(1, "streams"), streams),
-                      (nsd.brainmask_key(1), brain.astype(np.int16))):
+    streams[tuple(ijk[ROI_SIZES["early"] : ROI_SIZES["early"] + ROI_SIZES["ventral"]].T)] = 5
+    for key, data in (
+        (nsd.roi_key(1, "nsdgeneral"), general),
+        (nsd.roi_key(1, "streams"), streams),
+        (nsd.brainmask_key(1), brain.astype(np.int16)),
+    ):
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(data, affine()), str(root / key))
     table = root / nsd.label_table_key("streams")
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text("0 Unknown\n1 early\n2 midventral\n3 midlateral\n4 midparietal\n5 ventral\n"
-                     "6 lateral\n7 parietal\n")
+    table.write_text(
+        "0 Unknown\n1 early\n2 midventral\n3 midlateral\n4 midparietal\n5 ventral\n6 lateral\n7 parietal\n"
+    )
     for session in range(1, n_sessions + 1):
         path = root / nsd.betas_key(1, session, "nifti")
         if session <= N_FILES:
             start = time.perf_counter()
             write_session(path, brain, rng, level)
-            print(f"  wrote {path.name}: {path.stat().st_size / 1e6:.0f} MB in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"  wrote {path.name}: {path.stat().st_size / 1e6:.0f} MB in "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
         else:
             path.symlink_to(root / nsd.betas_key(1, (session - 1) % N_FILES + 1, "nifti"))
 
@@ -152,20 +164,45 @@ def child(task: str, root: Path, n_sessions: int, workers: int) -> dict:
         from brainldm.fmri.prepare import prepare_subject_from_root
 
         out = Path(tempfile.mkdtemp(dir=root.parent))
-        prepare_subject_from_root(root, out, subject=1, sessions=range(1, n_sessions + 1),
-                                  rois=list(ROI_SIZES), workers=workers, progress=False)
+        prepare_subject_from_root(
+            root,
+            out,
+            subject=1,
+            sessions=range(1, n_sessions + 1),
+            rois=list(ROI_SIZES),
+            workers=workers,
+            progress=False,
+        )
         shutil.rmtree(out)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"task": task, "sessions": n_sessions, "workers": workers, "seconds": seconds,
-            "peak_rss_mb": peak_kb / 1024}
+    return {
+        "task": task,
+        "sessions": n_sessions,
+        "workers": workers,
+        "seconds": seconds,
+        "peak_rss_mb": peak_kb / 1024,
+    }
 
 
 def measure(task: str, root: Path, n_sessions: int = 1, workers: int = 1) -> dict:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", task, "--root", str(root),
-         "--n", str(n_sessions), "--child-workers", str(workers)],
-        check=True, capture_output=True, text=True)
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            task,
+            "--root",
+            str(root),
+            "--n",
+            str(n_sessions),
+            "--child-workers",
+            str(workers),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -193,22 +230,29 @@ def main() -> None:
             print(f"writing synthetic NSD data ({min(n_max, N_FILES)} session files) to {root}", flush=True)
             shutil.rmtree(root, ignore_errors=True)
             write_world(root, n_max, args.level)
-        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
-              f"file size {(root / nsd.betas_key(1, 1, 'nifti')).stat().st_size / 1e6:.0f} MB")
+        print(
+            f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+            f"file size {(root / nsd.betas_key(1, 1, 'nifti')).stat().st_size / 1e6:.0f} MB"
+        )
 
         # The machine may be shared: runs of the baseline and of the preparation alternate and
         # the fastest of each is kept, so that both see the same conditions.
         def best(runs):
             return min(runs, key=lambda r: r["seconds"]) | {
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)
+            }
 
         load = os.getloadavg()[0]
         print(f"load average at start: {load:.1f}")
         nibabel = best([measure("nibabel", root) for _ in range(args.repeats)])
-        print(f"\nnibabel full read of one session: {nibabel['seconds']:.2f} s, peak RSS "
-              f"{nibabel['peak_rss_mb']:.0f} MB")
-        print(f"\n{'sessions':>8}{'inflate s/sess':>16}{'inflate RSS MB':>16}{'workers':>9}"
-              f"{'prepare s/sess':>16}{'x inflate':>11}{'prepare RSS MB':>16}")
+        print(
+            f"\nnibabel full read of one session: {nibabel['seconds']:.2f} s, peak RSS "
+            f"{nibabel['peak_rss_mb']:.0f} MB"
+        )
+        print(
+            f"\n{'sessions':>8}{'inflate s/sess':>16}{'inflate RSS MB':>16}{'workers':>9}"
+            f"{'prepare s/sess':>16}{'x inflate':>11}{'prepare RSS MB':>16}"
+        )
         for n in args.sessions:
             runs = {"inflate": [], **{w: [] for w in args.workers}}
             for _ in range(args.repeats):
@@ -219,9 +263,11 @@ def main() -> None:
             for workers in args.workers:
                 result = best(runs[workers])
                 ratio = result["seconds"] / inflate["seconds"]
-                print(f"{n:>8}{inflate['seconds'] / n:>16.2f}{inflate['peak_rss_mb']:>16.0f}{workers:>9}"
-                      f"{result['seconds'] / n:>16.2f}{ratio:>11.2f}{result['peak_rss_mb']:>16.0f}",
-                      flush=True)
+                print(
+                    f"{n:>8}{inflate['seconds'] / n:>16.2f}{inflate['peak_rss_mb']:>16.0f}{workers:>9}"
+                    f"{result['seconds'] / n:>16.2f}{ratio:>11.2f}{result['peak_rss_mb']:>16.0f}",
+                    flush=True,
+                )
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
     finally:
         if not args.keep:

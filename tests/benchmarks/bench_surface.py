@@ -48,8 +48,8 @@ class Timer:
 
 
 def nsd_size(folder: Path) -> None:
-    from brainldm.nsd import layout as nsd
     from brainldm.maps import surface
+    from brainldm.nsd import layout as nsd
 
     print(f"NSD size: grid {NSD_GRID}, native vertices {NSD_VERTICES}")
     rng = np.random.default_rng(0)
@@ -65,8 +65,9 @@ def nsd_size(folder: Path) -> None:
                 coordinates = rng.uniform(1, np.array(NSD_GRID), size=(n, 3))
                 coordinates[rng.random(n) < 0.01] = surface.INVALID_COORDINATE
                 surface.write_layer_coordinates(paths[hemi][depth], coordinates)
-            surface.write_fsaverage_indices(paths[hemi]["fsaverage"],
-                                            rng.integers(1, n + 1, surface.FSAVERAGE_VERTICES))
+            surface.write_fsaverage_indices(
+                paths[hemi]["fsaverage"], rng.integers(1, n + 1, surface.FSAVERAGE_VERTICES)
+            )
     with Timer("read the transforms"):
         transforms = surface.load_transforms(paths)
     for interpolation, data in (("cubic", volume), ("linear", volume), ("nearest", volume), ("wta", labels)):
@@ -74,7 +75,9 @@ def nsd_size(folder: Path) -> None:
             surface.project_volume(data, transforms, NSD_GRID, interpolation=interpolation)
     import resource
 
-    print(f"  peak RSS of the process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(
+        f"  peak RSS of the process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
 
 
 def toy(folder: Path) -> None:
@@ -84,10 +87,11 @@ def toy(folder: Path) -> None:
         matplotlib.use("Agg")
         for module in ("nibabel", "scipy.ndimage", "nilearn.plotting"):
             importlib.import_module(module)
+    from encoding_volumes import ENCODING, write_encoding_volumes
+
     from brainldm.maps import figures as map_specs
     from brainldm.maps import surface
     from brainldm.toy.world import ToyParams, write_toy_world
-    from encoding_volumes import ENCODING, write_encoding_volumes
 
     print("toy (subject 1; models z, c, zc0.25, zc0.75; 3 U-Net blocks)")
     params = ToyParams()
@@ -96,8 +100,13 @@ def toy(folder: Path) -> None:
     names = map_specs.surface_volume_names(ENCODING)
     outputs = {name: str(folder / "surface" / f"{name}.npz") for name in names}
     with Timer(f"project_to_surface ({len(names)} maps)"):
-        surface.project_volumes({n: volumes[n] for n in names}, outputs, surface.transform_paths(folder / "nsd", 1),
-                                params.grid, label_maps=map_specs.label_volume_names(names))
+        surface.project_volumes(
+            {n: volumes[n] for n in names},
+            outputs,
+            surface.transform_paths(folder / "nsd", 1),
+            params.grid,
+            label_maps=map_specs.label_volume_names(names),
+        )
     figures = {name: str(folder / "maps" / f"{name}.png") for name in map_specs.figure_names(ENCODING)}
     with Timer("meshes (first use of nilearn's fsaverage5)"):
         from brainldm.maps.draw import fsaverage5
@@ -108,13 +117,27 @@ def toy(folder: Path) -> None:
 
         face_index_raster(100)
     with Timer(f"plot_cortical_maps ({len(figures)} figures x 5 views)"):
-        map_specs.draw_cortical_maps(outputs, str(folder / "encoding/volumes/unet_best_block.json"), ENCODING,
-                                     figures, subject="01", dpi=100)
+        map_specs.draw_cortical_maps(
+            outputs,
+            str(folder / "encoding/volumes/unet_best_block.json"),
+            ENCODING,
+            figures,
+            subject="01",
+            dpi=100,
+        )
     with Timer(f"the same {len(figures)} figures' surfaces drawn by nilearn"):
-        nilearn_drawn(outputs, str(folder / "encoding/volumes/unet_best_block.json"), ENCODING, folder / "nilearn")
+        nilearn_drawn(
+            outputs, str(folder / "encoding/volumes/unet_best_block.json"), ENCODING, folder / "nilearn"
+        )
     with Timer("plot_accuracy_density"):
-        map_specs.draw_accuracy_density(str(volumes["z_r"]), str(volumes["c_r"]), str(folder / "density.png"),
-                                        x_model="z", y_model="c", subject="01")
+        map_specs.draw_accuracy_density(
+            str(volumes["z_r"]),
+            str(volumes["c_r"]),
+            str(folder / "density.png"),
+            x_model="z",
+            y_model="c",
+            subject="01",
+        )
     with Timer("view_surface"):
         map_specs.write_viewer(outputs, str(folder / "viewer.html"), viewer_map="z-c", subject="01")
 
@@ -124,14 +147,15 @@ def nilearn_drawn(surface_paths, block_names_path, encoding, folder: Path) -> No
     before it painted them through the face raster."""
     import matplotlib.pyplot as plt
 
-    from brainldm.maps import figures as map_specs
     from brainldm.maps import draw as maps
+    from brainldm.maps import figures as map_specs
     from brainldm.maps.surface import load_surface_map
 
     folder.mkdir(parents=True, exist_ok=True)
     surface_maps = {name: load_surface_map(path) for name, path in surface_paths.items()}
-    for figure_map in map_specs.figure_maps(surface_maps, encoding, map_specs.read_block_names(block_names_path),
-                                            subject="01"):
+    for figure_map in map_specs.figure_maps(
+        surface_maps, encoding, map_specs.read_block_names(block_names_path), subject="01"
+    ):
         figure = plt.figure(figsize=maps.FIGURE_SIZE, dpi=100)
         maps.draw_with_nilearn(figure_map.values, figure_map.style, figure)
         figure.savefig(folder / f"{figure_map.name}.png", dpi=100)

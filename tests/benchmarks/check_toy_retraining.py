@@ -37,7 +37,9 @@ def held_out_results(manifest: dict) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None, help="folder for the retrained weights and checkpoints")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for the retrained weights and checkpoints"
+    )
     parser.add_argument("--tolerance", type=float, default=0.1)
     args = parser.parse_args()
     shipped = read_manifest(SHIPPED_WEIGHTS)
@@ -47,8 +49,9 @@ def main() -> int:
     params = ToyParams.from_config(shipped["toy"])
     work = args.work or Path(tempfile.mkdtemp(prefix="toy_retrain_"))
     print(f"retraining with {settings} on {params} in {work}", flush=True)
-    retrained = train_toy_weights(work / "weights", settings, params, work / "checkpoints",
-                                  command="check_toy_retraining")
+    retrained = train_toy_weights(
+        work / "weights", settings, params, work / "checkpoints", command="check_toy_retraining"
+    )
     identical = True
     for name in WEIGHT_FILES.values():
         same = retrained["sha256"][name] == shipped["sha256"][name]
@@ -68,8 +71,11 @@ def main() -> int:
             close = abs(ours[key] - theirs[key]) <= args.tolerance
             ok &= close
             print(f"{key:40s} {ours[key]:.3f}    {theirs[key]:.3f}{'' if close else '  <- beyond tolerance'}")
-    print("retraining reproduces the shipped weights" + ("" if identical else " within tolerance") if ok
-          else "retraining does NOT reproduce the shipped weights")
+    print(
+        "retraining reproduces the shipped weights" + ("" if identical else " within tolerance")
+        if ok
+        else "retraining does NOT reproduce the shipped weights"
+    )
     return 0 if ok else 1
 
 

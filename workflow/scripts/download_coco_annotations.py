@@ -2,16 +2,15 @@
 
 import sys
 
+from brainldm.core.logs import setup_logging
 from brainldm.nsd import layout as nsd
 from brainldm.nsd.download import DownloadError, download_coco_captions
-from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     coco_root = nsd.root_of(snakemake.output.train, nsd.COCO_CAPTION_FILES[0])
     try:
-        written = download_coco_captions(snakemake.params.url, coco_root,
-                                         progress=sys.stderr.isatty())
+        written = download_coco_captions(snakemake.params.url, coco_root, progress=sys.stderr.isatty())
     except DownloadError as error:
         log.error("%s", error)
         raise

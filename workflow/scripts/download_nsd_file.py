@@ -2,8 +2,8 @@
 
 import sys
 
-from brainldm.nsd.download import DownloadError, download_nsd_key
 from brainldm.core.logs import setup_logging
+from brainldm.nsd.download import DownloadError, download_nsd_key
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
@@ -18,5 +18,10 @@ if "snakemake" in globals():
     except DownloadError as error:
         log.error("%s", error)
         raise
-    log.info("done: %d bytes, verified by %s, %d attempt(s), resumed from byte %d",
-             result.size, result.verified, result.attempts, result.resumed_from)
+    log.info(
+        "done: %d bytes, verified by %s, %d attempt(s), resumed from byte %d",
+        result.size,
+        result.verified,
+        result.attempts,
+        result.resumed_from,
+    )

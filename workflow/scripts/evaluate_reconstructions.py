@@ -3,9 +3,9 @@
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.logs import setup_logging
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
 from brainldm.evaluation.identification import format_rows, read_subject_reconstructions
-from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

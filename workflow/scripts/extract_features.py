@@ -2,11 +2,11 @@
 
 import torch
 
-from brainldm.nsd import layout as nsd
-from brainldm.features.store import needed_nsd_ids, shard_nsd_ids
-from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.core.logs import setup_logging
+from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.features.sd_model import load_stable_diffusion
+from brainldm.features.store import needed_nsd_ids, shard_nsd_ids
+from brainldm.nsd import layout as nsd
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
@@ -20,13 +20,20 @@ if "snakemake" in globals():
     log.info("%s shard %d/%d: %d of %d images", feature, shard, settings.n_shards, len(ids), len(nsd_ids))
     model = params.model
     wanted = ["vae"] if feature == "z" else ["text_encoder", "tokenizer"]
-    components = load_stable_diffusion(model["id"], model["revision"], model["device"], model["dtype"],
-                                       components=wanted)
+    components = load_stable_diffusion(
+        model["id"], model["revision"], model["device"], model["dtype"], components=wanted
+    )
     log.info("model: %s", components.describe())
     if feature == "z":
         stimuli = snakemake.input.stimuli
-        extract_feature_shard("z", components, ids, snakemake.output.features, settings,
-                              read_images=lambda batch: nsd.read_stimuli(stimuli, batch))
+        extract_feature_shard(
+            "z",
+            components,
+            ids,
+            snakemake.output.features,
+            settings,
+            read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+        )
     else:
         stim_info = nsd.read_stim_info(snakemake.input.stim_info)
         coco = nsd.read_coco_captions(snakemake.input.captions)  # parsed once per job

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainldm.decoding import decode_feature
 from brainldm.core.logs import setup_logging
+from brainldm.decoding import decode_feature
 from brainldm.linear.ops import blas_threads
 
 if "snakemake" in globals():

@@ -3,8 +3,8 @@ one job per model or one for all of them (encoding.jobs)."""
 
 from pathlib import Path
 
-from brainldm.encoding.fit import EncodingSettings, encode_models
 from brainldm.core.logs import setup_logging
+from brainldm.encoding.fit import EncodingSettings, encode_models
 from brainldm.linear.ops import blas_threads
 
 if "snakemake" in globals():

@@ -3,13 +3,13 @@
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.logs import setup_logging
 from brainldm.evaluation.identification import (
     IDENTIFICATION_COLUMNS,
     format_rows,
     identify_reconstructions,
     read_subject_reconstructions,
 )
-from brainldm.core.logs import setup_logging
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule make_toy_nsd: write the toy world (NSD layout, formats and planted truth)."""
 
-from brainldm.nsd import layout as nsd
 from brainldm.core.logs import setup_logging
+from brainldm.nsd import layout as nsd
 from brainldm.toy.world import ToyParams, write_toy_world
 
 if "snakemake" in globals():

@@ -2,14 +2,16 @@
 
 from pathlib import Path
 
-from brainldm.encoding.fit import map_subject
 from brainldm.core.logs import setup_logging
+from brainldm.encoding.fit import map_subject
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     inputs = snakemake.input
-    atlases = {atlas: (volume, table) for atlas, volume, table in
-               zip(snakemake.params.atlases, inputs.atlases, inputs.label_tables)}
+    atlases = {
+        atlas: (volume, table)
+        for atlas, volume, table in zip(snakemake.params.atlases, inputs.atlases, inputs.label_tables)
+    }
     rows = map_subject(
         encoding_dir=Path(snakemake.output.voxels).parent,
         voxels_path=inputs.mask_voxels,

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.evaluation.identification import format_rows
 from brainldm.core.logs import setup_logging
+from brainldm.evaluation.identification import format_rows
 from brainldm.nsd.layout import read_stimuli
 from brainldm.reconstruction import ReconstructionSettings, read_manifests
 from brainldm.toy.semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions
@@ -30,5 +30,7 @@ if "snakemake" in globals():
         {method: settings.samples_of(method) for method in settings.methods},
     )
     for row in rows:
-        log.info("%s %s: match %.3f (chance %.3f)", row["method"], row["attribute"], row["match"], row["chance"])
+        log.info(
+            "%s %s: match %.3f (chance %.3f)", row["method"], row["attribute"], row["match"], row["chance"]
+        )
     write_text(snakemake.output.table, format_rows(rows, MATCH_COLUMNS))

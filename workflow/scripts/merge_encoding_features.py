@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.features.store import merge_shards
 from brainldm.core.logs import setup_logging
+from brainldm.features.store import merge_shards
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from brainldm.nsd import layout as nsd
-from brainldm.features.store import merge_shards, needed_nsd_ids
 from brainldm.core.logs import setup_logging
+from brainldm.features.store import merge_shards, needed_nsd_ids
+from brainldm.nsd import layout as nsd
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainldm.fmri.prepare import prepare_subject
 from brainldm.core.logs import setup_logging
+from brainldm.fmri.prepare import prepare_subject
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 
 from brainldm.core.logs import setup_logging
-from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
 from brainldm.features.sd_model import load_stable_diffusion
+from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

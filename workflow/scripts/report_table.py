@@ -5,6 +5,7 @@ from brainldm.report import write_table_page
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
-    rows = write_table_page(snakemake.input.table, snakemake.output.page,
-                            title=f"summary: {snakemake.wildcards.table}")
+    rows = write_table_page(
+        snakemake.input.table, snakemake.output.page, title=f"summary: {snakemake.wildcards.table}"
+    )
     log.info("%s: %d rows", snakemake.input.table, rows)

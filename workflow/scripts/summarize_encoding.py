@@ -1,7 +1,7 @@
 """Rule summarize_encoding: every subject's per-ROI encoding table in one TSV."""
 
-from brainldm.encoding.fit import summarize_encoding
 from brainldm.core.logs import setup_logging
+from brainldm.encoding.fit import summarize_encoding
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Rule summarize_fmri_qc: the per-subject fMRI QC tables in one summary table."""
 
-from brainldm.fmri.prepare import summarize_qc
 from brainldm.core.logs import setup_logging
+from brainldm.fmri.prepare import summarize_qc
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

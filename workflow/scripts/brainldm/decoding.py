@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.atomic import save_npy, write_text
-from brainldm.linear.stats import rowwise_pearson
-from brainldm.linear.ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict
 from brainldm.linear.ops import resolve_backend
+from brainldm.linear.ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict
+from brainldm.linear.stats import rowwise_pearson
 
 LOGGER = logging.getLogger("brainldm.decoding")
 
@@ -119,13 +119,28 @@ def fit_decoder(
     if solver == "himalaya":
         Y_fit = Y if y_mean is None else (np.asarray(Y, dtype=np.float64) - y_mean).astype(dtype)
         result = himalaya_ridge_cv_predict(
-            xs, Y_fit, xt, alphas=alphas, n_folds=n_folds, rows=rows, backend=backend,
+            xs,
+            Y_fit,
+            xt,
+            alphas=alphas,
+            n_folds=n_folds,
+            rows=rows,
+            backend=backend,
             n_targets_batch=n_targets_batch,
         )
     else:
         result = ridge_cv_predict(
-            xs, Y, xt, alphas=alphas, n_folds=n_folds, rows=rows, backend=backend,
-            n_targets_batch=n_targets_batch, dtype=dtype, target_offset=y_mean, progress=progress,
+            xs,
+            Y,
+            xt,
+            alphas=alphas,
+            n_folds=n_folds,
+            rows=rows,
+            backend=backend,
+            n_targets_batch=n_targets_batch,
+            dtype=dtype,
+            target_offset=y_mean,
+            progress=progress,
         )
     predictions = result.predictions
     if y_mean is not None:
@@ -217,7 +232,9 @@ def load_roi_betas(fmri_dir: str | Path, rois: Sequence[str]):
     train_rows = np.asarray(trials["row"], dtype=np.int64)
     test_rows = np.asarray(tests["row"], dtype=np.int64)
     n_trials, n_tests = len(train_rows), len(test_rows)
-    if not (np.array_equal(train_rows, np.arange(n_trials)) and np.array_equal(test_rows, np.arange(n_tests))):
+    if not (
+        np.array_equal(train_rows, np.arange(n_trials)) and np.array_equal(test_rows, np.arange(n_tests))
+    ):
         raise ValueError(f"{fmri_dir}: the 'row' columns of the TSVs must be 0..n-1 in order")
     return (
         np.concatenate(train_parts, axis=1),
@@ -249,8 +266,7 @@ def load_feature_rows(features_dir: str | Path, feature: str, nsd_ids: np.ndarra
     absent = nsd_ids[ids[where] != nsd_ids] if len(ids) else nsd_ids
     if len(absent):
         raise KeyError(
-            f"{values_path}: {len(absent)} requested nsdIds have no features "
-            f"(first: {absent[:5].tolist()})"
+            f"{values_path}: {len(absent)} requested nsdIds have no features (first: {absent[:5].tolist()})"
         )
     return np.asarray(values[where]).reshape(len(nsd_ids), -1)
 
@@ -308,14 +324,28 @@ def decode_feature(
     shape = feature_shape(features_dir, feature)
     backend_used = resolve_backend(backend, key="decoding.backend")
     LOGGER.info(
-        "decoding %s from %s: %d train trials (%d images), %d test images, %d voxels, %d targets, "
-        "backend %s", feature, "+".join(rois), len(rows), len(images), len(test_ids),
-        x_train.shape[1], Y.shape[1], backend_used,
+        "decoding %s from %s: %d train trials (%d images), %d test images, %d voxels, %d targets, backend %s",
+        feature,
+        "+".join(rois),
+        len(rows),
+        len(images),
+        len(test_ids),
+        x_train.shape[1],
+        Y.shape[1],
+        backend_used,
     )
     fit = fit_decoder(
-        x_train, Y, x_test, rows=rows, alphas=alphas, n_folds=n_folds,
-        center_targets=center_targets, backend=backend_used, n_targets_batch=n_targets_batch,
-        solver=solver, progress=progress,
+        x_train,
+        Y,
+        x_test,
+        rows=rows,
+        alphas=alphas,
+        n_folds=n_folds,
+        center_targets=center_targets,
+        backend=backend_used,
+        n_targets_batch=n_targets_batch,
+        solver=solver,
+        progress=progress,
     )
     r = per_image_correlation(fit.predictions, Y_test)
     # Deviations from the training mean. With X standardised and no intercept, the raw fit
@@ -350,14 +380,22 @@ def decode_feature(
     }
     if shuffle_control:
         ctrl = fit_decoder(
-            x_train, Y, x_test, rows=shuffled_rows(rows, seed), alphas=alphas, n_folds=n_folds,
-            center_targets=center_targets, backend=backend_used, n_targets_batch=n_targets_batch,
-            solver=solver, progress=progress,
+            x_train,
+            Y,
+            x_test,
+            rows=shuffled_rows(rows, seed),
+            alphas=alphas,
+            n_folds=n_folds,
+            center_targets=center_targets,
+            backend=backend_used,
+            n_targets_batch=n_targets_batch,
+            solver=solver,
+            progress=progress,
         )
         summary["mean_test_r_shuffled"] = float(np.nanmean(per_image_correlation(ctrl.predictions, Y_test)))
-        summary["mean_test_r_centered_shuffled"] = float(np.nanmean(
-            per_image_correlation(deviations(ctrl.predictions), truth_dev)
-        ))
+        summary["mean_test_r_centered_shuffled"] = float(
+            np.nanmean(per_image_correlation(deviations(ctrl.predictions), truth_dev))
+        )
     save_npy(out_dir / f"{feature}_pred.npy", fit.predictions.reshape((len(test_ids),) + shape))
     save_npy(out_dir / f"{feature}_nsd_ids.npy", test_ids)
     save_npy(out_dir / f"{feature}_alphas.npy", fit.best_alphas)
@@ -367,7 +405,10 @@ def decode_feature(
     write_text(out_dir / f"{feature}.json", json.dumps(summary, indent=2) + "\n")
     LOGGER.info(
         "%s: mean test r %.4f (shuffled control %s), median alpha %g, %.1f s",
-        feature, summary["mean_test_r"], summary["mean_test_r_shuffled"], summary["median_alpha"],
+        feature,
+        summary["mean_test_r"],
+        summary["mean_test_r_shuffled"],
+        summary["median_alpha"],
         time.time() - t0,
     )
     return summary
@@ -380,25 +421,48 @@ def decode_feature(
 #: training-trial mean of the features (the raw fit predicts exactly these deviations);
 #: ``*_shuffled`` are those of the control decoder (empty unless decoding.shuffle_control).
 SUMMARY_COLUMNS = (
-    "subject", "feature", "rois", "n_train", "n_test", "n_voxels", "mean_test_r", "median_alpha",
-    "mean_test_r_centered", "mean_test_r_shuffled", "mean_test_r_centered_shuffled",
+    "subject",
+    "feature",
+    "rois",
+    "n_train",
+    "n_test",
+    "n_voxels",
+    "mean_test_r",
+    "median_alpha",
+    "mean_test_r_centered",
+    "mean_test_r_shuffled",
+    "mean_test_r_centered_shuffled",
 )
 
 
-def summarize_decoding(json_paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path) -> None:
+def summarize_decoding(
+    json_paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path
+) -> None:
     """Collect per-(subject, feature) JSON summaries into one TSV (columns ``SUMMARY_COLUMNS``)."""
     if len(json_paths) != len(subjects):
         raise ValueError("summarize_decoding needs one subject per JSON file")
     lines = ["\t".join(SUMMARY_COLUMNS)]
+
     def number(value):
         return "" if value is None else f"{value:.6f}"
 
     for path, subject in zip(json_paths, subjects):
         info = json.loads(Path(path).read_text())
-        lines.append("\t".join([
-            str(subject), info["feature"], "+".join(info["rois"]), str(info["n_train"]),
-            str(info["n_test"]), str(info["n_voxels"]), number(info["mean_test_r"]),
-            f"{info['median_alpha']:g}", number(info.get("mean_test_r_centered")),
-            number(info.get("mean_test_r_shuffled")), number(info.get("mean_test_r_centered_shuffled")),
-        ]))
+        lines.append(
+            "\t".join(
+                [
+                    str(subject),
+                    info["feature"],
+                    "+".join(info["rois"]),
+                    str(info["n_train"]),
+                    str(info["n_test"]),
+                    str(info["n_voxels"]),
+                    number(info["mean_test_r"]),
+                    f"{info['median_alpha']:g}",
+                    number(info.get("mean_test_r_centered")),
+                    number(info.get("mean_test_r_shuffled")),
+                    number(info.get("mean_test_r_centered_shuffled")),
+                ]
+            )
+        )
     write_text(out_path, "\n".join(lines) + "\n")

@@ -113,9 +113,14 @@ class Reconstructor:
         self.device = torch.device(getattr(components, "device", "cpu"))
         self.dtype = getattr(components, "dtype", torch.float32)
         parts = dict(
-            vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-            unet=components.unet, scheduler=components.scheduler, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         self.txt2img = StableDiffusionPipeline(**parts)
         self.img2img = StableDiffusionImg2ImgPipeline(**parts)
@@ -137,8 +142,9 @@ class Reconstructor:
     def _empty_prompt_embedding(self):
         """CLIP text encoder's last hidden state of ``""`` padded to the maximum length: (1, L, d)."""
         tok = self.txt2img.tokenizer
-        ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.device)
+        ids = tok(
+            [""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
         with self.torch.no_grad():
             return self.txt2img.text_encoder(ids)[0].to(self.dtype)
 
@@ -183,14 +189,21 @@ class Reconstructor:
         self._check_c(c)
         embeds = self.torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
         out = self.txt2img(
-            prompt_embeds=embeds, negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
-            height=s.image_size, width=s.image_size, num_inference_steps=s.ddim_steps,
-            guidance_scale=s.guidance_scale, eta=s.ddim_eta, generator=generators_for(jobs, s.seed),
+            prompt_embeds=embeds,
+            negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
+            height=s.image_size,
+            width=s.image_size,
+            num_inference_steps=s.ddim_steps,
+            guidance_scale=s.guidance_scale,
+            eta=s.ddim_eta,
+            generator=generators_for(jobs, s.seed),
             output_type="np",
         ).images
         return _float_images_to_uint8(out)
 
-    def img2img_zc(self, xz: Sequence[np.ndarray], c: np.ndarray, jobs: Sequence[tuple[int, int]]) -> np.ndarray:
+    def img2img_zc(
+        self, xz: Sequence[np.ndarray], c: np.ndarray, jobs: Sequence[tuple[int, int]]
+    ) -> np.ndarray:
         """``zc`` method: the paper's img2img from ``Xz`` conditioned on ``c``.
 
         Parameters
@@ -207,12 +220,19 @@ class Reconstructor:
 
         s = self.settings
         self._check_c(c)
-        init = [Image.fromarray(np.asarray(x)).resize((s.image_size, s.image_size), Image.LANCZOS) for x in xz]
+        init = [
+            Image.fromarray(np.asarray(x)).resize((s.image_size, s.image_size), Image.LANCZOS) for x in xz
+        ]
         embeds = self.torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
         out = self.img2img(
-            prompt_embeds=embeds, negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
-            image=init, strength=s.strength, num_inference_steps=s.ddim_steps,
-            guidance_scale=s.guidance_scale, eta=s.ddim_eta, generator=generators_for(jobs, s.seed),
+            prompt_embeds=embeds,
+            negative_prompt_embeds=self.uncond.expand(len(jobs), -1, -1),
+            image=init,
+            strength=s.strength,
+            num_inference_steps=s.ddim_steps,
+            guidance_scale=s.guidance_scale,
+            eta=s.ddim_eta,
+            generator=generators_for(jobs, s.seed),
             output_type="np",
         ).images
         return _float_images_to_uint8(out)
@@ -275,8 +295,11 @@ def reconstruct(
 
     need_xz = "z" in s.methods or "zc" in s.methods
     xz: dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(nsd_ids) * sum(s.samples_of(m) for m in s.methods), desc="reconstructions",
-               disable=not progress)
+    bar = tqdm(
+        total=len(nsd_ids) * sum(s.samples_of(m) for m in s.methods),
+        desc="reconstructions",
+        disable=not progress,
+    )
     if need_xz:
         for batch in reconstructor.batches([(row, 0) for row in range(len(nsd_ids))]):
             rows = [row for row, _ in batch]
@@ -319,7 +342,9 @@ def read_manifests(paths: Sequence[str | Path]) -> dict[tuple[int, str, int], Pa
         manifest = Path(manifest)
         lines = manifest.read_text().splitlines()
         if not lines or lines[0].split("\t") != ["nsdId", "method", "sample", "file"]:
-            raise ValueError(f"{manifest}: not a reconstruction manifest (header nsdId, method, sample, file)")
+            raise ValueError(
+                f"{manifest}: not a reconstruction manifest (header nsdId, method, sample, file)"
+            )
         for line in lines[1:]:
             nid, method, sample, rel = line.split("\t")
             found[(int(nid), method, int(sample))] = manifest.parent / rel
@@ -356,11 +381,18 @@ def reconstruct_shard(
     if not np.array_equal(z_ids, c_ids):
         raise ValueError(f"{decoding_dir}: z and c predictions are for different test images")
     rows = shard_rows(len(z_ids), shard, n_shards)
-    LOGGER.info("shard %d/%d: %d of %d test images, methods %s", shard, n_shards, len(rows),
-                len(z_ids), ",".join(settings.methods))
+    LOGGER.info(
+        "shard %d/%d: %d of %d test images, methods %s",
+        shard,
+        n_shards,
+        len(rows),
+        len(z_ids),
+        ",".join(settings.methods),
+    )
     with atomic_path(out_dir) as tmp:
-        return reconstruct(Reconstructor(components, settings), z[rows], c[rows], z_ids[rows], tmp,
-                           progress=progress)
+        return reconstruct(
+            Reconstructor(components, settings), z[rows], c[rows], z_ids[rows], tmp, progress=progress
+        )
 
 
 def figure_rows(n_images: int, n_figure: int) -> np.ndarray:
@@ -392,8 +424,9 @@ def plot_reconstructions(
     from PIL import Image
 
     columns = ["original", *methods]
-    fig, axes = plt.subplots(len(nsd_ids), len(columns), figsize=(1.8 * len(columns), 1.8 * len(nsd_ids)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(nsd_ids), len(columns), figsize=(1.8 * len(columns), 1.8 * len(nsd_ids)), squeeze=False
+    )
     for r, (nid, original) in enumerate(zip(nsd_ids, originals)):
         for col, name in enumerate(columns):
             ax = axes[r, col]

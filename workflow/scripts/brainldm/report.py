@@ -92,13 +92,26 @@ def write_config_page(path: str | Path, config: Mapping, schema: Mapping, *, dat
     """The configuration page: the table of departures and settings, then the whole YAML."""
     rows = config_departures(config, schema)
     departures = [row for row in rows if row["kind"] == "departure"]
-    summary = (f"<p>{len(departures)} departure(s) from the paper and {len(rows) - len(departures)} other "
-               "setting(s) that differ from the defaults (the defaults reproduce the paper).</p>")
-    table = _table(["key", "value", "paper / default", "kind"],
-                   [[r["key"], r["value"], r["default"], r["kind"]] for r in rows],
-                   [r["kind"] for r in rows]) if rows else "<p>The run uses the paper's configuration.</p>"
-    body = summary + table + "<h2>Configuration</h2><pre>" + html.escape(
-        yaml.safe_dump(dict(config), sort_keys=True)) + "</pre>"
+    summary = (
+        f"<p>{len(departures)} departure(s) from the paper and {len(rows) - len(departures)} other "
+        "setting(s) that differ from the defaults (the defaults reproduce the paper).</p>"
+    )
+    table = (
+        _table(
+            ["key", "value", "paper / default", "kind"],
+            [[r["key"], r["value"], r["default"], r["kind"]] for r in rows],
+            [r["kind"] for r in rows],
+        )
+        if rows
+        else "<p>The run uses the paper's configuration.</p>"
+    )
+    body = (
+        summary
+        + table
+        + "<h2>Configuration</h2><pre>"
+        + html.escape(yaml.safe_dump(dict(config), sort_keys=True))
+        + "</pre>"
+    )
     write_text(path, PAGE.format(title=html.escape(f"{dataset}: configuration"), body=body))
     return rows
 

@@ -64,7 +64,7 @@ def _format_error(error: jsonschema.ValidationError) -> str:
         known = set(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - known)
         key = _key_name(path + unknown[:1])
-        return f"config key '{key}': unknown key; allowed here: {_allowed(error)[len('known keys: '):]}"
+        return f"config key '{key}': unknown key; allowed here: {_allowed(error)[len('known keys: ') :]}"
     if error.validator == "required":
         missing = [name for name in error.validator_value if name not in error.instance]
         return f"config key '{_key_name(path + missing[:1])}': missing; it must be set"
@@ -94,8 +94,10 @@ def _coerce(value: Any, schema: dict) -> Any:
     if isinstance(value, list) and "items" in schema:
         return [_coerce(item, schema["items"]) for item in value]
     if isinstance(value, dict) and "properties" in schema:
-        return {key: _coerce(item, schema["properties"][key]) if key in schema["properties"] else item
-                for key, item in value.items()}
+        return {
+            key: _coerce(item, schema["properties"][key]) if key in schema["properties"] else item
+            for key, item in value.items()
+        }
     if isinstance(value, str) and "null" in kinds and value.strip().lower() in ("null", "none", ""):
         return None
     if isinstance(value, str) and "string" not in kinds:
@@ -251,8 +253,10 @@ def check_local_copies(config: dict, nsd_keys: list[str], coco_files: list[str])
         if missing:
             fetch = ""
             if name == "nsd":
-                fetch = (f"; get a missing key from NSD's bucket with `aws s3 cp "
-                         f"s3://natural-scenes-dataset/{missing[0]} {folder / missing[0]} --no-sign-request`")
+                fetch = (
+                    f"; get a missing key from NSD's bucket with `aws s3 cp "
+                    f"s3://natural-scenes-dataset/{missing[0]} {folder / missing[0]} --no-sign-request`"
+                )
             raise ConfigError(
                 f"config key '{name}.root': folder {root!r} lacks {len(missing)} of the "
                 f"{len(needed)} files this config reads, e.g. {', '.join(missing[:3])}; {hint} "

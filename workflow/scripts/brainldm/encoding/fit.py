@@ -29,11 +29,11 @@ from typing import Sequence
 
 import numpy as np
 
-from brainldm.encoding import scoring
 from brainldm.core.atomic import atomic_path, write_text
-from brainldm.linear.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
-from brainldm.decoding import load_roi_betas, load_feature_rows, standardize
+from brainldm.decoding import load_feature_rows, load_roi_betas, standardize
+from brainldm.encoding import scoring
 from brainldm.features.spaces import load_encoding_space, unet_names, zc_names
+from brainldm.linear.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
 from brainldm.linear.ops import resolve_backend
 
 LOGGER = logging.getLogger("brainldm.encoding.fit")
@@ -106,8 +106,14 @@ def training_rows(train_betas: np.ndarray, train_ids: np.ndarray, train_on: str)
     return (sums / counts[:, None]).astype(np.float32), unique[order].astype(np.int64)
 
 
-def fit_model(spaces_train: Sequence[np.ndarray], Y: np.ndarray, spaces_test: Sequence[np.ndarray],
-              settings: EncodingSettings, rows: np.ndarray | None = None, progress: bool = False):
+def fit_model(
+    spaces_train: Sequence[np.ndarray],
+    Y: np.ndarray,
+    spaces_test: Sequence[np.ndarray],
+    settings: EncodingSettings,
+    rows: np.ndarray | None = None,
+    progress: bool = False,
+):
     """Fit one (single or banded) model; returns :class:`brainldm.linear.banded.BandedFit`-like fields.
 
     ``rows`` (n_train,) maps training rows to rows of ``spaces_train`` (trials -> images): the
@@ -117,17 +123,39 @@ def fit_model(spaces_train: Sequence[np.ndarray], Y: np.ndarray, spaces_test: Se
     if settings.solver == "himalaya":
         train = [x if rows is None else x[rows] for x in spaces_train]
         pred, split, deltas = himalaya_banded_predict(
-            train, Y, spaces_test, alphas=settings.alphas, n_iter=settings.n_iter, n_folds=settings.n_folds,
-            random_state=settings.seed, n_targets_batch=settings.n_targets_batch, backend=backend)
-        return pred, split, np.exp(deltas - np.log(np.exp(deltas).sum(0))), np.exp(-np.log(np.exp(deltas).sum(0)))
+            train,
+            Y,
+            spaces_test,
+            alphas=settings.alphas,
+            n_iter=settings.n_iter,
+            n_folds=settings.n_folds,
+            random_state=settings.seed,
+            n_targets_batch=settings.n_targets_batch,
+            backend=backend,
+        )
+        return (
+            pred,
+            split,
+            np.exp(deltas - np.log(np.exp(deltas).sum(0))),
+            np.exp(-np.log(np.exp(deltas).sum(0))),
+        )
     if settings.solver != "banded":
         raise ValueError(f"encoding.solver {settings.solver!r}: expected 'banded' or 'himalaya'")
     Ks, Ks_test = linear_kernels(spaces_train, spaces_test, backend=backend)
     if rows is not None:
         Ks, Ks_test = Ks[:, rows][:, :, rows], Ks_test[:, :, rows]
     fit = banded_ridge_cv_predict(
-        Ks, Y, Ks_test, alphas=settings.alphas, n_iter=settings.n_iter, n_folds=settings.n_folds,
-        random_state=settings.seed, backend=backend, n_targets_batch=settings.n_targets_batch, progress=progress)
+        Ks,
+        Y,
+        Ks_test,
+        alphas=settings.alphas,
+        n_iter=settings.n_iter,
+        n_folds=settings.n_folds,
+        random_state=settings.seed,
+        backend=backend,
+        n_targets_batch=settings.n_targets_batch,
+        progress=progress,
+    )
     return fit.predictions, fit.split_predictions, fit.best_gammas, fit.best_alphas
 
 
@@ -142,32 +170,51 @@ def score_model(predictions: np.ndarray, split: np.ndarray, Y_test: np.ndarray, 
     return out
 
 
-def encode_model(fmri_dir, features_dir, encoding_features_dir, model: str, out_path,
-                 settings: EncodingSettings, progress: bool = True) -> dict:
+def encode_model(
+    fmri_dir,
+    features_dir,
+    encoding_features_dir,
+    model: str,
+    out_path,
+    settings: EncodingSettings,
+    progress: bool = True,
+) -> dict:
     """Fit one subject's model ``model`` on the mask's voxels and write ``out_path`` (.npz).
 
     The npz holds ``r``, ``p``, ``q``, ``significant``, ``r2``, ``best_alphas`` (n_voxels,),
     ``gammas`` (n_spaces, n_voxels), ``spaces``, and ``split_r`` (n_spaces, n_voxels) for joint
     models. Returns a summary dict (also logged).
     """
-    return encode_models(fmri_dir, features_dir, encoding_features_dir, [model], [out_path], settings,
-                         progress=progress)[0]
+    return encode_models(
+        fmri_dir, features_dir, encoding_features_dir, [model], [out_path], settings, progress=progress
+    )[0]
 
 
-def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequence[str], out_paths: Sequence,
-                  settings: EncodingSettings, progress: bool = True) -> list[dict]:
+def encode_models(
+    fmri_dir,
+    features_dir,
+    encoding_features_dir,
+    models: Sequence[str],
+    out_paths: Sequence,
+    settings: EncodingSettings,
+    progress: bool = True,
+) -> list[dict]:
     """:func:`encode_model` for each of ``models`` in turn (``out_paths`` in the same order).
 
     The betas are read once, and a space shared by several models (``z``) once while a later model
     still needs it; the files are those of one call per model.
     """
     if len(models) != len(out_paths):
-        raise ValueError(f"{len(models)} models but {len(out_paths)} output paths; expected one path per model")
+        raise ValueError(
+            f"{len(models)} models but {len(out_paths)} output paths; expected one path per model"
+        )
     train_betas, test_betas, train_ids, test_ids = load_roi_betas(fmri_dir, [settings.mask])
     Y, row_images = training_rows(train_betas, train_ids, settings.train_on)
     del train_betas
     Y, Y_test, _, _ = standardize(Y, test_betas)
-    images, rows = (row_images, None) if settings.train_on == "images" else np.unique(row_images, return_inverse=True)
+    images, rows = (
+        (row_images, None) if settings.train_on == "images" else np.unique(row_images, return_inverse=True)
+    )
     uses = collections.Counter(space for model in models for space in model_spaces(model))
     loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     summaries = []
@@ -175,22 +222,45 @@ def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequenc
         spaces = model_spaces(model)
         for space in spaces:
             if space not in loaded:
-                loaded[space] = (load_space(features_dir, encoding_features_dir, space, images),
-                                 load_space(features_dir, encoding_features_dir, space, test_ids))
+                loaded[space] = (
+                    load_space(features_dir, encoding_features_dir, space, images),
+                    load_space(features_dir, encoding_features_dir, space, test_ids),
+                )
         train, test = [loaded[space][0] for space in spaces], [loaded[space][1] for space in spaces]
-        LOGGER.info("model %s: %d training rows (%s), %d test images, %d voxels of %s, spaces %s",
-                    model, len(Y), settings.train_on, len(test_ids), Y.shape[1], settings.mask,
-                    {s: x.shape[1] for s, x in zip(spaces, train)})
+        LOGGER.info(
+            "model %s: %d training rows (%s), %d test images, %d voxels of %s, spaces %s",
+            model,
+            len(Y),
+            settings.train_on,
+            len(test_ids),
+            Y.shape[1],
+            settings.mask,
+            {s: x.shape[1] for s, x in zip(spaces, train)},
+        )
         predictions, split, gammas, alphas = fit_model(train, Y, test, settings, rows=rows, progress=progress)
         scores = score_model(predictions, split, Y_test, settings.fdr_q)
         with atomic_path(out_path) as tmp:
-            np.savez(tmp, spaces=np.asarray(spaces), best_alphas=np.asarray(alphas, dtype=np.float64),
-                     gammas=np.asarray(gammas, dtype=np.float64), n_test=len(test_ids), n_train=len(Y),
-                     **{k: np.asarray(v) for k, v in scores.items()})
-        summary = {"model": model, "mean_r": float(np.nanmean(scores["r"])),
-                   "fraction_significant": float(np.mean(scores["significant"]))}
-        LOGGER.info("model %s: mean test r %.4f, %.1f%% of voxels significant (q < %g)", model,
-                    summary["mean_r"], 100 * summary["fraction_significant"], settings.fdr_q)
+            np.savez(
+                tmp,
+                spaces=np.asarray(spaces),
+                best_alphas=np.asarray(alphas, dtype=np.float64),
+                gammas=np.asarray(gammas, dtype=np.float64),
+                n_test=len(test_ids),
+                n_train=len(Y),
+                **{k: np.asarray(v) for k, v in scores.items()},
+            )
+        summary = {
+            "model": model,
+            "mean_r": float(np.nanmean(scores["r"])),
+            "fraction_significant": float(np.mean(scores["significant"])),
+        }
+        LOGGER.info(
+            "model %s: mean test r %.4f, %.1f%% of voxels significant (q < %g)",
+            model,
+            summary["mean_r"],
+            100 * summary["fraction_significant"],
+            settings.fdr_q,
+        )
         summaries.append(summary)
         del train, test
         for space in spaces:
@@ -206,7 +276,9 @@ def encode_models(fmri_dir, features_dir, encoding_features_dir, models: Sequenc
 def load_model_scores(encoding_dir, model: str) -> dict:
     path = Path(encoding_dir) / f"{model}.npz"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing (an output of rule fit_encoding_model or fit_encoding_models)")
+        raise FileNotFoundError(
+            f"{path} is missing (an output of rule fit_encoding_model or fit_encoding_models)"
+        )
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 
@@ -261,12 +333,28 @@ def roi_labels(atlas_path, label_table_path, ijk: np.ndarray) -> tuple[np.ndarra
     return values, names
 
 
-SUMMARY_COLUMNS = ("subject", "model", "atlas", "roi", "n_voxels", "mean_r", "fraction_significant",
-                   "unique_space", "mean_unique")
+SUMMARY_COLUMNS = (
+    "subject",
+    "model",
+    "atlas",
+    "roi",
+    "n_voxels",
+    "mean_r",
+    "fraction_significant",
+    "unique_space",
+    "mean_unique",
+)
 
 
-def map_subject(encoding_dir, voxels_path, atlases: dict[str, tuple[str, str]], encoding: dict,
-                subject: int, volumes_dir, table_path) -> list[dict]:
+def map_subject(
+    encoding_dir,
+    voxels_path,
+    atlases: dict[str, tuple[str, str]],
+    encoding: dict,
+    subject: int,
+    volumes_dir,
+    table_path,
+) -> list[dict]:
     """Write a subject's voxel table, NIfTI volumes and per-ROI summary from its model files.
 
     Parameters
@@ -287,23 +375,37 @@ def map_subject(encoding_dir, voxels_path, atlases: dict[str, tuple[str, str]], 
     n_voxels = len(ijk)
     for model, values in scores.items():
         if values["r"].shape != (n_voxels,):
-            raise ValueError(f"{encoding_dir}/{model}.npz has {values['r'].shape} voxels; "
-                             f"{voxels_path} lists {n_voxels}")
+            raise ValueError(
+                f"{encoding_dir}/{model}.npz has {values['r'].shape} voxels; {voxels_path} lists {n_voxels}"
+            )
     partition = variance_partition(scores, joints)
     labels = {atlas: roi_labels(volume, table, ijk) for atlas, (volume, table) in atlases.items()}
     with atomic_path(encoding_dir / "voxels.npz") as tmp:
-        np.savez(tmp, ijk=ijk.astype(np.int32), shape=shape, affine=affine,
-                 **{f"{atlas}_label": values for atlas, (values, _) in labels.items()}, **partition)
+        np.savez(
+            tmp,
+            ijk=ijk.astype(np.int32),
+            shape=shape,
+            affine=affine,
+            **{f"{atlas}_label": values for atlas, (values, _) in labels.items()},
+            **partition,
+        )
     for model, values in scores.items():
         write_volume(volumes_dir / f"{model}_r.nii.gz", values["r"], ijk, shape, affine)
-        write_volume(volumes_dir / f"{model}_significant.nii.gz", values["significant"].astype(np.float32),
-                     ijk, shape, affine)
+        write_volume(
+            volumes_dir / f"{model}_significant.nii.gz",
+            values["significant"].astype(np.float32),
+            ijk,
+            shape,
+            affine,
+        )
     for name, values in partition.items():
         if "_unique_" in name:
             write_volume(volumes_dir / f"{name}.nii.gz", values, ijk, shape, affine)
     block, step = best_unet(scores, encoding["unet_blocks"], encoding["unet_steps"])
-    for name, values, names in (("unet_best_block", block, encoding["unet_blocks"]),
-                                ("unet_best_step", step, encoding["unet_steps"])):
+    for name, values, names in (
+        ("unet_best_block", block, encoding["unet_blocks"]),
+        ("unet_best_step", step, encoding["unet_steps"]),
+    ):
         write_volume(volumes_dir / f"{name}.nii.gz", values, ijk, shape, affine)
         write_text(volumes_dir / f"{name}.json", json.dumps(list(names)) + "\n")
     rows = roi_summary(scores, partition, labels, joints, subject)
@@ -320,10 +422,17 @@ def roi_summary(scores, partition, labels, joints, subject) -> list[dict]:
             if not inside.any():
                 continue
             for model, model_scores in scores.items():
-                base = {"subject": subject, "model": model, "atlas": atlas, "roi": roi,
-                        "n_voxels": int(inside.sum()),
-                        "mean_r": float(np.nanmean(model_scores["r"][inside])) if np.isfinite(model_scores["r"][inside]).any() else float("nan"),
-                        "fraction_significant": float(np.mean(model_scores["significant"][inside]))}
+                base = {
+                    "subject": subject,
+                    "model": model,
+                    "atlas": atlas,
+                    "roi": roi,
+                    "n_voxels": int(inside.sum()),
+                    "mean_r": float(np.nanmean(model_scores["r"][inside]))
+                    if np.isfinite(model_scores["r"][inside]).any()
+                    else float("nan"),
+                    "fraction_significant": float(np.mean(model_scores["significant"][inside])),
+                }
                 if model in joints:
                     for space in model_spaces(model):
                         unique = partition[f"{model}_unique_{space}"][inside]
@@ -335,6 +444,7 @@ def roi_summary(scores, partition, labels, joints, subject) -> list[dict]:
 
 def write_summary(path, rows: Sequence[dict]) -> None:
     """TSV with ``SUMMARY_COLUMNS``; floats with 6 decimals, NaN as empty."""
+
     def cell(value):
         if isinstance(value, float):
             return "" if np.isnan(value) else f"{value:.6f}"

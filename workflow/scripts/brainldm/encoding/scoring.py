@@ -14,8 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["voxel_correlation", "correlation_p_values", "fdr_q_values", "voxel_r2", "split_correlation",
-           "unique_variance", "shared_variance"]
+__all__ = [
+    "voxel_correlation",
+    "correlation_p_values",
+    "fdr_q_values",
+    "voxel_r2",
+    "split_correlation",
+    "unique_variance",
+    "shared_variance",
+]
 
 
 def _columns64(a, b):
@@ -80,8 +87,9 @@ def split_correlation(split_predictions: np.ndarray, measured: np.ndarray) -> np
     previous = get_backend().name
     backend = set_backend("numpy")
     try:
-        scores = correlation_score_split(np.asarray(measured, dtype=np.float64),
-                                         np.asarray(split_predictions, dtype=np.float64))
+        scores = correlation_score_split(
+            np.asarray(measured, dtype=np.float64), np.asarray(split_predictions, dtype=np.float64)
+        )
         return np.asarray(backend.to_numpy(scores), dtype=np.float64)
     finally:
         set_backend(previous)
@@ -94,4 +102,8 @@ def unique_variance(r2_joint: np.ndarray, r2_without: np.ndarray) -> np.ndarray:
 
 def shared_variance(r2_joint: np.ndarray, r2_a: np.ndarray, r2_b: np.ndarray) -> np.ndarray:
     """Shared variance ``R2(A+B) - unique_A - unique_B = R2(A) + R2(B) - R2(A+B)``."""
-    return np.asarray(r2_a, dtype=np.float64) + np.asarray(r2_b, dtype=np.float64) - np.asarray(r2_joint, dtype=np.float64)
+    return (
+        np.asarray(r2_a, dtype=np.float64)
+        + np.asarray(r2_b, dtype=np.float64)
+        - np.asarray(r2_joint, dtype=np.float64)
+    )

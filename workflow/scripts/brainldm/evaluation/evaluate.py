@@ -25,9 +25,21 @@ from typing import Sequence
 
 import numpy as np
 
-from brainldm.evaluation.networks import CLIP_MODEL_ID, ExtractorUnavailable, build_network, resize_square, to_float_images
-from brainldm.evaluation.identification import EXTRACTORS, format_rows, get_extractor, load_png, read_subject_tables
+from brainldm.evaluation.identification import (
+    EXTRACTORS,
+    format_rows,
+    get_extractor,
+    load_png,
+    read_subject_tables,
+)
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
+from brainldm.evaluation.networks import (
+    CLIP_MODEL_ID,
+    ExtractorUnavailable,
+    build_network,
+    resize_square,
+    to_float_images,
+)
 
 LOGGER = logging.getLogger("brainldm.evaluation.evaluate")
 
@@ -55,12 +67,18 @@ class Protocol:
 
 PROTOCOLS = {
     "mindeye": Protocol(
-        "mindeye", 256, True,
-        {"alexnet": 256, "inception": 342, "clip": 224, "effnet": 255, "swav": 224}, "IMAGENET1K_V2",
+        "mindeye",
+        256,
+        True,
+        {"alexnet": 256, "inception": 342, "clip": 224, "effnet": 255, "swav": 224},
+        "IMAGENET1K_V2",
     ),
     "brain_diffuser": Protocol(
-        "brain_diffuser", 224, False,
-        {"alexnet": 224, "inception": 224, "clip": 224, "effnet": 224, "swav": 224}, "IMAGENET1K_V1",
+        "brain_diffuser",
+        224,
+        False,
+        {"alexnet": 224, "inception": 224, "clip": 224, "effnet": 224, "swav": 224},
+        "IMAGENET1K_V1",
     ),
 }
 
@@ -101,20 +119,31 @@ def registry_extractor_names(metric_names: Sequence[str]) -> list[str]:
     names = []
     for name in metric_names:
         if name.startswith(REGISTRY_PREFIX):
-            extractor = name[len(REGISTRY_PREFIX):]
+            extractor = name[len(REGISTRY_PREFIX) :]
             if extractor not in EXTRACTORS:
-                raise ValueError(f"config key 'evaluation.metrics': {name!r} names no identification feature "
-                                 f"extractor; expected {REGISTRY_PREFIX}<one of {sorted(EXTRACTORS)}>")
+                raise ValueError(
+                    f"config key 'evaluation.metrics': {name!r} names no identification feature "
+                    f"extractor; expected {REGISTRY_PREFIX}<one of {sorted(EXTRACTORS)}>"
+                )
             names.append(extractor)
         elif name not in FIELD_METRICS:
-            raise ValueError(f"config key 'evaluation.metrics': {name!r} is unknown; expected one of "
-                             f"{list(FIELD_METRICS)} or {REGISTRY_PREFIX}<extractor>")
+            raise ValueError(
+                f"config key 'evaluation.metrics': {name!r} is unknown; expected one of "
+                f"{list(FIELD_METRICS)} or {REGISTRY_PREFIX}<extractor>"
+            )
     return names
 
 
-def build_scorers(metric_names: Sequence[str], protocol: Protocol, *, networks: dict | None = None,
-                  device: str | None = None, clip_model: str = CLIP_MODEL_ID, swav_hub_dir: str | None = None,
-                  **extractor_options) -> tuple[list[MetricSpec], dict, dict]:
+def build_scorers(
+    metric_names: Sequence[str],
+    protocol: Protocol,
+    *,
+    networks: dict | None = None,
+    device: str | None = None,
+    clip_model: str = CLIP_MODEL_ID,
+    swav_hub_dir: str | None = None,
+    **extractor_options,
+) -> tuple[list[MetricSpec], dict, dict]:
     """The metric specs, field networks and registry extractors that ``metric_names`` need.
 
     ``networks`` gives ready networks by name (tests); the others are built with
@@ -135,9 +164,17 @@ def build_scorers(metric_names: Sequence[str], protocol: Protocol, *, networks: 
         if name is None:
             continue
         try:
-            built[name] = given[name] if name in given else build_network(
-                name, input_size=protocol.input_sizes[name], device=device, effnet_weights=protocol.effnet_weights,
-                clip_model=clip_model, swav_hub_dir=swav_hub_dir,
+            built[name] = (
+                given[name]
+                if name in given
+                else build_network(
+                    name,
+                    input_size=protocol.input_sizes[name],
+                    device=device,
+                    effnet_weights=protocol.effnet_weights,
+                    clip_model=clip_model,
+                    swav_hub_dir=swav_hub_dir,
+                )
             )
         except ExtractorUnavailable as error:
             problems.append(str(error))
@@ -153,20 +190,24 @@ def build_scorers(metric_names: Sequence[str], protocol: Protocol, *, networks: 
         if name in FIELD_METRICS:
             specs.append(FIELD_METRICS[name])
         else:
-            extractor = name[len(REGISTRY_PREFIX):]
-            specs += [MetricSpec(f"{REGISTRY_PREFIX}{feature}", "two_way", extractor, feature)
-                      for feature in extractors[extractor].names]
+            extractor = name[len(REGISTRY_PREFIX) :]
+            specs += [
+                MetricSpec(f"{REGISTRY_PREFIX}{feature}", "two_way", extractor, feature)
+                for feature in extractors[extractor].names
+            ]
     return specs, built, extractors
 
 
 def _batches(images: Sequence, batch_size: int):
     """(start, list of (H, W, 3) uint8) per batch; PNG paths are read batch by batch."""
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         yield start, [load_png(im) if isinstance(im, (str, Path)) else np.asarray(im) for im in chunk]
 
 
-def _batch_features(batch: list, networks: dict, extractors: dict, protocol: Protocol) -> dict[str, np.ndarray]:
+def _batch_features(
+    batch: list, networks: dict, extractors: dict, protocol: Protocol
+) -> dict[str, np.ndarray]:
     """``{spec key: (b, d) float32}`` of one batch in every network and extractor."""
     out = {}
     if networks:
@@ -180,8 +221,9 @@ def _batch_features(batch: list, networks: dict, extractors: dict, protocol: Pro
     return out
 
 
-def image_features(images: Sequence, networks: dict, extractors: dict, protocol: Protocol,
-                   batch_size: int = 32) -> dict[str, np.ndarray]:
+def image_features(
+    images: Sequence, networks: dict, extractors: dict, protocol: Protocol, batch_size: int = 32
+) -> dict[str, np.ndarray]:
     """``{spec key: (n, d) float32}`` of ``images`` ((H, W, 3) uint8 arrays or PNG paths)."""
     parts: dict[str, list] = {}
     for _, batch in _batches(images, batch_size):
@@ -197,9 +239,16 @@ def _pixel_images(batch: list, protocol: Protocol) -> np.ndarray:
     return resize_square(images, protocol.pixel_size).numpy()
 
 
-def score_reconstructions(originals: np.ndarray, reconstructions: Sequence, specs: Sequence[MetricSpec],
-                          protocol: Protocol, networks: dict, extractors: dict, original_features: dict,
-                          batch_size: int = 32) -> dict[str, float]:
+def score_reconstructions(
+    originals: np.ndarray,
+    reconstructions: Sequence,
+    specs: Sequence[MetricSpec],
+    protocol: Protocol,
+    networks: dict,
+    extractors: dict,
+    original_features: dict,
+    batch_size: int = 32,
+) -> dict[str, float]:
     """Every metric of one reconstruction per image.
 
     Parameters
@@ -221,11 +270,16 @@ def score_reconstructions(originals: np.ndarray, reconstructions: Sequence, spec
     kinds = {spec.kind for spec in specs}
     per_image: dict[str, list] = {"pixcorr": [], "ssim": []}
     parts: dict[str, list] = {}
-    for start, batch in tqdm(_batches(reconstructions, batch_size), total=-(-len(originals) // batch_size),
-                             desc="metrics", unit="batch", mininterval=10):
+    for start, batch in tqdm(
+        _batches(reconstructions, batch_size),
+        total=-(-len(originals) // batch_size),
+        desc="metrics",
+        unit="batch",
+        mininterval=10,
+    ):
         if kinds & {"pixcorr", "ssim"}:
             rec = _pixel_images(batch, protocol)
-            orig = _pixel_images(list(originals[start:start + len(batch)]), protocol)
+            orig = _pixel_images(list(originals[start : start + len(batch)]), protocol)
             if "pixcorr" in kinds:
                 per_image["pixcorr"].append(pixcorr(orig, rec))
             if "ssim" in kinds:
@@ -240,17 +294,29 @@ def score_reconstructions(originals: np.ndarray, reconstructions: Sequence, spec
         elif spec.kind == "two_way":
             values[spec.name] = two_way_identification(original_features[spec.key], features[spec.key])[0]
         else:
-            values[spec.name] = float(correlation_distance(original_features[spec.key], features[spec.key]).mean())
+            values[spec.name] = float(
+                correlation_distance(original_features[spec.key], features[spec.key]).mean()
+            )
     return values
 
 
 METRIC_COLUMNS = ("method", "metric", "value", "protocol", "n_images", "n_samples")
 
 
-def evaluate_reconstructions(originals: np.ndarray, nsd_ids: Sequence[int], files: dict, methods: Sequence[str],
-                             samples_per_method: dict[str, int], metric_names: Sequence[str], *,
-                             protocol: str = "mindeye", samples: str = "first", batch_size: int = 32,
-                             networks: dict | None = None, **options) -> list[dict]:
+def evaluate_reconstructions(
+    originals: np.ndarray,
+    nsd_ids: Sequence[int],
+    files: dict,
+    methods: Sequence[str],
+    samples_per_method: dict[str, int],
+    metric_names: Sequence[str],
+    *,
+    protocol: str = "mindeye",
+    samples: str = "first",
+    batch_size: int = 32,
+    networks: dict | None = None,
+    **options,
+) -> list[dict]:
     """The configured metrics of one subject's reconstructions, for every method.
 
     Parameters
@@ -271,12 +337,21 @@ def evaluate_reconstructions(originals: np.ndarray, nsd_ids: Sequence[int], file
     rows : list of dict with keys :data:`METRIC_COLUMNS` (identification as a fraction)
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"config key 'evaluation.protocol': {protocol!r} is unknown; expected one of {list(PROTOCOLS)}")
+        raise ValueError(
+            f"config key 'evaluation.protocol': {protocol!r} is unknown; expected one of {list(PROTOCOLS)}"
+        )
     if samples not in SAMPLE_MODES:
-        raise ValueError(f"config key 'evaluation.samples': {samples!r} is unknown; expected one of {SAMPLE_MODES}")
+        raise ValueError(
+            f"config key 'evaluation.samples': {samples!r} is unknown; expected one of {SAMPLE_MODES}"
+        )
     nsd_ids = [int(n) for n in nsd_ids]
-    missing = [(n, m, s) for m in methods for n in nsd_ids
-               for s in range(samples_per_method[m] if samples == "mean" else 1) if (n, m, s) not in files]
+    missing = [
+        (n, m, s)
+        for m in methods
+        for n in nsd_ids
+        for s in range(samples_per_method[m] if samples == "mean" else 1)
+        if (n, m, s) not in files
+    ]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} reconstructions are missing (first: nsdId {missing[0][0]}, method "
@@ -284,23 +359,50 @@ def evaluate_reconstructions(originals: np.ndarray, nsd_ids: Sequence[int], file
         )
     chosen = PROTOCOLS[protocol]
     specs, built, extractors = build_scorers(metric_names, chosen, networks=networks, **options)
-    LOGGER.info("protocol %s, samples %s, %d images; metrics %s", protocol, samples, len(nsd_ids),
-                ", ".join(spec.name for spec in specs))
+    LOGGER.info(
+        "protocol %s, samples %s, %d images; metrics %s",
+        protocol,
+        samples,
+        len(nsd_ids),
+        ", ".join(spec.name for spec in specs),
+    )
     original_features = image_features(list(originals), built, extractors, chosen, batch_size)
     rows = []
     for method in methods:
         sample_indices = range(samples_per_method[method]) if samples == "mean" else range(1)
         per_sample = [
-            score_reconstructions(originals, [files[(nid, method, s)] for nid in nsd_ids], specs, chosen, built,
-                                  extractors, original_features, batch_size)
+            score_reconstructions(
+                originals,
+                [files[(nid, method, s)] for nid in nsd_ids],
+                specs,
+                chosen,
+                built,
+                extractors,
+                original_features,
+                batch_size,
+            )
             for s in sample_indices
         ]
         for spec in specs:
             value = float(np.mean([scores[spec.name] for scores in per_sample]))
-            rows.append({"method": method, "metric": spec.name, "value": value, "protocol": protocol,
-                         "n_images": len(nsd_ids), "n_samples": len(per_sample)})
-            LOGGER.info("%s / %s: %.4f (%s is better; %d samples)", method, spec.name, value,
-                        "higher" if spec.higher_is_better else "lower", len(per_sample))
+            rows.append(
+                {
+                    "method": method,
+                    "metric": spec.name,
+                    "value": value,
+                    "protocol": protocol,
+                    "n_images": len(nsd_ids),
+                    "n_samples": len(per_sample),
+                }
+            )
+            LOGGER.info(
+                "%s / %s: %.4f (%s is better; %d samples)",
+                method,
+                spec.name,
+                value,
+                "higher" if spec.higher_is_better else "lower",
+                len(per_sample),
+            )
     return rows
 
 
@@ -312,16 +414,24 @@ SUMMARY_COLUMNS = ("subject",) + METRIC_COLUMNS
 #: Published subject averages (subjects 1, 2, 5, 7), in :data:`FIELD_METRICS` order;
 #: identification in percent. Source: the MindEye2 paper's table (40-session, 1000-image test set).
 PUBLISHED = (
-    ("Takagi & Nishimoto (recomputed in MindEye2 paper; their later +decoded text variant)", 1000,
-     (0.246, 0.410, 78.9, 85.6, 83.8, 82.1, 0.811, 0.504)),
-    ("Brain-Diffuser (recomputed in MindEye2 paper)", 1000, (0.273, 0.365, 94.4, 96.6, 91.3, 90.9, 0.728, 0.421)),
+    (
+        "Takagi & Nishimoto (recomputed in MindEye2 paper; their later +decoded text variant)",
+        1000,
+        (0.246, 0.410, 78.9, 85.6, 83.8, 82.1, 0.811, 0.504),
+    ),
+    (
+        "Brain-Diffuser (recomputed in MindEye2 paper)",
+        1000,
+        (0.273, 0.365, 94.4, 96.6, 91.3, 90.9, 0.728, 0.421),
+    ),
     ("MindEye (recomputed in MindEye2 paper)", 1000, (0.319, 0.360, 92.8, 96.9, 94.6, 93.3, 0.648, 0.377)),
     ("MindEye2 (40 h)", 1000, (0.322, 0.431, 96.1, 98.6, 95.4, 93.0, 0.619, 0.344)),
 )
 
 
-def summarize_metrics(paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path,
-                      comparison_path: str | Path) -> None:
+def summarize_metrics(
+    paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path, comparison_path: str | Path
+) -> None:
     """Per-subject metric tables into one (:data:`SUMMARY_COLUMNS`), and the subject-average
     comparison with the published rows (:func:`comparison_table`)."""
     from brainldm.core.atomic import write_text
@@ -345,20 +455,40 @@ def comparison_table(rows: Sequence[dict]) -> str:
     table = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        entry = {"source": "this run", "method": method,
-                 "protocol": ",".join(dict.fromkeys(r["protocol"] for r in mine)),
-                 "test_images": "/".join(map(str, sorted({int(r["n_images"]) for r in mine}))),
-                 "subjects": ",".join(dict.fromkeys(r["subject"] for r in mine)), "note": "this run"}
+        entry = {
+            "source": "this run",
+            "method": method,
+            "protocol": ",".join(dict.fromkeys(r["protocol"] for r in mine)),
+            "test_images": "/".join(map(str, sorted({int(r["n_images"]) for r in mine}))),
+            "subjects": ",".join(dict.fromkeys(r["subject"] for r in mine)),
+            "note": "this run",
+        }
         for metric in metrics:
             values = [float(r["value"]) for r in mine if r["metric"] == metric]
-            percent = metric.startswith(REGISTRY_PREFIX) or (metric in FIELD_METRICS and FIELD_METRICS[metric].kind == "two_way")
-            entry[metric] = "-" if not values else (f"{100 * np.mean(values):.1f}" if percent else f"{np.mean(values):.3f}")
+            percent = metric.startswith(REGISTRY_PREFIX) or (
+                metric in FIELD_METRICS and FIELD_METRICS[metric].kind == "two_way"
+            )
+            entry[metric] = (
+                "-"
+                if not values
+                else (f"{100 * np.mean(values):.1f}" if percent else f"{np.mean(values):.3f}")
+            )
         table.append(entry)
     for source, n_test, values in PUBLISHED:
-        entry = {"source": source, "method": "-", "protocol": "mindeye", "test_images": str(n_test),
-                 "subjects": "1,2,5,7", "note": "published" if sizes == [n_test] else "published, other test set"}
+        entry = {
+            "source": source,
+            "method": "-",
+            "protocol": "mindeye",
+            "test_images": str(n_test),
+            "subjects": "1,2,5,7",
+            "note": "published" if sizes == [n_test] else "published, other test set",
+        }
         entry.update({metric: "-" for metric in metrics})
-        entry.update({metric: f"{v:.1f}" if FIELD_METRICS[metric].kind == "two_way" else f"{v:.3f}"
-                      for metric, v in zip(FIELD_METRICS, values)})
+        entry.update(
+            {
+                metric: f"{v:.1f}" if FIELD_METRICS[metric].kind == "two_way" else f"{v:.3f}"
+                for metric, v in zip(FIELD_METRICS, values)
+            }
+        )
         table.append(entry)
     return "\n".join(["\t".join(columns)] + ["\t".join(e[c] for c in columns) for e in table]) + "\n"

@@ -29,7 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from brainldm.evaluation.networks import CLIP_MODEL_ID, ExtractorUnavailable, device_of, load_clip_vision, load_torchvision_model
+from brainldm.evaluation.networks import (
+    CLIP_MODEL_ID,
+    ExtractorUnavailable,
+    device_of,
+    load_clip_vision,
+    load_torchvision_model,
+)
 
 LOGGER = logging.getLogger("brainldm.evaluation.identification")
 
@@ -122,7 +128,9 @@ def two_way_identification(originals: np.ndarray, reconstructions: np.ndarray) -
     """
     n = len(originals)
     if len(reconstructions) != n or n < 2:
-        raise ValueError(f"need the same number (>= 2) of originals ({n}) and reconstructions ({len(reconstructions)})")
+        raise ValueError(
+            f"need the same number (>= 2) of originals ({n}) and reconstructions ({len(reconstructions)})"
+        )
     R = pearson_matrix(originals, reconstructions)  # R[i, j] = r(G_i, P_j)
     own = np.diag(R)
     wins = R < own[None, :]
@@ -141,7 +149,9 @@ def _to_pil(image):
         return image.convert("RGB")
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"images must be (H, W, 3) uint8 arrays or PIL images, got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"images must be (H, W, 3) uint8 arrays or PIL images, got {array.dtype} {array.shape}"
+        )
     return Image.fromarray(array)
 
 
@@ -188,7 +198,10 @@ class FeatureExtractor:
         """``images``: (H, W, 3) uint8 arrays, PIL images, or PNG paths (read batch by batch)."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
         for start in range(0, len(images), batch_size):
-            batch = [load_png(im) if isinstance(im, (str, Path)) else im for im in images[start : start + batch_size]]
+            batch = [
+                load_png(im) if isinstance(im, (str, Path)) else im
+                for im in images[start : start + batch_size]
+            ]
             for name, value in self.extract(batch).items():
                 parts[name].append(np.asarray(value, dtype=np.float32).reshape(len(value), -1))
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -208,10 +221,15 @@ class PixelExtractor(FeatureExtractor):
     def extract(self, images):
         from PIL import Image
 
-        return {"pixels": np.stack([
-            np.asarray(_to_pil(im).resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
-            for im in images
-        ])}
+        return {
+            "pixels": np.stack(
+                [
+                    np.asarray(_to_pil(im).resize((self.size, self.size), Image.BILINEAR), dtype=np.float32)
+                    / 255.0
+                    for im in images
+                ]
+            )
+        }
 
 
 class ClipExtractor(FeatureExtractor):
@@ -243,7 +261,9 @@ TORCHVISION_BUILDERS = {"alexnet": "alexnet", "inception": "inception_v3"}
 
 
 def _load_torchvision_model(name: str):
-    return load_torchvision_model(TORCHVISION_BUILDERS[name], "IMAGENET1K_V1", user=f"feature extractor {name!r}")
+    return load_torchvision_model(
+        TORCHVISION_BUILDERS[name], "IMAGENET1K_V1", user=f"feature extractor {name!r}"
+    )
 
 
 class AlexNetExtractor(FeatureExtractor):
@@ -257,7 +277,9 @@ class AlexNetExtractor(FeatureExtractor):
 
         self.torch = torch
         self.device = device_of(device)
-        self.model = (model if model is not None else _load_torchvision_model("alexnet")).eval().to(self.device)
+        self.model = (
+            (model if model is not None else _load_torchvision_model("alexnet")).eval().to(self.device)
+        )
 
     def extract(self, images):
         model = self.model
@@ -290,7 +312,9 @@ class InceptionExtractor(FeatureExtractor):
 
         self.torch = torch
         self.device = device_of(device)
-        self.model = (model if model is not None else _load_torchvision_model("inception")).eval().to(self.device)
+        self.model = (
+            (model if model is not None else _load_torchvision_model("inception")).eval().to(self.device)
+        )
 
     def extract(self, images):
         captured = {}
@@ -354,8 +378,12 @@ def load_png(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def read_subject_reconstructions(shard_dirs: Sequence[str | Path], test_ids_path: str | Path,
-                                 stimuli_path: str | Path, reconstruction_config: dict):
+def read_subject_reconstructions(
+    shard_dirs: Sequence[str | Path],
+    test_ids_path: str | Path,
+    stimuli_path: str | Path,
+    reconstruction_config: dict,
+):
     """What the evaluation rules score for one subject.
 
     Parameters
@@ -417,8 +445,13 @@ def identify_reconstructions(
     rows : list of dict with keys :data:`IDENTIFICATION_COLUMNS`
     """
     nsd_ids = [int(n) for n in nsd_ids]
-    missing = [(n, m, s) for m in methods for n in nsd_ids for s in range(samples_per_method[m])
-               if (n, m, s) not in files]
+    missing = [
+        (n, m, s)
+        for m in methods
+        for n in nsd_ids
+        for s in range(samples_per_method[m])
+        if (n, m, s) not in files
+    ]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} reconstructions are missing (first: nsdId {missing[0][0]}, method "
@@ -436,17 +469,29 @@ def identify_reconstructions(
                 feats = sample_features[feature].reshape(len(nsd_ids), k, -1)
                 accuracy, _ = paper_identification(orig, feats)
                 two_way, _ = two_way_identification(orig, feats[:, 0])
-                results.append({
-                    "method": method, "feature": feature, "accuracy": accuracy,
-                    "n_images": len(nsd_ids), "two_way_accuracy": two_way,
-                })
-                LOGGER.info("%s / %s: paper %.4f, two-way %.4f (%d images)", method, feature,
-                            accuracy, two_way, len(nsd_ids))
+                results.append(
+                    {
+                        "method": method,
+                        "feature": feature,
+                        "accuracy": accuracy,
+                        "n_images": len(nsd_ids),
+                        "two_way_accuracy": two_way,
+                    }
+                )
+                LOGGER.info(
+                    "%s / %s: paper %.4f, two-way %.4f (%d images)",
+                    method,
+                    feature,
+                    accuracy,
+                    two_way,
+                    len(nsd_ids),
+                )
     return results
 
 
 def format_rows(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """TSV text of ``rows`` (floats with 6 decimals)."""
+
     def cell(value):
         return f"{value:.6f}" if isinstance(value, float) else str(value)
 
@@ -463,7 +508,9 @@ def read_rows(path: str | Path) -> list[dict]:
 SUMMARY_COLUMNS = ("subject",) + IDENTIFICATION_COLUMNS
 
 
-def read_subject_tables(paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str]) -> list[dict]:
+def read_subject_tables(
+    paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str]
+) -> list[dict]:
     """Rows of per-subject TSV tables, each with a leading ``subject``; every table must hold
     ``columns``."""
     if len(paths) != len(subjects):
@@ -478,13 +525,16 @@ def read_subject_tables(paths: Sequence[str | Path], subjects: Sequence[int], co
     return rows
 
 
-def summarize_identification(paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path) -> None:
+def summarize_identification(
+    paths: Sequence[str | Path], subjects: Sequence[int], out_path: str | Path
+) -> None:
     """Per-subject identification tables into one (columns :data:`SUMMARY_COLUMNS`)."""
     summarize_tables(paths, subjects, IDENTIFICATION_COLUMNS, out_path)
 
 
-def summarize_tables(paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str],
-                     out_path: str | Path) -> None:
+def summarize_tables(
+    paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str], out_path: str | Path
+) -> None:
     """Per-subject TSV tables with ``columns`` into one, a ``subject`` column first."""
     from brainldm.core.atomic import write_text
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainldm.linear.stats import rowwise_pearson
 from brainldm.evaluation.identification import two_way_identification
+from brainldm.linear.stats import rowwise_pearson
 
 __all__ = ["correlation_distance", "pixcorr", "ssim_gray", "two_way_identification"]
 

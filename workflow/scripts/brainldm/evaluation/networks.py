@@ -41,7 +41,10 @@ CLIP_MODEL_ID = "openai/clip-vit-large-patch14"
 TORCHVISION_WEIGHTS = {
     ("alexnet", "IMAGENET1K_V1"): ("AlexNet_Weights", "alexnet-owt-7be5be79.pth"),
     ("inception_v3", "IMAGENET1K_V1"): ("Inception_V3_Weights", "inception_v3_google-0cc3c7bd.pth"),
-    ("efficientnet_b1", "IMAGENET1K_V1"): ("EfficientNet_B1_Weights", "efficientnet_b1_rwightman-bac287d4.pth"),
+    ("efficientnet_b1", "IMAGENET1K_V1"): (
+        "EfficientNet_B1_Weights",
+        "efficientnet_b1_rwightman-bac287d4.pth",
+    ),
     ("efficientnet_b1", "IMAGENET1K_V2"): ("EfficientNet_B1_Weights", "efficientnet_b1-c27df63c.pth"),
 }
 SWAV_HUB_REPO = "facebookresearch/swav:main"
@@ -76,7 +79,7 @@ def torchvision_help(builder: str, version: str, user: str) -> str:
         f"{user} needs the torchvision package and its {weights}.{version} weights (file {filename}). "
         "Install torchvision matching torch (pip install torchvision==<the release paired with your "
         "torch>; envs/evaluation.yaml pins it), and on an offline node pre-stage the weights: on a "
-        "machine with internet run `TORCH_HOME=/shared/torch python -c \"import torchvision; "
+        'machine with internet run `TORCH_HOME=/shared/torch python -c "import torchvision; '
         f"torchvision.models.{builder}(weights='{version}')\"`, then set TORCH_HOME=/shared/torch for "
         f"the run (the file lies in $TORCH_HOME/hub/checkpoints/{filename})."
     )
@@ -92,15 +95,18 @@ def load_torchvision_model(builder: str, version: str = "IMAGENET1K_V1", user: s
     """
     user = user or f"network {builder!r}"
     if (builder, version) not in TORCHVISION_WEIGHTS:
-        raise ValueError(f"no torchvision weights {version!r} known for {builder!r}; expected one of "
-                         f"{sorted(TORCHVISION_WEIGHTS)}")
+        raise ValueError(
+            f"no torchvision weights {version!r} known for {builder!r}; expected one of "
+            f"{sorted(TORCHVISION_WEIGHTS)}"
+        )
     # Imported by name, at run time: only these networks need torchvision, and it cannot be
     # imported beside the CPU torch build of the development machines (see envs/evaluation.yaml).
     try:
         models = importlib.import_module("torchvision.models")
     except (ImportError, RuntimeError) as error:
         raise ExtractorUnavailable(
-            torchvision_help(builder, version, user) + f" torchvision cannot be imported ({_first_line(error)})."
+            torchvision_help(builder, version, user)
+            + f" torchvision cannot be imported ({_first_line(error)})."
         ) from None
     import torch
 
@@ -120,7 +126,7 @@ def swav_help(repo_dir: Path) -> str:
     return (
         f"network 'swav' needs the torch.hub repository {SWAV_HUB_REPO} (looked for in {repo_dir}) and "
         f"its checkpoint {SWAV_CHECKPOINT}, and torchvision (the repository builds torchvision's "
-        "resnet50). On a machine with internet run `TORCH_HOME=/shared/torch python -c \"import torch; "
+        'resnet50). On a machine with internet run `TORCH_HOME=/shared/torch python -c "import torch; '
         f"torch.hub.load('{SWAV_HUB_REPO}', 'resnet50')\"` (it stores the repository in "
         "$TORCH_HOME/hub/facebookresearch_swav_main and the checkpoint in "
         f"$TORCH_HOME/hub/checkpoints/{SWAV_CHECKPOINT}), copy that folder to the offline node and set "
@@ -185,7 +191,9 @@ def to_float_images(images: Sequence) -> "torch.Tensor":
     """(n, H, W, 3) uint8 images (arrays or a sequence of them) -> (n, 3, H, W) float32 in [0, 1]."""
     import torch
 
-    array = np.stack([np.asarray(image) for image in images]) if not isinstance(images, np.ndarray) else images
+    array = (
+        np.stack([np.asarray(image) for image in images]) if not isinstance(images, np.ndarray) else images
+    )
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
         raise ValueError(f"images must be (n, H, W, 3) uint8, got {array.dtype} {array.shape}")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float() / 255.0
@@ -216,8 +224,15 @@ class FeatureNetwork:
     device : torch device name, ``None``/``"auto"`` for CUDA when available
     """
 
-    def __init__(self, model, layers: Sequence[str], input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 device: str | None = None):
+    def __init__(
+        self,
+        model,
+        layers: Sequence[str],
+        input_size: int,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        device: str | None = None,
+    ):
         import torch
 
         self.torch = torch
@@ -261,8 +276,16 @@ class ClipNetwork(FeatureNetwork):
         return {"image_embeds": self.model(pixel_values=batch).image_embeds}
 
 
-def build_network(name: str, *, input_size: int, device: str | None = None, effnet_weights: str = "IMAGENET1K_V2",
-                  clip_model: str = CLIP_MODEL_ID, swav_hub_dir: str | None = None, model=None) -> FeatureNetwork:
+def build_network(
+    name: str,
+    *,
+    input_size: int,
+    device: str | None = None,
+    effnet_weights: str = "IMAGENET1K_V2",
+    clip_model: str = CLIP_MODEL_ID,
+    swav_hub_dir: str | None = None,
+    model=None,
+) -> FeatureNetwork:
     """The field network ``name`` (a key of :data:`NETWORK_LAYERS`) at ``input_size`` px.
 
     ``model`` replaces the loaded weights by a given module of the same layout (tests).

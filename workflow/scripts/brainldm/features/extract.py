@@ -84,7 +84,9 @@ class FeatureSettings:
 # --------------------------------------------------------------------------- images and shards
 
 
-def captions_by_nsd_id(stim_info: dict, coco_captions: dict[int, list[str]], nsd_ids: Sequence[int]) -> dict[int, list[str]]:
+def captions_by_nsd_id(
+    stim_info: dict, coco_captions: dict[int, list[str]], nsd_ids: Sequence[int]
+) -> dict[int, list[str]]:
     """Every caption of each image: ``{nsdId: [caption, ...]}``, joined through stim-info's cocoId.
 
     ``coco_captions`` is :func:`brainldm.nsd.layout.read_coco_captions` of the caption JSONs, parsed once
@@ -301,16 +303,21 @@ def extract_shard(
     nsd_ids = np.asarray(nsd_ids, dtype=np.int64)
     parts = chunk_dir(out_path)
     model = (record or {}).get("model", {})
-    stamp = json.dumps({
-        "feature": feature,
-        "nsd_ids_sha1": hashlib.sha1(nsd_ids.tobytes()).hexdigest(),
-        "dtype": str(np.dtype(out_dtype)),
-        "chunk_size": chunk_size,
-        "settings": settings or {},
-        "model": {key: model.get(key) for key in ("model_id", "revision", "device", "dtype")},
-        "per_sample": (record or {}).get("per_sample"),
-    }, sort_keys=True)
-    if parts.exists() and (not (parts / "settings.json").exists() or (parts / "settings.json").read_text() != stamp):
+    stamp = json.dumps(
+        {
+            "feature": feature,
+            "nsd_ids_sha1": hashlib.sha1(nsd_ids.tobytes()).hexdigest(),
+            "dtype": str(np.dtype(out_dtype)),
+            "chunk_size": chunk_size,
+            "settings": settings or {},
+            "model": {key: model.get(key) for key in ("model_id", "revision", "device", "dtype")},
+            "per_sample": (record or {}).get("per_sample"),
+        },
+        sort_keys=True,
+    )
+    if parts.exists() and (
+        not (parts / "settings.json").exists() or (parts / "settings.json").read_text() != stamp
+    ):
         log.warning("%s: discarding chunks of an earlier run with other settings in %s", feature, parts)
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
@@ -338,7 +345,10 @@ def extract_shard(
     else:
         array = np.zeros((0,), dtype=out_dtype)
     save_npy(ids_path(out_path), nsd_ids)
-    write_text(record_path(out_path), json.dumps({**(record or {}), "value_settings": settings or {}}, indent=2) + "\n")
+    write_text(
+        record_path(out_path),
+        json.dumps({**(record or {}), "value_settings": settings or {}}, indent=2) + "\n",
+    )
     save_npy(out_path, array)
     shutil.rmtree(parts, ignore_errors=True)
     return array
@@ -380,8 +390,15 @@ def extract_feature_shard(
         vae = components.vae
 
         def compute(ids: np.ndarray) -> np.ndarray:
-            return encode_z(vae, read_images(ids), ids, settings.z_image_size, settings.posterior, settings.seed,
-                            per_sample=per_sample)
+            return encode_z(
+                vae,
+                read_images(ids),
+                ids,
+                settings.z_image_size,
+                settings.posterior,
+                settings.seed,
+                per_sample=per_sample,
+            )
 
         dtype = "float32"
     elif feature == "c":
@@ -389,12 +406,19 @@ def extract_feature_shard(
             raise ValueError("extract c: captions are required")
         missing = [int(n) for n in nsd_ids if int(n) not in captions or not captions[int(n)]]
         if missing:
-            raise ValueError(f"extract c: no captions for nsdIds {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+            raise ValueError(
+                f"extract c: no captions for nsdIds {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            )
 
         def compute(ids: np.ndarray) -> np.ndarray:
             texts = [captions[int(n)] for n in ids]
-            return encode_c(components.text_encoder, components.tokenizer, texts,
-                            batch_size=max(8, 5 * settings.batch_size), per_sample=per_sample)
+            return encode_c(
+                components.text_encoder,
+                components.tokenizer,
+                texts,
+                batch_size=max(8, 5 * settings.batch_size),
+                per_sample=per_sample,
+            )
 
         dtype = settings.c_dtype
     else:
@@ -402,8 +426,16 @@ def extract_feature_shard(
     if record is None:
         record = feature_record(components, settings, feature, {"per_sample": per_sample})
     return extract_shard(
-        feature, compute, nsd_ids, out_path, settings.batch_size, dtype,
-        settings=settings.value_settings(feature), chunk_size=chunk_size, progress=progress, record=record,
+        feature,
+        compute,
+        nsd_ids,
+        out_path,
+        settings.batch_size,
+        dtype,
+        settings=settings.value_settings(feature),
+        chunk_size=chunk_size,
+        progress=progress,
+        record=record,
     )
 
 
@@ -415,8 +447,12 @@ def feature_record(components, settings: FeatureSettings, feature: str, extra: d
         "model": components.describe() if hasattr(components, "describe") else {},
         "settings": asdict(settings),
         "value_settings": settings.value_settings(feature),
-        "versions": {"torch": torch.__version__, "diffusers": version("diffusers"),
-                     "transformers": version("transformers"), "numpy": np.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": version("diffusers"),
+            "transformers": version("transformers"),
+            "numpy": np.__version__,
+        },
     }
     if feature == "z" and getattr(components, "vae", None) is not None:
         record["vae_scaling_factor"] = float(components.vae.config.scaling_factor)

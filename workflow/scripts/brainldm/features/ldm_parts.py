@@ -63,9 +63,12 @@ class EncodingFeatureSettings:
         return cls(
             zc_strengths=tuple(float(s) for s in encoding["zc_strengths"]),
             unet_strength=float(encoding["unet_strength"]),
-            unet_blocks=tuple(encoding["unet_blocks"]), unet_steps=tuple(encoding["unet_steps"]),
-            max_dims=int(encoding["max_dims"]), ddim_steps=int(reconstruction["ddim_steps"]),
-            ddim_eta=float(reconstruction["ddim_eta"]), guidance_scale=float(reconstruction["guidance_scale"]),
+            unet_blocks=tuple(encoding["unet_blocks"]),
+            unet_steps=tuple(encoding["unet_steps"]),
+            max_dims=int(encoding["max_dims"]),
+            ddim_steps=int(reconstruction["ddim_steps"]),
+            ddim_eta=float(reconstruction["ddim_eta"]),
+            guidance_scale=float(reconstruction["guidance_scale"]),
             seed=int(encoding["seed"]),
         )
 
@@ -79,9 +82,11 @@ def denoising_timesteps(scheduler, ddim_steps: int, strength: float) -> torch.Te
     scheduler.set_timesteps(ddim_steps)
     n = min(int(ddim_steps * strength), ddim_steps)
     if n < 1:
-        raise ValueError(f"encoding strength {strength} with {ddim_steps} DDIM steps denoises no step; "
-                         "use a larger strength or more reconstruction.ddim_steps")
-    return scheduler.timesteps[ddim_steps - n:]
+        raise ValueError(
+            f"encoding strength {strength} with {ddim_steps} DDIM steps denoises no step; "
+            "use a larger strength or more reconstruction.ddim_steps"
+        )
+    return scheduler.timesteps[ddim_steps - n :]
 
 
 def step_indices(n_steps: int, steps: Sequence[str]) -> dict[str, int]:
@@ -101,8 +106,10 @@ def unet_block(unet, name: str):
     blocks = {"down": unet.down_blocks, "up": unet.up_blocks}.get(kind)
     if blocks is None or not index.isdigit() or int(index) >= len(blocks):
         n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
-        raise ValueError(f"encoding.unet_blocks: {name!r} is not a block of this U-Net; expected mid, "
-                         f"down_0..down_{n_down - 1} or up_0..up_{n_up - 1}")
+        raise ValueError(
+            f"encoding.unet_blocks: {name!r} is not a block of this U-Net; expected mid, "
+            f"down_0..down_{n_down - 1} or up_0..up_{n_up - 1}"
+        )
     return blocks[int(index)]
 
 
@@ -124,7 +131,9 @@ def pool_to(features: torch.Tensor, max_dims: int) -> torch.Tensor:
 
 def noise_seed(seed: int, nsd_id: int, strength: float) -> int:
     """Seed of the noise added to image ``nsd_id`` at ``strength``: a hash of the three."""
-    state = np.random.SeedSequence([int(seed), int(nsd_id), int(round(strength * 1e6)), 0xE7]).generate_state(2)
+    state = np.random.SeedSequence([int(seed), int(nsd_id), int(round(strength * 1e6)), 0xE7]).generate_state(
+        2
+    )
     return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
 
 
@@ -154,16 +163,23 @@ class EncodingFeatureExtractor:
         self.dtype = getattr(components, "dtype", torch.float32)
         self.per_sample = self.device.type == "cpu" if per_sample is None else bool(per_sample)
         tok = components.tokenizer
-        ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.device)
+        ids = tok(
+            [""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
         with torch.no_grad():
             self.uncond = components.text_encoder(ids)[0].to(self.dtype)  # (1, L, d)
         self.blocks = {name: unet_block(self.unet, name) for name in settings.unet_blocks}
         self.layout = None
 
     @torch.no_grad()
-    def denoise(self, z: np.ndarray, c: np.ndarray, nsd_ids: Sequence[int], strengths: Sequence[float],
-                record: tuple[float, dict[str, int]] | None = None):
+    def denoise(
+        self,
+        z: np.ndarray,
+        c: np.ndarray,
+        nsd_ids: Sequence[int],
+        strengths: Sequence[float],
+        record: tuple[float, dict[str, int]] | None = None,
+    ):
         """``zc`` at each of ``strengths``; with ``record`` also the block outputs of one of them.
 
         Parameters
@@ -181,8 +197,10 @@ class EncodingFeatureExtractor:
         """
         s = self.settings
         if tuple(c.shape[1:]) != tuple(self.uncond.shape[1:]):
-            raise ValueError(f"c has per-image shape {tuple(c.shape[1:])} but this model's text embedding "
-                             f"is {tuple(self.uncond.shape[1:])}")
+            raise ValueError(
+                f"c has per-image shape {tuple(c.shape[1:])} but this model's text embedding "
+                f"is {tuple(self.uncond.shape[1:])}"
+            )
         strengths = [float(strength) for strength in strengths]
         lengths = [len(denoising_timesteps(self.scheduler, s.ddim_steps, strength)) for strength in strengths]
         timesteps = denoising_timesteps(self.scheduler, s.ddim_steps, strengths[int(np.argmax(lengths))])
@@ -200,16 +218,20 @@ class EncodingFeatureExtractor:
         hooks = []
         if record_at:
             for name, module in self.blocks.items():
+
                 def hook(_module, _inputs, output, name=name):
                     captured[name] = output[0] if isinstance(output, tuple) else output
+
                 hooks.append(module.register_forward_hook(hook))
         try:
             for index, t in enumerate(timesteps):
                 active = [k for k in range(len(strengths)) if first_step[k] <= index]
                 for k in active:
                     if k not in latents:
-                        generators[k] = [torch.Generator().manual_seed(noise_seed(s.seed, n, strengths[k]))
-                                         for n in nsd_ids]
+                        generators[k] = [
+                            torch.Generator().manual_seed(noise_seed(s.seed, n, strengths[k]))
+                            for n in nsd_ids
+                        ]
                         latents[k] = self._noised(clean, generators[k], t)
                 stacked = torch.stack([latents[k] for k in active], dim=1)  # (n, n_active, 4, h, w)
                 guided, kept = self._guided_noise(stacked, cond, t, captured)
@@ -219,11 +241,16 @@ class EncodingFeatureExtractor:
                         out[f"unet_{name}_{record_at[index]}"] = pool_to(value[:, column], s.max_dims).cpu()
                 # with eta > 0 DDIM adds noise at every step: drawn from each image's own
                 # generators, so that it is seeded and independent of the batch
-                variance = None if s.ddim_eta == 0 else torch.stack(
-                    [self._draw(generators[k], clean.shape[1:]) for k in active], dim=1
-                ).flatten(0, 1).to(self.device, self.dtype)
-                stepped = self.scheduler.step(guided.flatten(0, 1), t, stacked.flatten(0, 1), eta=s.ddim_eta,
-                                              variance_noise=variance).prev_sample.unflatten(0, stacked.shape[:2])
+                variance = (
+                    None
+                    if s.ddim_eta == 0
+                    else torch.stack([self._draw(generators[k], clean.shape[1:]) for k in active], dim=1)
+                    .flatten(0, 1)
+                    .to(self.device, self.dtype)
+                )
+                stepped = self.scheduler.step(
+                    guided.flatten(0, 1), t, stacked.flatten(0, 1), eta=s.ddim_eta, variance_noise=variance
+                ).prev_sample.unflatten(0, stacked.shape[:2])
                 for column, k in enumerate(active):
                     latents[k] = stepped[:, column]
         finally:
@@ -239,7 +266,9 @@ class EncodingFeatureExtractor:
 
     def _noised(self, clean: torch.Tensor, generators: Sequence[torch.Generator], t) -> torch.Tensor:
         """``clean`` latents noised to timestep ``t`` with each image's own noise."""
-        noised = self.scheduler.add_noise(clean, self._draw(generators, clean.shape[1:]), t.repeat(len(clean)))
+        noised = self.scheduler.add_noise(
+            clean, self._draw(generators, clean.shape[1:]), t.repeat(len(clean))
+        )
         return noised.to(self.device, self.dtype)
 
     def _guided_noise(self, stacked, cond, t, captured):
@@ -254,10 +283,14 @@ class EncodingFeatureExtractor:
         for rows in images:
             latents = stacked[rows].flatten(0, 1)  # (images x strengths, 4, h, w)
             count = len(latents)
-            context = torch.cat([self.uncond.expand(count, -1, -1), cond[rows].repeat_interleave(n_active, dim=0)])
+            context = torch.cat(
+                [self.uncond.expand(count, -1, -1), cond[rows].repeat_interleave(n_active, dim=0)]
+            )
             predicted = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
             uncond, conditional = predicted.chunk(2)
-            guided.append((uncond + self.settings.guidance_scale * (conditional - uncond)).unflatten(0, (-1, n_active)))
+            guided.append(
+                (uncond + self.settings.guidance_scale * (conditional - uncond)).unflatten(0, (-1, n_active))
+            )
             for name, value in captured.items():
                 kept.setdefault(name, []).append(value[count:].unflatten(0, (-1, n_active)))
         return torch.cat(guided), {name: torch.cat(parts) for name, parts in kept.items()}
@@ -271,8 +304,13 @@ class EncodingFeatureExtractor:
             strengths.append(s.unet_strength)  # denoised only for its block outputs
             unet_run = s.unet_strength
         n_steps = len(denoising_timesteps(self.scheduler, s.ddim_steps, unet_run))
-        zc, unet = self.denoise(z, c, nsd_ids, strengths, record=(unet_run, step_indices(n_steps, s.unet_steps)))
-        parts = {name: zc[strength].reshape(len(z), -1) for strength, name in zip(s.zc_strengths, zc_names(s.zc_strengths))}
+        zc, unet = self.denoise(
+            z, c, nsd_ids, strengths, record=(unet_run, step_indices(n_steps, s.unet_steps))
+        )
+        parts = {
+            name: zc[strength].reshape(len(z), -1)
+            for strength, name in zip(s.zc_strengths, zc_names(s.zc_strengths))
+        }
         parts.update(unet)
         layout, start = {}, 0
         for name in s.spaces():
@@ -284,16 +322,23 @@ class EncodingFeatureExtractor:
         return np.concatenate([parts[name] for name in s.spaces()], axis=1).astype(np.float32)
 
 
-def extract_encoding_shard(components, settings: EncodingFeatureSettings, features_dir: str | os.PathLike,
-                           nsd_ids: np.ndarray, out_path: str | os.PathLike, batch_size: int = 8,
-                           per_sample: bool | None = None, progress: bool = True) -> np.ndarray:
+def extract_encoding_shard(
+    components,
+    settings: EncodingFeatureSettings,
+    features_dir: str | os.PathLike,
+    nsd_ids: np.ndarray,
+    out_path: str | os.PathLike,
+    batch_size: int = 8,
+    per_sample: bool | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Compute the encoding features of one shard's ``nsd_ids`` resumably and write ``out_path``.
 
     ``z`` and ``c`` are read from ``features_dir`` (the features stage); the shard's record
     (``.json`` beside it) holds the settings, the model and the column ``layout``.
     """
-    from brainldm.features.store import load_features
     from brainldm.features.extract import extract_shard
+    from brainldm.features.store import load_features
 
     extractor = EncodingFeatureExtractor(components, settings, per_sample)
 
@@ -304,16 +349,30 @@ def extract_encoding_shard(components, settings: EncodingFeatureSettings, featur
 
     probe_ids = np.asarray(nsd_ids[:1], dtype=np.int64)
     if len(probe_ids):  # the layout (column widths) of this model, for the record
-        extractor.compute(load_features(features_dir, "z", probe_ids, dtype=np.float32),
-                          load_features(features_dir, "c", probe_ids, dtype=np.float32), probe_ids)
+        extractor.compute(
+            load_features(features_dir, "z", probe_ids, dtype=np.float32),
+            load_features(features_dir, "c", probe_ids, dtype=np.float32),
+            probe_ids,
+        )
     value_settings = asdict(settings)
     record = {
         "model": components.describe() if hasattr(components, "describe") else {},
-        "value_settings": value_settings, "layout": extractor.layout, "per_sample": extractor.per_sample,
+        "value_settings": value_settings,
+        "layout": extractor.layout,
+        "per_sample": extractor.per_sample,
         "versions": _versions(),
     }
-    return extract_shard("encoding", compute, nsd_ids, out_path, batch_size, "float16",
-                         settings=value_settings, record=record, progress=progress)
+    return extract_shard(
+        "encoding",
+        compute,
+        nsd_ids,
+        out_path,
+        batch_size,
+        "float16",
+        settings=value_settings,
+        record=record,
+        progress=progress,
+    )
 
 
 def _versions() -> dict:

@@ -271,7 +271,9 @@ def load_stable_diffusion(
     folder = resolve_model_dir(model_id, revision, wanted)
     log.info("loading %s from %s on %s as %s", ", ".join(wanted), folder, torch_device, torch_dtype)
 
-    out = SDComponents(device=torch_device, dtype=torch_dtype, model_id=model_id, revision=revision, path=folder)
+    out = SDComponents(
+        device=torch_device, dtype=torch_dtype, model_id=model_id, revision=revision, path=folder
+    )
     if "vae" in wanted:
         out.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch_dtype)
     if "text_encoder" in wanted:

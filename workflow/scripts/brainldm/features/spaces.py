@@ -24,7 +24,9 @@ def unet_names(blocks: Sequence[str], steps: Sequence[str]) -> list[str]:
     return [f"unet_{block}_{step}" for block in blocks for step in steps]
 
 
-def load_encoding_space(encoding_dir: str | os.PathLike, space: str, nsd_ids: Sequence[int] | None = None) -> np.ndarray:
+def load_encoding_space(
+    encoding_dir: str | os.PathLike, space: str, nsd_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """Rows of one encoding space for ``nsd_ids`` (in that order): (n, dims) float32.
 
     Raises

@@ -89,10 +89,14 @@ def merge_shards(
     for path, r in zip(shard_paths, records):
         for key in ("value_settings",):
             if r.get(key) != records[0].get(key):
-                raise ValueError(f"{path}: {key} {r.get(key)} differ from {shard_paths[0]}'s {records[0].get(key)}")
+                raise ValueError(
+                    f"{path}: {key} {r.get(key)} differ from {shard_paths[0]}'s {records[0].get(key)}"
+                )
         model, first = r.get("model", {}), records[0].get("model", {})
         if (model.get("model_id"), model.get("revision")) != (first.get("model_id"), first.get("revision")):
-            raise ValueError(f"{path}: made with model {model.get('model_id')!r}, {shard_paths[0]} with {first.get('model_id')!r}")
+            raise ValueError(
+                f"{path}: made with model {model.get('model_id')!r}, {shard_paths[0]} with {first.get('model_id')!r}"
+            )
     ids = [np.load(ids_path(p)) for p in shard_paths]
     arrays = [np.load(p, mmap_mode="r") for p in shard_paths]
     for path, a, i in zip(shard_paths, arrays, ids):
@@ -141,8 +145,15 @@ def merge_shards(
     if records:
         info["devices"] = sorted({str(r.get("model", {}).get("device")) for r in records})
     info.update(record or {})
-    info.update({"feature": feature, "n_images": int(len(sorted_ids)), "shape": list(shape[1:]),
-                 "dtype": str(np.dtype(dtype)), "n_shards": len(shard_paths_all)})
+    info.update(
+        {
+            "feature": feature,
+            "n_images": int(len(sorted_ids)),
+            "shape": list(shape[1:]),
+            "dtype": str(np.dtype(dtype)),
+            "n_shards": len(shard_paths_all),
+        }
+    )
     write_text(features_dir / f"{feature}.json", json.dumps(info, indent=2) + "\n")
     return out
 

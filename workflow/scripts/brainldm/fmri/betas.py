@@ -89,8 +89,9 @@ def inspect_betas(path: str | Path, session: int = 0) -> BetasHeader:
             shape, dtype = dataset.shape, dataset.dtype
         if len(shape) != 4:
             raise FMRIDataError(f"{path}: 'betas' shape {shape}; expected (n_trials, Z, Y, X)")
-        header = BetasHeader(path, session, "hdf5", tuple(int(n) for n in shape[:0:-1]),
-                             int(shape[0]), np.dtype(dtype), None)
+        header = BetasHeader(
+            path, session, "hdf5", tuple(int(n) for n in shape[:0:-1]), int(shape[0]), np.dtype(dtype), None
+        )
     else:
         import nibabel as nib
 
@@ -106,9 +107,18 @@ def inspect_betas(path: str | Path, session: int = 0) -> BetasHeader:
         slope, inter = proxy.slope, proxy.inter
         slope = 1.0 if not np.isfinite(slope) or slope == 0 else float(slope)
         inter = 0.0 if not np.isfinite(inter) else float(inter)
-        header = BetasHeader(path, session, "nifti", tuple(int(n) for n in image.shape[:3]),
-                             int(image.shape[3]), np.dtype(proxy.dtype), np.asarray(image.affine),
-                             int(proxy.offset), slope, inter)
+        header = BetasHeader(
+            path,
+            session,
+            "nifti",
+            tuple(int(n) for n in image.shape[:3]),
+            int(image.shape[3]),
+            np.dtype(proxy.dtype),
+            np.asarray(image.affine),
+            int(proxy.offset),
+            slope,
+            inter,
+        )
     if header.dtype.newbyteorder("=") not in BETA_DTYPES:
         raise FMRIDataError(
             f"{path}: dtype {header.dtype}; expected int16 (NSD's percent signal change x 300) "
@@ -140,7 +150,7 @@ class _GzipStream:
                         break
                 out = self._inflate.decompress(self._pending, wanted - filled)
                 self._pending = self._inflate.unconsumed_tail
-                view[filled:filled + len(out)] = out
+                view[filled : filled + len(out)] = out
                 filled += len(out)
                 if self._inflate.eof:  # end of a gzip member: another may follow
                     rest = self._inflate.unused_data.lstrip(b"\0")

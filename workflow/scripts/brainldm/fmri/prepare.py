@@ -38,21 +38,46 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.core.atomic import atomic_path
-from brainldm.fmri.betas import VALUE_SCALINGS, BetasHeader, FMRIDataError, inspect_betas, read_session_voxels, scale_session
+from brainldm.fmri.betas import (
+    VALUE_SCALINGS,
+    BetasHeader,
+    FMRIDataError,
+    inspect_betas,
+    read_session_voxels,
+    scale_session,
+)
 from brainldm.fmri.reliability import noise_ceiling, split_half_reliability
 from brainldm.fmri.rois import check_same_grid, load_rois
 from brainldm.fmri.split import make_split
+from brainldm.nsd import layout as nsd
 
 log = logging.getLogger("brainldm.fmri.prepare")
 
 QC_COLUMNS = (
-    "subject", "roi", "atlas", "label", "sessions", "n_sessions", "value_scaling",
-    "n_train_trials", "n_train_images", "n_test_trials", "n_test_images",
-    "test_repeats_min", "test_repeats_mean", "test_repeats_max", "test_images_by_repeats",
-    "n_voxels", "n_voxels_all_zero", "n_voxels_outside_brainmask", "n_reliability_images",
-    "split_half_r_median", "split_half_r_mean", "noise_ceiling_median", "noise_ceiling_mean",
+    "subject",
+    "roi",
+    "atlas",
+    "label",
+    "sessions",
+    "n_sessions",
+    "value_scaling",
+    "n_train_trials",
+    "n_train_images",
+    "n_test_trials",
+    "n_test_images",
+    "test_repeats_min",
+    "test_repeats_mean",
+    "test_repeats_max",
+    "test_images_by_repeats",
+    "n_voxels",
+    "n_voxels_all_zero",
+    "n_voxels_outside_brainmask",
+    "n_reliability_images",
+    "split_half_r_median",
+    "split_half_r_mean",
+    "noise_ceiling_median",
+    "noise_ceiling_mean",
 )
 
 
@@ -65,8 +90,9 @@ def output_names(rois: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- repeats
 
 
-def mean_over_repeats(repeats: np.ndarray, n_repeats: np.ndarray, columns: np.ndarray,
-                      block: int = 2048) -> np.ndarray:
+def mean_over_repeats(
+    repeats: np.ndarray, n_repeats: np.ndarray, columns: np.ndarray, block: int = 2048
+) -> np.ndarray:
     """Average each test image's presentations (float64 sums, in column blocks).
 
     Parameters
@@ -82,8 +108,8 @@ def mean_over_repeats(repeats: np.ndarray, n_repeats: np.ndarray, columns: np.nd
     out = np.empty((repeats.shape[0], columns.size), dtype=np.float32)
     divisor = np.maximum(n_repeats, 1)[:, None]
     for start in range(0, columns.size, block):
-        cols = columns[start:start + block]
-        out[:, start:start + cols.size] = repeats[:, :, cols].sum(axis=1, dtype=np.float64) / divisor
+        cols = columns[start : start + block]
+        out[:, start : start + cols.size] = repeats[:, :, cols].sum(axis=1, dtype=np.float64) / divisor
     return out
 
 
@@ -97,7 +123,8 @@ class _NpyAppender:
         self.path, self.n_rows, self.n_columns, self.rows = path, n_rows, n_columns, 0
         self._file = open(path, "wb")
         np.lib.format.write_array_header_1_0(
-            self._file, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, n_columns)})
+            self._file, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, n_columns)}
+        )
 
     def append(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype="<f4")
@@ -111,8 +138,9 @@ class _NpyAppender:
             raise RuntimeError(f"{self.path}: wrote {self.rows} rows; expected {self.n_rows}")
 
 
-def _read_sessions(headers: Sequence[BetasHeader], flat_index: np.ndarray,
-                   workers: int) -> Iterator[tuple[BetasHeader, np.ndarray]]:
+def _read_sessions(
+    headers: Sequence[BetasHeader], flat_index: np.ndarray, workers: int
+) -> Iterator[tuple[BetasHeader, np.ndarray]]:
     """Yield ``(header, raw voxels)`` per session in order, reading up to ``workers`` ahead."""
     if workers <= 1:
         for header in headers:
@@ -159,12 +187,22 @@ def _stat(values: np.ndarray, fn) -> str:
     return f"{fn(values):.4f}" if values.size else "nan"
 
 
-def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int],
-                    betas_paths: Sequence[str | Path], expdesign_path: str | Path,
-                    atlas_paths: Mapping[str, str | Path], label_table_paths: Mapping[str, str | Path],
-                    brainmask_path: str | Path, rois: Sequence[str], value_scaling: str = "raw",
-                    trials_per_session: int = nsd.TRIALS_PER_SESSION, workers: int = 1,
-                    progress: bool = True) -> list[dict]:
+def prepare_subject(
+    out_dir: str | Path,
+    *,
+    subject: int,
+    sessions: Sequence[int],
+    betas_paths: Sequence[str | Path],
+    expdesign_path: str | Path,
+    atlas_paths: Mapping[str, str | Path],
+    label_table_paths: Mapping[str, str | Path],
+    brainmask_path: str | Path,
+    rois: Sequence[str],
+    value_scaling: str = "raw",
+    trials_per_session: int = nsd.TRIALS_PER_SESSION,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[dict]:
     """Prepare one subject's fMRI: ROI matrices of the paper's split, streamed by session.
 
     Everything is checked before any betas are read (files present, headers, dtypes, grids,
@@ -219,26 +257,45 @@ def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int
     if not design_path.is_file():
         raise FMRIDataError(f"{design_path}: experiment design missing")
     split = make_split(nsd.read_expdesign(design_path), subject, sessions, trials_per_session)
-    roiset = load_rois(rois, atlas_paths, label_table_paths, brainmask_path, first.grid,
-                       next((h.affine for h in headers if h.affine is not None), None), first.path)
+    roiset = load_rois(
+        rois,
+        atlas_paths,
+        label_table_paths,
+        brainmask_path,
+        first.grid,
+        next((h.affine for h in headers if h.affine is not None), None),
+        first.path,
+    )
     flat_index = roiset.flat_index
     n_union = flat_index.size
-    log.info("subject %02d: %d sessions, %d train trials, %d test images (%d trials); ROI voxels %s "
-             "(union %d); values %s", subject, len(sessions), split.n_train_trials,
-             split.n_test_images, split.n_test_trials,
-             {roi: int(c.size) for roi, c in roiset.columns.items()}, n_union, value_scaling)
+    log.info(
+        "subject %02d: %d sessions, %d train trials, %d test images (%d trials); ROI voxels %s "
+        "(union %d); values %s",
+        subject,
+        len(sessions),
+        split.n_train_trials,
+        split.n_test_images,
+        split.n_test_trials,
+        {roi: int(c.size) for roi, c in roiset.columns.items()},
+        n_union,
+        value_scaling,
+    )
 
     repeats = np.zeros((split.n_test_images, max(split.max_repeats, 1), n_union), dtype=np.float32)
     any_nonzero = np.zeros(n_union, dtype=bool)
     with contextlib.ExitStack() as stack:
         tmp = {name: stack.enter_context(atomic_path(out_dir / name)) for name in output_names(rois)}
-        appenders = {roi: _NpyAppender(tmp[f"{roi}_train.npy"], split.n_train_trials, cols.size)
-                     for roi, cols in roiset.columns.items()}
+        appenders = {
+            roi: _NpyAppender(tmp[f"{roi}_train.npy"], split.n_train_trials, cols.size)
+            for roi, cols in roiset.columns.items()
+        }
         try:
-            bar = tqdm(total=len(headers), desc=f"subj{subject:02d} sessions", unit="session",
-                       disable=not progress)
+            bar = tqdm(
+                total=len(headers), desc=f"subj{subject:02d} sessions", unit="session", disable=not progress
+            )
             sessions_read = stack.enter_context(
-                contextlib.closing(_read_sessions(headers, flat_index, workers)))
+                contextlib.closing(_read_sessions(headers, flat_index, workers))
+            )
             for header, raw in sessions_read:
                 positions = split.session_trials(header.session)
                 any_nonzero |= (raw != 0).any(axis=0)
@@ -251,8 +308,13 @@ def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int
                 test_positions = positions[is_test]
                 repeats[split.test_row[test_positions], split.repeat[test_positions]] = values[is_test]
                 del values
-                log.info("session %d: %d train trials, %d test trials from %s", header.session,
-                         train_rows.size, test_positions.size, header.path)
+                log.info(
+                    "session %d: %d train trials, %d test trials from %s",
+                    header.session,
+                    train_rows.size,
+                    test_positions.size,
+                    header.path,
+                )
                 bar.update()
             bar.close()
         finally:
@@ -269,60 +331,106 @@ def prepare_subject(out_dir: str | Path, *, subject: int, sessions: Sequence[int
         repeat_histogram = np.bincount(n_repeats, minlength=split.max_repeats + 1)
         for roi, cols in roiset.columns.items():
             np.save(tmp[f"{roi}_test.npy"], mean_over_repeats(repeats, n_repeats, cols))
-            np.savez(tmp[f"{roi}_voxels.npz"], ijk=roiset.ijk[cols], shape=np.asarray(roiset.grid),
-                     affine=roiset.affine, atlas=np.asarray(roiset.atlas[roi]),
-                     label=np.asarray(roiset.label[roi]), split_half_r=reliability[cols],
-                     noise_ceiling=ceiling[cols])
-            qc.append({
-                "subject": f"{subject:02d}", "roi": roi, "atlas": roiset.atlas[roi],
-                "label": roiset.label[roi], "sessions": _format_sessions(sessions),
-                "n_sessions": len(sessions), "value_scaling": value_scaling,
-                "n_train_trials": split.n_train_trials, "n_train_images": split.n_train_images,
-                "n_test_trials": split.n_test_trials, "n_test_images": split.n_test_images,
-                "test_repeats_min": int(n_repeats.min()) if n_repeats.size else 0,
-                "test_repeats_mean": f"{n_repeats.mean():.4f}" if n_repeats.size else "nan",
-                "test_repeats_max": int(n_repeats.max(initial=0)),
-                "test_images_by_repeats": ",".join(
-                    f"{k}:{int(c)}" for k, c in enumerate(repeat_histogram) if k > 0),
-                "n_voxels": int(cols.size),
-                "n_voxels_all_zero": int((~any_nonzero[cols]).sum()),
-                "n_voxels_outside_brainmask": int((~roiset.in_brain[cols]).sum()),
-                "n_reliability_images": n_reliability_images,
-                "split_half_r_median": _stat(reliability[cols], np.median),
-                "split_half_r_mean": _stat(reliability[cols], np.mean),
-                "noise_ceiling_median": _stat(ceiling[cols], np.median),
-                "noise_ceiling_mean": _stat(ceiling[cols], np.mean),
-            })
+            np.savez(
+                tmp[f"{roi}_voxels.npz"],
+                ijk=roiset.ijk[cols],
+                shape=np.asarray(roiset.grid),
+                affine=roiset.affine,
+                atlas=np.asarray(roiset.atlas[roi]),
+                label=np.asarray(roiset.label[roi]),
+                split_half_r=reliability[cols],
+                noise_ceiling=ceiling[cols],
+            )
+            qc.append(
+                {
+                    "subject": f"{subject:02d}",
+                    "roi": roi,
+                    "atlas": roiset.atlas[roi],
+                    "label": roiset.label[roi],
+                    "sessions": _format_sessions(sessions),
+                    "n_sessions": len(sessions),
+                    "value_scaling": value_scaling,
+                    "n_train_trials": split.n_train_trials,
+                    "n_train_images": split.n_train_images,
+                    "n_test_trials": split.n_test_trials,
+                    "n_test_images": split.n_test_images,
+                    "test_repeats_min": int(n_repeats.min()) if n_repeats.size else 0,
+                    "test_repeats_mean": f"{n_repeats.mean():.4f}" if n_repeats.size else "nan",
+                    "test_repeats_max": int(n_repeats.max(initial=0)),
+                    "test_images_by_repeats": ",".join(
+                        f"{k}:{int(c)}" for k, c in enumerate(repeat_histogram) if k > 0
+                    ),
+                    "n_voxels": int(cols.size),
+                    "n_voxels_all_zero": int((~any_nonzero[cols]).sum()),
+                    "n_voxels_outside_brainmask": int((~roiset.in_brain[cols]).sum()),
+                    "n_reliability_images": n_reliability_images,
+                    "split_half_r_median": _stat(reliability[cols], np.median),
+                    "split_half_r_mean": _stat(reliability[cols], np.mean),
+                    "noise_ceiling_median": _stat(ceiling[cols], np.median),
+                    "noise_ceiling_mean": _stat(ceiling[cols], np.mean),
+                }
+            )
         train_positions = split.train_trials
-        _write_tsv(tmp["train_trials.tsv"], ("row", "nsdId", "trial", "session"),
-                   zip(range(train_positions.size), split.nsd_id[train_positions],
-                       split.trial_index[train_positions] + 1, split.session[train_positions]))
+        _write_tsv(
+            tmp["train_trials.tsv"],
+            ("row", "nsdId", "trial", "session"),
+            zip(
+                range(train_positions.size),
+                split.nsd_id[train_positions],
+                split.trial_index[train_positions] + 1,
+                split.session[train_positions],
+            ),
+        )
         trials_of = [[] for _ in range(split.n_test_images)]
         for position in np.flatnonzero(split.is_test):
             trials_of[split.test_row[position]].append(str(split.trial_index[position] + 1))
-        _write_tsv(tmp["test_images.tsv"], ("row", "nsdId", "n_repeats", "trials"),
-                   ((row, nsd_id, n, ",".join(trials)) for row, (nsd_id, n, trials)
-                    in enumerate(zip(split.test_nsd_ids, n_repeats, trials_of))))
+        _write_tsv(
+            tmp["test_images.tsv"],
+            ("row", "nsdId", "n_repeats", "trials"),
+            (
+                (row, nsd_id, n, ",".join(trials))
+                for row, (nsd_id, n, trials) in enumerate(zip(split.test_nsd_ids, n_repeats, trials_of))
+            ),
+        )
         _write_tsv(tmp["qc.tsv"], QC_COLUMNS, ([row[c] for c in QC_COLUMNS] for row in qc))
     for row in qc:
-        log.info("QC %s: %d voxels, split-half r median %s, noise ceiling median %s%%", row["roi"],
-                 row["n_voxels"], row["split_half_r_median"], row["noise_ceiling_median"])
+        log.info(
+            "QC %s: %d voxels, split-half r median %s, noise ceiling median %s%%",
+            row["roi"],
+            row["n_voxels"],
+            row["split_half_r_median"],
+            row["noise_ceiling_median"],
+        )
     return qc
 
 
-def prepare_subject_from_root(nsd_root: str | Path, out_dir: str | Path, *, subject: int,
-                              sessions: Sequence[int], rois: Sequence[str],
-                              beta_format: str = "nifti", **options) -> list[dict]:
+def prepare_subject_from_root(
+    nsd_root: str | Path,
+    out_dir: str | Path,
+    *,
+    subject: int,
+    sessions: Sequence[int],
+    rois: Sequence[str],
+    beta_format: str = "nifti",
+    **options,
+) -> list[dict]:
     """:func:`prepare_subject` with every input at its NSD key under ``nsd_root``."""
     root = Path(nsd_root)
     atlases = nsd.atlases_for(rois)
     return prepare_subject(
-        out_dir, subject=subject, sessions=sessions,
+        out_dir,
+        subject=subject,
+        sessions=sessions,
         betas_paths=[root / nsd.betas_key(subject, s, beta_format) for s in sessions],
         expdesign_path=root / nsd.expdesign_key(),
         atlas_paths={a: root / nsd.roi_key(subject, a) for a in atlases},
-        label_table_paths={a: root / nsd.label_table_key(a) for a in atlases if a not in nsd.WHOLE_VOLUME_ATLASES},
-        brainmask_path=root / nsd.brainmask_key(subject), rois=rois, **options)
+        label_table_paths={
+            a: root / nsd.label_table_key(a) for a in atlases if a not in nsd.WHOLE_VOLUME_ATLASES
+        },
+        brainmask_path=root / nsd.brainmask_key(subject),
+        rois=rois,
+        **options,
+    )
 
 
 # --------------------------------------------------------------------------- outputs
@@ -356,7 +464,9 @@ def load_prepared(fmri_dir: str | Path, roi: str) -> dict[str, np.ndarray]:
         "train_sessions": np.array([int(r["session"]) for r in train_rows], dtype=np.int64),
         "test_nsd_ids": np.array([int(r["nsdId"]) for r in test_rows], dtype=np.int64),
         "test_repeats": np.array([int(r["n_repeats"]) for r in test_rows], dtype=np.int64),
-        "ijk": voxels["ijk"], "shape": voxels["shape"], "affine": voxels["affine"],
+        "ijk": voxels["ijk"],
+        "shape": voxels["shape"],
+        "affine": voxels["affine"],
     }
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def split_half_reliability(repeats: np.ndarray, n_repeats: np.ndarray,
-                           min_images: int = 3, block: int = 1024) -> tuple[np.ndarray, int]:
+def split_half_reliability(
+    repeats: np.ndarray, n_repeats: np.ndarray, min_images: int = 3, block: int = 1024
+) -> tuple[np.ndarray, int]:
     """Per-voxel test-retest reliability of single trials across test images.
 
     Parameters

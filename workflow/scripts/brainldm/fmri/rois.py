@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.fmri.betas import FMRIDataError
+from brainldm.nsd import layout as nsd
 
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -67,8 +67,11 @@ def check_same_grid(path: Path, shape, affine, ref_path: Path, ref_shape, ref_af
             f"{path}: grid {tuple(shape)} differs from {ref_path} {tuple(ref_shape)}; betas, ROI "
             f"and brain-mask volumes must share one grid"
         )
-    if affine is not None and ref_affine is not None and not np.allclose(
-            affine, ref_affine, atol=AFFINE_TOLERANCE_MM):
+    if (
+        affine is not None
+        and ref_affine is not None
+        and not np.allclose(affine, ref_affine, atol=AFFINE_TOLERANCE_MM)
+    ):
         raise FMRIDataError(
             f"{path}: affine differs from {ref_path} (max difference "
             f"{np.abs(np.asarray(affine) - np.asarray(ref_affine)).max():.4g} mm); betas, ROI and "
@@ -89,9 +92,15 @@ def _read_checked_volume(path: str | Path, what: str) -> tuple[np.ndarray, np.nd
     return data, affine
 
 
-def load_rois(rois: Sequence[str], atlas_paths: Mapping[str, str | Path],
-              label_table_paths: Mapping[str, str | Path], brainmask_path: str | Path,
-              grid: tuple[int, int, int], affine: np.ndarray | None, grid_source: str | Path) -> RoiSet:
+def load_rois(
+    rois: Sequence[str],
+    atlas_paths: Mapping[str, str | Path],
+    label_table_paths: Mapping[str, str | Path],
+    brainmask_path: str | Path,
+    grid: tuple[int, int, int],
+    affine: np.ndarray | None,
+    grid_source: str | Path,
+) -> RoiSet:
     """Masks of ``rois`` from their atlases, checked against the betas grid.
 
     Parameters
@@ -147,5 +156,13 @@ def load_rois(rois: Sequence[str], atlas_paths: Mapping[str, str | Path],
     union_c = np.ravel_multi_index(tuple(ijk.T), union.shape)
     columns = {roi: np.searchsorted(union_c, np.flatnonzero(masks[roi])) for roi in rois}
     in_brain = brainmask[tuple(ijk.T)] > 0
-    return RoiSet(rois, tuple(int(n) for n in union.shape), np.asarray(ref_affine, dtype=np.float64),
-                  ijk, columns, atlas_of, label_of, in_brain)
+    return RoiSet(
+        rois,
+        tuple(int(n) for n in union.shape),
+        np.asarray(ref_affine, dtype=np.float64),
+        ijk,
+        columns,
+        atlas_of,
+        label_of,
+        in_brain,
+    )

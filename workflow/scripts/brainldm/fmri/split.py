@@ -123,8 +123,9 @@ class SubjectSplit:
         }
 
 
-def make_split(design: ExpDesign, subject: int, sessions: Sequence[int],
-               trials_per_session: int = TRIALS_PER_SESSION) -> SubjectSplit:
+def make_split(
+    design: ExpDesign, subject: int, sessions: Sequence[int], trials_per_session: int = TRIALS_PER_SESSION
+) -> SubjectSplit:
     """Split the trials of ``subject`` in ``sessions`` into train trials and test images.
 
     Parameters
@@ -155,9 +156,9 @@ def make_split(design: ExpDesign, subject: int, sessions: Sequence[int],
             f"{n_design_sessions} sessions of {trials_per_session}; expected sessions in "
             f"1..{n_design_sessions}"
         )
-    trial_index = np.concatenate([
-        np.arange((s - 1) * trials_per_session, s * trials_per_session) for s in sessions
-    ]).astype(np.int64)
+    trial_index = np.concatenate(
+        [np.arange((s - 1) * trials_per_session, s * trials_per_session) for s in sessions]
+    ).astype(np.int64)
     nsd_id = design.trial_nsd_ids(subject)[trial_index]
     is_test = np.isin(nsd_id, design.shared_nsd_ids())
 
@@ -175,12 +176,23 @@ def make_split(design: ExpDesign, subject: int, sessions: Sequence[int],
         repeat[position] = seen.get(image, 0)
         seen[image] = repeat[position] + 1
 
-    return SubjectSplit(subject, sessions, trials_per_session, trial_index, nsd_id, is_test,
-                        train_row, test_row, repeat, test_nsd_ids)
+    return SubjectSplit(
+        subject,
+        sessions,
+        trials_per_session,
+        trial_index,
+        nsd_id,
+        is_test,
+        train_row,
+        test_row,
+        repeat,
+        test_nsd_ids,
+    )
 
 
-def split_counts(design: ExpDesign, subject: int, sessions: Sequence[int],
-                 trials_per_session: int = TRIALS_PER_SESSION) -> dict[str, int]:
+def split_counts(
+    design: ExpDesign, subject: int, sessions: Sequence[int], trials_per_session: int = TRIALS_PER_SESSION
+) -> dict[str, int]:
     """Counts of the split: ``n_sessions``, ``n_train_trials``, ``n_train_images``,
     ``n_test_trials``, ``n_test_images``.
 

@@ -74,8 +74,9 @@ class BandedFit:
     cv_scores: np.ndarray
 
 
-def candidate_gammas(n_spaces: int, n_iter: int, random_state: int | None,
-                     concentration: Sequence[float] = CONCENTRATIONS) -> np.ndarray:
+def candidate_gammas(
+    n_spaces: int, n_iter: int, random_state: int | None, concentration: Sequence[float] = CONCENTRATIONS
+) -> np.ndarray:
     """Kernel-weight candidates of himalaya's random search: (n_iter, n_spaces) float64.
 
     The samples of ``himalaya.kernel_ridge.generate_dirichlet_samples`` (the test suite checks
@@ -87,8 +88,12 @@ def candidate_gammas(n_spaces: int, n_iter: int, random_state: int | None,
         return np.ones((1, 1))
     random = np.random.RandomState(random_state)
     per_concentration = int(np.ceil(n_iter / len(concentration)))
-    draws = [np.full((per_concentration, n_spaces), 1.0 / n_spaces) if np.isinf(value)
-             else random.dirichlet([value] * n_spaces, per_concentration) for value in concentration]
+    draws = [
+        np.full((per_concentration, n_spaces), 1.0 / n_spaces)
+        if np.isinf(value)
+        else random.dirichlet([value] * n_spaces, per_concentration)
+        for value in concentration
+    ]
     # himalaya interleaves the concentrations: a0, b0, a1, b1, ...
     gammas = np.stack(draws, axis=1).reshape(-1, n_spaces)[:n_iter].astype(np.float64)
     gammas[0] = 1.0 / n_spaces
@@ -98,12 +103,18 @@ def candidate_gammas(n_spaces: int, n_iter: int, random_state: int | None,
 def center_columns(train: np.ndarray, test: np.ndarray, dtype="float32"):
     """Subtract the training rows' column mean (float64) from both: ``(train, test)`` in ``dtype``."""
     mean = np.asarray(train).mean(axis=0, dtype=np.float64)
-    return (np.asarray(train, dtype=np.float64) - mean).astype(dtype), \
-        (np.asarray(test, dtype=np.float64) - mean).astype(dtype)
+    return (np.asarray(train, dtype=np.float64) - mean).astype(dtype), (
+        np.asarray(test, dtype=np.float64) - mean
+    ).astype(dtype)
 
 
-def linear_kernels(spaces_train: Sequence[np.ndarray], spaces_test: Sequence[np.ndarray],
-                   dtype="float32", backend: str = "numpy", block: int = 8192):
+def linear_kernels(
+    spaces_train: Sequence[np.ndarray],
+    spaces_test: Sequence[np.ndarray],
+    dtype="float32",
+    backend: str = "numpy",
+    block: int = 8192,
+):
     """Linear kernels of feature spaces centred on the training rows.
 
     Parameters
@@ -124,11 +135,13 @@ def linear_kernels(spaces_train: Sequence[np.ndarray], spaces_test: Sequence[np.
     Ks_test = np.zeros((len(spaces_train), n_test, n), dtype=dtype)
     for i, (train, test) in enumerate(zip(spaces_train, spaces_test)):
         if train.shape[1] != test.shape[1] or train.shape[0] != n or test.shape[0] != n_test:
-            raise ValueError(f"feature space {i}: train {train.shape} and test {test.shape} do not match "
-                             f"the first space's ({n}, ...) and ({n_test}, ...)")
+            raise ValueError(
+                f"feature space {i}: train {train.shape} and test {test.shape} do not match "
+                f"the first space's ({n}, ...) and ({n_test}, ...)"
+            )
         k_train, k_test = None, None
         for start in range(0, train.shape[1], block):
-            a, b = center_columns(train[:, start:start + block], test[:, start:start + block], dtype)
+            a, b = center_columns(train[:, start : start + block], test[:, start : start + block], dtype)
             a, b = ops.asarray(a, dtype), ops.asarray(b, dtype)
             k_train = a @ a.T if k_train is None else k_train + a @ a.T
             k_test = b @ a.T if k_test is None else k_test + b @ a.T
@@ -193,7 +206,9 @@ def banded_ridge_cv_predict(
 
     Ks, Ks_test = np.asarray(Ks), np.asarray(Ks_test)
     if Ks.ndim != 3 or Ks.shape[1] != Ks.shape[2] or Ks_test.shape[::2] != Ks.shape[::2]:
-        raise ValueError(f"Ks {Ks.shape} must be (n_spaces, n, n) and Ks_test {Ks_test.shape} (n_spaces, n_test, n)")
+        raise ValueError(
+            f"Ks {Ks.shape} must be (n_spaces, n, n) and Ks_test {Ks_test.shape} (n_spaces, n_test, n)"
+        )
     n_spaces, n = Ks.shape[:2]
     if Y.ndim != 2 or Y.shape[0] != n:
         raise ValueError(f"Y {Y.shape} must be ({n}, n_targets)")
@@ -236,8 +251,12 @@ def banded_ridge_cv_predict(
             for start in range(0, n_targets, batch):
                 cols = slice(start, min(start + batch, n_targets))
                 y_train, y_val = Yd[tr, cols], Yd[va, cols]
-                parts = A_stack @ (U.T @ y_train) if operators is None else operators @ y_train  # (q, n_val, tb)
-                score_sum[usable, cols] -= ops.to_numpy(_held_out_mse(coef_d, parts, y_val, ops)).astype(np.float64)
+                parts = (
+                    A_stack @ (U.T @ y_train) if operators is None else operators @ y_train
+                )  # (q, n_val, tb)
+                score_sum[usable, cols] -= ops.to_numpy(_held_out_mse(coef_d, parts, y_val, ops)).astype(
+                    np.float64
+                )
                 del parts
             del operators
             score_sum[~usable] -= 1e5
@@ -258,7 +277,7 @@ def banded_ridge_cv_predict(
         lam = ops.to_numpy(eigenvalues).astype(np.float64)
         filters = 1.0 / (lam[:, None] + alphas[None, :])  # (n, n_alphas)
         for start in range(0, len(targets), batch):
-            chosen = targets[start:start + batch]
+            chosen = targets[start : start + batch]
             idx = ops.index(chosen)
             weights = U @ (ops.asarray(filters[:, best_alpha_index[chosen]], dtype) * (U.T @ Yd[:, idx]))
             for s in range(n_spaces):
@@ -266,9 +285,12 @@ def banded_ridge_cv_predict(
     best_gammas = gammas[best_candidate].T
     best_alphas = alphas[best_alpha_index]
     return BandedFit(
-        predictions=split.sum(axis=0, dtype=np.float32), split_predictions=split,
-        best_gammas=best_gammas, best_alphas=best_alphas,
-        deltas=np.log(best_gammas / best_alphas[None, :]), cv_scores=cv_scores,
+        predictions=split.sum(axis=0, dtype=np.float32),
+        split_predictions=split,
+        best_gammas=best_gammas,
+        best_alphas=best_alphas,
+        deltas=np.log(best_gammas / best_alphas[None, :]),
+        cv_scores=cv_scores,
     )
 
 
@@ -339,17 +361,29 @@ def himalaya_banded_predict(
     bounds = np.cumsum([0] + widths)
     X_train = np.concatenate([np.asarray(x, dtype=np.float32) for x in spaces_train], axis=1)
     X_test = np.concatenate([np.asarray(x, dtype=np.float32) for x in spaces_test], axis=1)
-    kernelizer = ColumnKernelizer([
-        (f"space{i}", make_pipeline(StandardScaler(with_std=False), Kernelizer(kernel="linear")),
-         slice(int(bounds[i]), int(bounds[i + 1])))
-        for i in range(len(widths))
-    ])
+    kernelizer = ColumnKernelizer(
+        [
+            (
+                f"space{i}",
+                make_pipeline(StandardScaler(with_std=False), Kernelizer(kernel="linear")),
+                slice(int(bounds[i]), int(bounds[i + 1])),
+            )
+            for i in range(len(widths))
+        ]
+    )
     model = MultipleKernelRidgeCV(
-        kernels="precomputed", solver="random_search", cv=KFold(n_folds, shuffle=False),
+        kernels="precomputed",
+        solver="random_search",
+        cv=KFold(n_folds, shuffle=False),
         random_state=random_state,
-        solver_params=dict(n_iter=n_iter, alphas=np.asarray(alphas, dtype=np.float64),
-                           n_targets_batch=n_targets_batch, n_alphas_batch=n_alphas_batch,
-                           n_targets_batch_refit=n_targets_batch_refit, progress_bar=False),
+        solver_params=dict(
+            n_iter=n_iter,
+            alphas=np.asarray(alphas, dtype=np.float64),
+            n_targets_batch=n_targets_batch,
+            n_alphas_batch=n_alphas_batch,
+            n_targets_batch_refit=n_targets_batch_refit,
+            progress_bar=False,
+        ),
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     K_train = kernelizer.fit_transform(X_train)

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 
-
 #: Files that exist when a CUDA (NVIDIA) or ROCm (AMD) kernel driver is loaded on Linux.
 GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/kfd")
 

@@ -52,7 +52,8 @@ def check_map_inputs(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if array.ndim != 1 or array.shape[0] < FSAVERAGE5_VERTICES:
             raise MapInputError(
                 f"{hemi} map of shape {array.shape}; expected fsaverage5 ({FSAVERAGE5_VERTICES},) "
-                "or fsaverage (163842,) vertices")
+                "or fsaverage (163842,) vertices"
+            )
         checked[hemi] = array[:FSAVERAGE5_VERTICES]
     return checked
 
@@ -79,7 +80,9 @@ def fsaverage5() -> dict:
     return {
         "inflated": meshes["inflated"],
         "flat_both": InMemoryMesh(coordinates, faces),
-        "sulcal": {hemi: np.asarray(sulcal.data.parts[NILEARN_HEMI[hemi]], dtype=np.float64) for hemi in HEMIS},
+        "sulcal": {
+            hemi: np.asarray(sulcal.data.parts[NILEARN_HEMI[hemi]], dtype=np.float64) for hemi in HEMIS
+        },
     }
 
 
@@ -122,11 +125,23 @@ def _panels():
     """The five surface panels in drawing order: ``(label, mesh, sulcal, nilearn view kwargs, rect,
     zoom)``; ``label`` is ``flat`` or ``"<hemi> <view>"``."""
     meshes = fsaverage5()
-    yield ("flat", meshes["flat_both"], np.concatenate([meshes["sulcal"]["lh"], meshes["sulcal"]["rh"]]),
-           {"view": FLAT_VIEW}, FLAT_RECT, 1.6)
+    yield (
+        "flat",
+        meshes["flat_both"],
+        np.concatenate([meshes["sulcal"]["lh"], meshes["sulcal"]["rh"]]),
+        {"view": FLAT_VIEW},
+        FLAT_RECT,
+        1.6,
+    )
     for column, (hemi, view) in enumerate(INFLATED_PANELS):
-        yield (f"{hemi} {view}", meshes["inflated"].parts[NILEARN_HEMI[hemi]], meshes["sulcal"][hemi],
-               {"hemi": NILEARN_HEMI[hemi], "view": view}, (column * 0.215, 0.0, 0.215, 0.38), 1.45)
+        yield (
+            f"{hemi} {view}",
+            meshes["inflated"].parts[NILEARN_HEMI[hemi]],
+            meshes["sulcal"][hemi],
+            {"hemi": NILEARN_HEMI[hemi], "view": view},
+            (column * 0.215, 0.0, 0.215, 0.38),
+            1.45,
+        )
 
 
 def _panel_values(values: Mapping[str, np.ndarray], label: str) -> np.ndarray:
@@ -152,13 +167,21 @@ def draw_with_nilearn(values: Mapping[str, np.ndarray], style: MapStyle, figure)
 
     values = check_map_inputs(values)
     vmin, vmax = _limits(style)
-    common = dict(cmap=_colormap(style), vmin=vmin, vmax=vmax, colorbar=False, symmetric_cbar=False,
-                  bg_on_data=False, threshold=None if style.categories else style.threshold)
+    common = dict(
+        cmap=_colormap(style),
+        vmin=vmin,
+        vmax=vmax,
+        colorbar=False,
+        symmetric_cbar=False,
+        bg_on_data=False,
+        threshold=None if style.categories else style.threshold,
+    )
     panels = []
     for label, mesh, sulcal, view, rect, zoom in _panels():
         axes = figure.add_axes(rect, projection="3d")
-        plotting.plot_surf_stat_map(mesh, _panel_values(values, label), bg_map=sulcal, axes=axes,
-                                    figure=figure, **view, **common)
+        plotting.plot_surf_stat_map(
+            mesh, _panel_values(values, label), bg_map=sulcal, axes=axes, figure=figure, **view, **common
+        )
         axes.set_box_aspect(None, zoom=zoom)
         panels.append(axes)
     return panels
@@ -192,9 +215,13 @@ def _drawn_panels(dpi: int):
         collection = axes.collections[0]
         n_faces = len(mesh.faces)
         if len(collection.get_facecolor()) != n_faces:
-            raise RuntimeError(f"nilearn drew {len(collection.get_facecolor())} faces of a {n_faces}-face mesh")
+            raise RuntimeError(
+                f"nilearn drew {len(collection.get_facecolor())} faces of a {n_faces}-face mesh"
+            )
         codes = offset + 1 + np.arange(n_faces)  # 0 (black) and 0xFFFFFF (white) stay free
-        colours = np.column_stack([codes >> 16 & 255, codes >> 8 & 255, codes & 255, np.full(n_faces, 255)]) / 255
+        colours = (
+            np.column_stack([codes >> 16 & 255, codes >> 8 & 255, codes & 255, np.full(n_faces, 255)]) / 255
+        )
         collection.set_facecolor(colours)
         collection.set_edgecolor(colours)
         offset += n_faces
@@ -260,8 +287,12 @@ def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title
 
     values = check_map_inputs(values)
     raster, boxes = _drawn_panels(dpi)
-    colours = np.concatenate([face_colours(np.asarray(mesh.faces), _panel_values(values, label), sulcal, style)
-                              for label, mesh, sulcal, *_ in _panels()])
+    colours = np.concatenate(
+        [
+            face_colours(np.asarray(mesh.faces), _panel_values(values, label), sulcal, style)
+            for label, mesh, sulcal, *_ in _panels()
+        ]
+    )
     image = np.zeros(raster.shape + (4,), dtype=np.uint8)  # transparent where no surface is drawn
     covered = raster >= 0
     image[covered] = np.round(colours[raster[covered]] * 255).astype(np.uint8)
@@ -276,7 +307,9 @@ def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title
         figure.legend(handles=handles, loc="center right", title=style.label, fontsize=9, frameon=False)
     else:
         bar_axes = figure.add_axes((0.89, 0.25, 0.02, 0.5))
-        figure.colorbar(ScalarMappable(norm=Normalize(*_limits(style)), cmap=cmap), cax=bar_axes, label=style.label)
+        figure.colorbar(
+            ScalarMappable(norm=Normalize(*_limits(style)), cmap=cmap), cax=bar_axes, label=style.label
+        )
     if title:
         figure.suptitle(title, fontsize=13)
     return figure
@@ -285,8 +318,16 @@ def plot_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title
 # --------------------------------------------------------------------------- accuracy density
 
 
-def plot_accuracy_density(r_x: np.ndarray, r_y: np.ndarray, *, x_label: str, y_label: str,
-                          bins: int = 60, title: str = "", axes=None):
+def plot_accuracy_density(
+    r_x: np.ndarray,
+    r_y: np.ndarray,
+    *,
+    x_label: str,
+    y_label: str,
+    bins: int = 60,
+    title: str = "",
+    axes=None,
+):
     """2-D density of voxel accuracies of two models (e.g. r of z against r of c).
 
     Parameters
@@ -304,7 +345,9 @@ def plot_accuracy_density(r_x: np.ndarray, r_y: np.ndarray, *, x_label: str, y_l
 
     r_x, r_y = np.asarray(r_x, dtype=np.float64), np.asarray(r_y, dtype=np.float64)
     if r_x.shape != r_y.shape or r_x.ndim != 1:
-        raise MapInputError(f"accuracies of shapes {r_x.shape} and {r_y.shape}; expected two equal (n_voxels,)")
+        raise MapInputError(
+            f"accuracies of shapes {r_x.shape} and {r_y.shape}; expected two equal (n_voxels,)"
+        )
     both = np.isfinite(r_x) & np.isfinite(r_y)
     if not both.any():
         raise MapInputError("no voxel has both accuracies; expected finite r values")
@@ -323,7 +366,9 @@ def plot_accuracy_density(r_x: np.ndarray, r_y: np.ndarray, *, x_label: str, y_l
     axes.set_aspect("equal")
     figure.colorbar(image, ax=axes, label="voxels")
     above = float(np.mean(r_y > r_x))
-    axes.set_title(f"{title}\n{both.sum()} voxels, {100 * above:.0f} % above the diagonal".strip(), fontsize=10)
+    axes.set_title(
+        f"{title}\n{both.sum()} voxels, {100 * above:.0f} % above the diagonal".strip(), fontsize=10
+    )
     figure.tight_layout()
     return figure
 
@@ -346,7 +391,16 @@ def view_surface_map(values: Mapping[str, np.ndarray], style: MapStyle, *, title
     shown = {NILEARN_HEMI[hemi]: np.nan_to_num(values[hemi], nan=0.0) for hemi in HEMIS}
     threshold = style.threshold if style.threshold is not None else 1e-12
     return plotting.view_surf(
-        meshes["inflated"], SurfaceImage(meshes["inflated"], shown),
+        meshes["inflated"],
+        SurfaceImage(meshes["inflated"], shown),
         bg_map=SurfaceImage(meshes["inflated"], {NILEARN_HEMI[h]: v for h, v in meshes["sulcal"].items()}),
-        hemi="both", threshold=threshold, cmap=_colormap(style), vmin=vmin, vmax=vmax,
-        symmetric_cmap=vmin == -vmax, title=title, title_fontsize=16, colorbar_fontsize=12)
+        hemi="both",
+        threshold=threshold,
+        cmap=_colormap(style),
+        vmin=vmin,
+        vmax=vmax,
+        symmetric_cmap=vmin == -vmax,
+        title=title,
+        title_fontsize=16,
+        colorbar_fontsize=12,
+    )

@@ -34,8 +34,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.core.atomic import atomic_path
+from brainldm.nsd import layout as nsd
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def read_layer_coordinates(path: str | Path) -> np.ndarray:
     coordinates = _read_mgz(path)
     if coordinates.shape[1] != 3:
         raise SurfaceTransformError(
-            f"{path}: {coordinates.shape[1]} values per vertex; expected 3 voxel coordinates (X, Y, Z)")
+            f"{path}: {coordinates.shape[1]} values per vertex; expected 3 voxel coordinates (X, Y, Z)"
+        )
     return coordinates
 
 
@@ -80,7 +81,8 @@ def read_fsaverage_indices(path: str | Path) -> np.ndarray:
     values = _read_mgz(path)
     if values.shape != (FSAVERAGE_VERTICES, 1):
         raise SurfaceTransformError(
-            f"{path}: shape {values.shape}; expected ({FSAVERAGE_VERTICES}, 1) native vertex indices")
+            f"{path}: shape {values.shape}; expected ({FSAVERAGE_VERTICES}, 1) native vertex indices"
+        )
     indices = values[:, 0]
     if not np.all(np.isfinite(indices)) or np.any(indices != np.rint(indices)) or indices.min() < 1:
         raise SurfaceTransformError(f"{path}: values must be 1-based integer vertex indices (>= 1)")
@@ -128,19 +130,24 @@ class HemisphereTransform:
 def transform_paths(nsd_root: str | Path, subject: int) -> dict[str, dict[str, Path]]:
     """``{hemi: {depth or "fsaverage": path}}`` of one subject's transforms under ``nsd_root``."""
     root = Path(nsd_root)
-    return {hemi: {**{depth: root / nsd.layer_transform_key(subject, hemi, depth)
-                      for depth in nsd.CORTICAL_DEPTHS},
-                   "fsaverage": root / nsd.fsaverage_transform_key(subject, hemi)}
-            for hemi in nsd.HEMISPHERES}
+    return {
+        hemi: {
+            **{depth: root / nsd.layer_transform_key(subject, hemi, depth) for depth in nsd.CORTICAL_DEPTHS},
+            "fsaverage": root / nsd.fsaverage_transform_key(subject, hemi),
+        }
+        for hemi in nsd.HEMISPHERES
+    }
 
 
 def missing_transform_message(path: str | Path, key: str | None = None) -> str:
     """One line: which transform is missing and how to get it."""
     key = key or "/".join(Path(path).parts[-5:])
-    return (f"{path}: NSD surface transform missing. Get it from NSD's bucket "
-            f"(aws s3 cp s3://natural-scenes-dataset/{key} . --no-sign-request, or "
-            f"https://natural-scenes-dataset.s3.amazonaws.com/{key}) into your NSD copy, or set "
-            "nsd.root: null (with nsd.accept_terms: true) to download it, or maps.enabled: false")
+    return (
+        f"{path}: NSD surface transform missing. Get it from NSD's bucket "
+        f"(aws s3 cp s3://natural-scenes-dataset/{key} . --no-sign-request, or "
+        f"https://natural-scenes-dataset.s3.amazonaws.com/{key}) into your NSD copy, or set "
+        "nsd.root: null (with nsd.accept_terms: true) to download it, or maps.enabled: false"
+    )
 
 
 def check_transform_files(paths: Mapping[str, Mapping[str, str | Path]]) -> None:
@@ -166,7 +173,8 @@ def load_transforms(paths: Mapping[str, Mapping[str, str | Path]]) -> dict[str, 
         if fsaverage.max() > layers.shape[1]:
             raise SurfaceTransformError(
                 f"{paths[hemi]['fsaverage']}: points at native vertex {fsaverage.max()} but the "
-                f"{hemi} layer transforms have {layers.shape[1]} vertices")
+                f"{hemi} layer transforms have {layers.shape[1]} vertices"
+            )
         transforms[hemi] = HemisphereTransform(layers, fsaverage)
     return transforms
 
@@ -200,14 +208,16 @@ def as_xyz(volume: np.ndarray, grid_shape: Sequence[int], axis_order: str = "xyz
     if axis_order == "zyx":
         if volume.shape != grid_shape[::-1]:
             raise SurfaceTransformError(
-                f"volume of shape {volume.shape} with axis_order 'zyx'; expected {grid_shape[::-1]}")
+                f"volume of shape {volume.shape} with axis_order 'zyx'; expected {grid_shape[::-1]}"
+            )
         return volume.transpose(2, 1, 0)
     if volume.shape == grid_shape:
         return volume
     if volume.shape == grid_shape[::-1]:
         raise SurfaceTransformError(
             f"volume of shape {volume.shape} is the func grid {grid_shape} reversed: it looks "
-            "HDF5-ordered (Z, Y, X); transpose it to (X, Y, Z) or pass axis_order='zyx'")
+            "HDF5-ordered (Z, Y, X); transpose it to (X, Y, Z) or pass axis_order='zyx'"
+        )
     raise SurfaceTransformError(f"volume of shape {volume.shape}; expected the func grid {grid_shape}")
 
 
@@ -223,8 +233,11 @@ def invalid_vertices(coordinates: np.ndarray, grid_shape: Sequence[int]) -> np.n
     upper = np.asarray(grid_shape, dtype=np.float64) - 1.0
     with np.errstate(invalid="ignore"):
         outside = (zero_based < 0) | (zero_based > upper)
-    return (np.any(coordinates == INVALID_COORDINATE, axis=-1) | ~np.all(np.isfinite(coordinates), axis=-1)
-            | np.any(outside, axis=-1))
+    return (
+        np.any(coordinates == INVALID_COORDINATE, axis=-1)
+        | ~np.all(np.isfinite(coordinates), axis=-1)
+        | np.any(outside, axis=-1)
+    )
 
 
 def _safe_coordinates(coordinates: np.ndarray, invalid: np.ndarray) -> np.ndarray:
@@ -253,13 +266,18 @@ def sample_depths(volume: np.ndarray, layers: np.ndarray, interpolation: str = "
     # The B-spline prefilter is the costly part: run it once for all depths, exactly as
     # map_coordinates(order=3, mode="nearest") does inside (edge-padded by SPLINE_PAD voxels).
     pad = SPLINE_PAD if order > 1 else 0
-    coefficients = (ndimage.spline_filter(np.pad(filled, pad, mode="edge"), order=order, mode="nearest")
-                    if order > 1 else filled)
+    coefficients = (
+        ndimage.spline_filter(np.pad(filled, pad, mode="edge"), order=order, mode="nearest")
+        if order > 1
+        else filled
+    )
     samples = np.full(layers.shape[:2], np.nan)
     for depth, coordinates in enumerate(layers):
         invalid = invalid_vertices(coordinates, volume.shape)
         safe = _safe_coordinates(coordinates, invalid)
-        values = ndimage.map_coordinates(coefficients, safe + pad, order=order, mode="nearest", prefilter=False)
+        values = ndimage.map_coordinates(
+            coefficients, safe + pad, order=order, mode="nearest", prefilter=False
+        )
         nearest_finite = ndimage.map_coordinates(finite.astype(np.uint8), safe, order=0, mode="nearest")
         keep = ~invalid & (nearest_finite == 1)
         samples[depth, keep] = values[keep]
@@ -323,29 +341,40 @@ def native_to_fsaverage(native: np.ndarray, fsaverage_indices: np.ndarray) -> np
     if fsaverage_indices.min() < 1 or fsaverage_indices.max() > native.shape[0]:
         raise SurfaceTransformError(
             f"fsaverage indices span {fsaverage_indices.min()}..{fsaverage_indices.max()}; the "
-            f"native surface has vertices 1..{native.shape[0]}")
+            f"native surface has vertices 1..{native.shape[0]}"
+        )
     return native[fsaverage_indices - 1]
 
 
 def to_fsaverage5(fsaverage: np.ndarray) -> np.ndarray:
     """fsaverage5's values: the first 10,242 fsaverage vertices (icosahedral nesting)."""
     if fsaverage.shape[0] < FSAVERAGE5_VERTICES:
-        raise SurfaceTransformError(f"{fsaverage.shape[0]} vertices; expected fsaverage's {FSAVERAGE_VERTICES}")
+        raise SurfaceTransformError(
+            f"{fsaverage.shape[0]} vertices; expected fsaverage's {FSAVERAGE_VERTICES}"
+        )
     return fsaverage[:FSAVERAGE5_VERTICES]
 
 
-def project_volume(volume: np.ndarray, transforms: Mapping[str, HemisphereTransform],
-                   grid_shape: Sequence[int], *, interpolation: str = "cubic",
-                   axis_order: str = "xyz") -> dict[str, np.ndarray]:
+def project_volume(
+    volume: np.ndarray,
+    transforms: Mapping[str, HemisphereTransform],
+    grid_shape: Sequence[int],
+    *,
+    interpolation: str = "cubic",
+    axis_order: str = "xyz",
+) -> dict[str, np.ndarray]:
     """A func1pt8mm volume on fsaverage: ``{"lh": (163842,), "rh": (163842,)}`` float32.
 
     ``interpolation``: "cubic", "linear", "nearest" (continuous maps) or "wta" (labels, masks).
     See :func:`as_xyz` for ``grid_shape`` and ``axis_order``.
     """
     volume = as_xyz(volume, grid_shape, axis_order)
-    return {hemi: native_to_fsaverage(volume_to_native(volume, transforms[hemi].layers, interpolation),
-                                      transforms[hemi].fsaverage).astype(np.float32)
-            for hemi in nsd.HEMISPHERES}
+    return {
+        hemi: native_to_fsaverage(
+            volume_to_native(volume, transforms[hemi].layers, interpolation), transforms[hemi].fsaverage
+        ).astype(np.float32)
+        for hemi in nsd.HEMISPHERES
+    }
 
 
 # --------------------------------------------------------------------------- rule driver
@@ -373,9 +402,15 @@ def load_surface_map(path: str | Path) -> dict[str, np.ndarray]:
         return {hemi: data[hemi] for hemi in nsd.HEMISPHERES}
 
 
-def project_volumes(volume_paths: Mapping[str, str | Path], output_paths: Mapping[str, str | Path],
-                    transform_files: Mapping[str, Mapping[str, str | Path]], grid_shape: Sequence[int],
-                    *, interpolation: str = "cubic", label_maps: Sequence[str] = ()) -> None:
+def project_volumes(
+    volume_paths: Mapping[str, str | Path],
+    output_paths: Mapping[str, str | Path],
+    transform_files: Mapping[str, Mapping[str, str | Path]],
+    grid_shape: Sequence[int],
+    *,
+    interpolation: str = "cubic",
+    label_maps: Sequence[str] = (),
+) -> None:
     """Project every named NIfTI map to fsaverage and write one ``.npz`` per map.
 
     Every transform is checked and read before any output is written, and each output is
@@ -392,7 +427,9 @@ def project_volumes(volume_paths: Mapping[str, str | Path], output_paths: Mappin
     from tqdm import tqdm
 
     transforms = load_transforms(transform_files)
-    log.info("transforms: %s", ", ".join(f"{h} {t.n_vertices} native vertices" for h, t in transforms.items()))
+    log.info(
+        "transforms: %s", ", ".join(f"{h} {t.n_vertices} native vertices" for h, t in transforms.items())
+    )
     written: list[Path] = []
     try:
         for name in tqdm(list(volume_paths), desc="project_to_surface", unit="map"):
@@ -402,8 +439,13 @@ def project_volumes(volume_paths: Mapping[str, str | Path], output_paths: Mappin
             save_surface_map(output_paths[name], values, kind=kind)
             written.append(Path(output_paths[name]))
             finite = {h: int(np.isfinite(v[:FSAVERAGE5_VERTICES]).sum()) for h, v in values.items()}
-            log.info("%s (%s): fsaverage5 vertices with a value: lh %d, rh %d", name, kind,
-                     finite["lh"], finite["rh"])
+            log.info(
+                "%s (%s): fsaverage5 vertices with a value: lh %d, rh %d",
+                name,
+                kind,
+                finite["lh"],
+                finite["rh"],
+            )
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

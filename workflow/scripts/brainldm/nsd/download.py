@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from brainldm.nsd import layout as nsd
 from brainldm.core.atomic import atomic_path
+from brainldm.nsd import layout as nsd
 from brainldm.nsd.http import MIB, DownloadError, DownloadResult, download, format_bytes, key_url, remote_info
 
 log = logging.getLogger("brainldm.nsd.download")
@@ -45,8 +45,11 @@ TYPICAL_SIZES: tuple[tuple[str, int, str], ...] = (
     (r"/roi/[^/]+\.nii\.gz$", 300_000, "ROI volume"),
     (r"/brainmask\.nii\.gz$", 100_000, "brain mask"),
     (r"\.ctab$", 2_000, "label table"),
-    (r"/transforms/[lr]h\.func1pt8-to-layerB[123]\.mgz$", 2_500_000,
-     "surface transform, ~227k vertices x 3 float32 (gzip)"),
+    (
+        r"/transforms/[lr]h\.func1pt8-to-layerB[123]\.mgz$",
+        2_500_000,
+        "surface transform, ~227k vertices x 3 float32 (gzip)",
+    ),
     (r"/transforms/[lr]h\.white-to-fsaverage\.mgz$", 400_000, "fsaverage transform, 163,842 indices"),
     (r"annotations_trainval2017\.zip$", 252_907_541, "COCO 2017 annotations archive (241 MiB)"),
 )
@@ -67,8 +70,9 @@ def needed_keys(config: dict) -> list[str]:
     8 surface transforms (``nsd.surface_transform_keys``). Order: shared files first,
     then by subject; no duplicates.
     """
-    rois = list(dict.fromkeys([*config["fmri"]["rois"], *config["decoding"]["z_rois"],
-                               *config["decoding"]["c_rois"]]))
+    rois = list(
+        dict.fromkeys([*config["fmri"]["rois"], *config["decoding"]["z_rois"], *config["decoding"]["c_rois"]])
+    )
     sessions = range(config["sessions"]["first"], config["sessions"]["last"] + 1)
     keys = [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key()]
     for subject in config["subjects"]:
@@ -127,15 +131,21 @@ class DownloadPlan:
         if not self.entries:
             return "download plan: nothing to download"
         sources = {entry.source for entry in self.entries if entry.source != "missing"}
-        how = ("sizes from HEAD requests" if sources == {"head"} else
-               "sizes are typical values (offline estimate, see brainldm.nsd.download.TYPICAL_SIZES)"
-               if sources == {"table"} else "sizes from HEAD requests where answered, else typical values")
+        how = (
+            "sizes from HEAD requests"
+            if sources == {"head"}
+            else "sizes are typical values (offline estimate, see brainldm.nsd.download.TYPICAL_SIZES)"
+            if sources == {"table"}
+            else "sizes from HEAD requests where answered, else typical values"
+        )
         lines = [f"download plan: {self.n_files} files, {format_bytes(self.total_bytes)} in total ({how})"]
         groups = {"betas": r"/betas_session", "stimuli": r"nsd_stimuli\.hdf5$"}
         for name, pattern in groups.items():
             chosen = [e for e in self.entries if re.search(pattern, e.key)]
             if chosen:
-                lines.append(f"  {name}: {len(chosen)} files, {format_bytes(sum(e.size or 0 for e in chosen))}")
+                lines.append(
+                    f"  {name}: {len(chosen)} files, {format_bytes(sum(e.size or 0 for e in chosen))}"
+                )
         rest = [e for e in self.entries if not any(re.search(p, e.key) for p in groups.values())]
         if rest:
             lines.append(f"  other: {len(rest)} files, {format_bytes(sum(e.size or 0 for e in rest))}")
@@ -145,13 +155,22 @@ class DownloadPlan:
 
     def to_tsv(self) -> str:
         rows = ["key\tsize\tsource\tetag\turl"]
-        rows += [f"{e.key}\t{'' if e.size is None else e.size}\t{e.source}\t{e.etag or ''}\t{e.url}"
-                 for e in self.entries]
+        rows += [
+            f"{e.key}\t{'' if e.size is None else e.size}\t{e.source}\t{e.etag or ''}\t{e.url}"
+            for e in self.entries
+        ]
         return "\n".join(rows) + "\n"
 
 
-def plan_downloads(base_url: str, keys: Iterable[str], *, online: bool = True,
-                   timeout: float = 10.0, workers: int = 8, show: bool = True) -> DownloadPlan:
+def plan_downloads(
+    base_url: str,
+    keys: Iterable[str],
+    *,
+    online: bool = True,
+    timeout: float = 10.0,
+    workers: int = 8,
+    show: bool = True,
+) -> DownloadPlan:
     """Size the downloads of ``keys`` under ``base_url`` and print a summary.
 
     With ``online``, HEAD requests give exact sizes (in parallel); if the first one cannot
@@ -214,8 +233,9 @@ def terms_message(n_files: int | None = None) -> str:
     )
 
 
-def download_nsd_key(base_url: str, key: str, dest: str | os.PathLike, *, accept_terms: bool,
-                     **options) -> DownloadResult:
+def download_nsd_key(
+    base_url: str, key: str, dest: str | os.PathLike, *, accept_terms: bool, **options
+) -> DownloadResult:
     """Download NSD ``key`` from ``base_url`` to ``dest`` (see :func:`download` for options).
 
     Raises
@@ -261,8 +281,9 @@ def extract_coco_captions(archive: str | os.PathLike, coco_root: str | os.PathLi
     return written
 
 
-def download_coco_captions(url: str, coco_root: str | os.PathLike, *, keep_archive: bool = False,
-                           **options) -> list[Path]:
+def download_coco_captions(
+    url: str, coco_root: str | os.PathLike, *, keep_archive: bool = False, **options
+) -> list[Path]:
     """Fetch COCO's annotations archive (resumable, as :func:`download`), keep the two caption files.
 
     The archive is stored as ``<coco_root>/<archive name>`` while needed and removed after a

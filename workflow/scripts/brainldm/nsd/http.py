@@ -49,8 +49,15 @@ log = logging.getLogger("brainldm.nsd.http")
 USER_AGENT = "brainldm-download/0.1 (+python-urllib)"
 MIB = 2**20
 #: Codes that no retry can fix: stop at once.
-FATAL_HTTP = {400: "bad request", 401: "unauthorised", 403: "access denied", 404: "not found",
-              405: "method not allowed", 410: "gone", 451: "unavailable for legal reasons"}
+FATAL_HTTP = {
+    400: "bad request",
+    401: "unauthorised",
+    403: "access denied",
+    404: "not found",
+    405: "method not allowed",
+    410: "gone",
+    451: "unavailable for legal reasons",
+}
 #: Codes worth retrying besides 5xx.
 RETRY_HTTP = {408, 425, 429}
 
@@ -191,17 +198,21 @@ def remote_info(url: str, *, timeout: float = 30.0, label: str | None = None) ->
         if error.code in FATAL_HTTP:
             raise DownloadError(_fatal_message(label or url, url, error.code)) from None
         raise
-    return RemoteInfo(url, _int_header(headers, "Content-Length"), headers.get("ETag"),
-                      (headers.get("Accept-Ranges") or "").lower() == "bytes")
+    return RemoteInfo(
+        url,
+        _int_header(headers, "Content-Length"),
+        headers.get("ETag"),
+        (headers.get("Accept-Ranges") or "").lower() == "bytes",
+    )
 
 
 def _fatal_message(label: str, url: str, code: int) -> str:
     reason = FATAL_HTTP.get(code, "error")
     hint = {
         404: "check nsd.base_url (or coco.annotations_url) and that this key exists for the "
-             "configured subject, session and beta format",
+        "configured subject, session and beta format",
         403: "the server refused access; check the URL (NSD's bucket is readable anonymously "
-             "over HTTPS) and any proxy in between",
+        "over HTTPS) and any proxy in between",
     }.get(code, "this will not go away by retrying")
     return f"{label}: HTTP {code} ({reason}) from {url}; {hint}"
 
@@ -229,11 +240,22 @@ def part_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def download(url: str, dest: str | os.PathLike, *, key: str | None = None, attempts: int = 6,
-             backoff: float = 2.0, max_backoff: float = 120.0, timeout: float = 60.0,
-             chunk_size: int = MIB, reserve_bytes: int = 1024 * MIB,
-             large_file_bytes: int = 100 * MIB, overwrite: bool = False, progress: bool = True,
-             sleep: Callable[[float], None] = time.sleep) -> DownloadResult:
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    key: str | None = None,
+    attempts: int = 6,
+    backoff: float = 2.0,
+    max_backoff: float = 120.0,
+    timeout: float = 60.0,
+    chunk_size: int = MIB,
+    reserve_bytes: int = 1024 * MIB,
+    large_file_bytes: int = 100 * MIB,
+    overwrite: bool = False,
+    progress: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DownloadResult:
     """Download ``url`` to ``dest``: resumable, verified, retried; ``dest`` only ever complete.
 
     Parameters
@@ -286,9 +308,16 @@ def download(url: str, dest: str | os.PathLike, *, key: str | None = None, attem
     mismatches = 0
     for attempt in range(1, attempts + 1):
         try:
-            result = _attempt(url, part, label, timeout=timeout, chunk_size=chunk_size,
-                              reserve_bytes=reserve_bytes, large_file_bytes=large_file_bytes,
-                              progress=progress)
+            result = _attempt(
+                url,
+                part,
+                label,
+                timeout=timeout,
+                chunk_size=chunk_size,
+                reserve_bytes=reserve_bytes,
+                large_file_bytes=large_file_bytes,
+                progress=progress,
+            )
         except _Retry as error:
             last_error = str(error)
             if isinstance(error, _Mismatch):
@@ -302,22 +331,30 @@ def download(url: str, dest: str | os.PathLike, *, key: str | None = None, attem
             if attempt == attempts:
                 break
             wait = min(backoff * 2 ** (attempt - 1), max_backoff)
-            log.warning("%s: attempt %d/%d failed: %s; retrying in %.1f s",
-                        label, attempt, attempts, last_error, wait)
+            log.warning(
+                "%s: attempt %d/%d failed: %s; retrying in %.1f s", label, attempt, attempts, last_error, wait
+            )
             sleep(wait)
             continue
         os.replace(part, dest)
         log.info("%s: saved %s (%s, verified by %s)", label, dest, format_bytes(result[0]), result[2])
         return DownloadResult(dest, result[0], result[1], result[2], result[3], attempt)
     kept = part.stat().st_size if part.exists() else 0
-    resume = (f"; {format_bytes(kept)} are kept in {part} and the next run resumes from there"
-              if kept else "")
-    raise DownloadError(f"{label}: giving up after {attempts} attempts to fetch {url}: "
-                        f"{last_error}{resume}")
+    resume = f"; {format_bytes(kept)} are kept in {part} and the next run resumes from there" if kept else ""
+    raise DownloadError(f"{label}: giving up after {attempts} attempts to fetch {url}: {last_error}{resume}")
 
 
-def _attempt(url: str, part: Path, label: str, *, timeout: float, chunk_size: int,
-             reserve_bytes: int, large_file_bytes: int, progress: bool):
+def _attempt(
+    url: str,
+    part: Path,
+    label: str,
+    *,
+    timeout: float,
+    chunk_size: int,
+    reserve_bytes: int,
+    large_file_bytes: int,
+    progress: bool,
+):
     """One request: append to ``part`` and verify. Returns (size, md5, verified, resumed_from)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -335,8 +372,10 @@ def _attempt(url: str, part: Path, label: str, *, timeout: float, chunk_size: in
                 etag = _etag_by_head(url, timeout, label)
                 return _verify(part, total, etag, label, resumed_from=offset)
             part.unlink()
-            raise _Retry(f"HTTP 416 for a resume at byte {offset} (remote size {total}); "
-                         "the partial file was discarded") from None
+            raise _Retry(
+                f"HTTP 416 for a resume at byte {offset} (remote size {total}); "
+                "the partial file was discarded"
+            ) from None
         if error.code in FATAL_HTTP:
             raise DownloadError(_fatal_message(label, url, error.code)) from None
         if error.code >= 500 or error.code in RETRY_HTTP:
@@ -356,26 +395,35 @@ def _attempt(url: str, part: Path, label: str, *, timeout: float, chunk_size: in
             start, _, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
                 part.unlink()
-                raise _Retry(f"asked to resume at byte {offset}, server sent from {start}; "
-                             "the partial file was discarded")
+                raise _Retry(
+                    f"asked to resume at byte {offset}, server sent from {start}; "
+                    "the partial file was discarded"
+                )
         else:
             if offset:
-                log.warning("%s: the server ignored the Range request (HTTP %d); starting over",
-                            label, status)
+                log.warning(
+                    "%s: the server ignored the Range request (HTTP %d); starting over", label, status
+                )
             offset = 0
             total = length
         remaining = (total - offset) if total is not None else length
         _check_disk_space(part.parent, remaining, total, reserve_bytes, large_file_bytes, label)
-        log.info("%s: %s %s from %s", label, "resuming at byte %d of" % offset if offset else "fetching",
-                 format_bytes(total), url)
+        log.info(
+            "%s: %s %s from %s",
+            label,
+            "resuming at byte %d of" % offset if offset else "fetching",
+            format_bytes(total),
+            url,
+        )
         received = _receive(response, part, offset, total, chunk_size, progress, label)
     if length is not None and received < length:
         raise _Retry(f"short body: {received} of {length} bytes announced")
     return _verify(part, total, etag, label, resumed_from=offset)
 
 
-def _receive(response, part: Path, offset: int, total: int | None, chunk_size: int,
-             progress: bool, label: str) -> int:
+def _receive(
+    response, part: Path, offset: int, total: int | None, chunk_size: int, progress: bool, label: str
+) -> int:
     """Append the body to ``part`` (truncated first when ``offset`` is 0); returns bytes read."""
     from tqdm import tqdm
 
@@ -385,16 +433,28 @@ def _receive(response, part: Path, offset: int, total: int | None, chunk_size: i
     received = 0
     next_log = 0.1
     started = time.monotonic()
-    with open(part, "ab" if offset else "wb") as out, tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=Path(part.name).stem[:40], disable=not progress, file=sys.stderr, leave=False,
-    ) as bar:
+    with (
+        open(part, "ab" if offset else "wb") as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=Path(part.name).stem[:40],
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        ) as bar,
+    ):
         while True:
             try:
                 chunk = read(chunk_size)
             except http.client.IncompleteRead as error:
                 out.write(error.partial)
-                raise _Retry(f"connection closed early after {offset + received + len(error.partial)} bytes") from None
+                raise _Retry(
+                    f"connection closed early after {offset + received + len(error.partial)} bytes"
+                ) from None
             except (TimeoutError, OSError, http.client.HTTPException) as error:
                 if isinstance(error, OSError) and error.errno == 28:  # ENOSPC is not transient
                     raise DownloadError(f"{label}: disk full while writing {part}") from None
@@ -407,14 +467,26 @@ def _receive(response, part: Path, offset: int, total: int | None, chunk_size: i
             bar.update(len(chunk))
             if total and (offset + received) / total >= next_log:
                 rate = received / max(time.monotonic() - started, 1e-6)
-                log.info("%s: %3.0f%% (%s of %s, %s/s)", label, 100 * (offset + received) / total,
-                         format_bytes(offset + received), format_bytes(total), format_bytes(rate))
+                log.info(
+                    "%s: %3.0f%% (%s of %s, %s/s)",
+                    label,
+                    100 * (offset + received) / total,
+                    format_bytes(offset + received),
+                    format_bytes(total),
+                    format_bytes(rate),
+                )
                 next_log = math.floor((offset + received) / total * 10 + 1) / 10
     return received
 
 
-def _check_disk_space(folder: Path, remaining: int | None, total: int | None, reserve_bytes: int,
-                      large_file_bytes: int, label: str) -> None:
+def _check_disk_space(
+    folder: Path,
+    remaining: int | None,
+    total: int | None,
+    reserve_bytes: int,
+    large_file_bytes: int,
+    label: str,
+) -> None:
     if not remaining:
         return
     needed = remaining + (reserve_bytes if (total or remaining) >= large_file_bytes else 0)
@@ -446,18 +518,22 @@ def _verify(part: Path, total: int | None, etag: str | None, label: str, *, resu
     part_sizes = _candidate_part_sizes(size, multipart[1]) if multipart else []
     if expected is None and not part_sizes:
         if multipart:
-            log.warning("%s: multipart ETag %s with no inferable part size: only the length is "
-                        "verified", label, etag)
+            log.warning(
+                "%s: multipart ETag %s with no inferable part size: only the length is verified", label, etag
+            )
         return size, None, "length" if total is not None else "none", resumed_from
     md5, multipart_digests = file_digests(part, part_sizes)
     if expected is not None:
         if md5 != expected:
             part.unlink()
-            raise _Mismatch(f"MD5 {md5} differs from the server's ETag {expected}; the file was "
-                            "discarded")
+            raise _Mismatch(f"MD5 {md5} differs from the server's ETag {expected}; the file was discarded")
         return size, md5, "md5", resumed_from
     if multipart[0] in multipart_digests.values():
         return size, md5, "multipart-md5", resumed_from
-    log.warning("%s: multipart ETag %s matches no usual part size %s: only the length is verified",
-                label, etag, part_sizes)
+    log.warning(
+        "%s: multipart ETag %s matches no usual part size %s: only the length is verified",
+        label,
+        etag,
+        part_sizes,
+    )
     return size, md5, "length", resumed_from

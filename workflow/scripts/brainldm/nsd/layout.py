@@ -27,8 +27,10 @@ COCO_CAPTION_FILES = (
 )
 #: Atlas holding each ROI name that the configuration accepts.
 ROI_ATLAS = {
-    **{name: "streams" for name in
-       ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal")},
+    **{
+        name: "streams"
+        for name in ("early", "midventral", "midlateral", "midparietal", "ventral", "lateral", "parietal")
+    },
     **{name: "prf-visualrois" for name in ("V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4")},
     "nsdgeneral": "nsdgeneral",
     # The whole brain: every voxel of the subject's brain mask, which has a key of its own.
@@ -112,7 +114,7 @@ def root_of(path: str | Path, key: str) -> Path:
     """The NSD root that holds ``path`` as ``key`` (``root/key`` -> ``root``)."""
     path = Path(path)
     key_parts = Path(key).parts
-    if path.parts[-len(key_parts):] != key_parts:
+    if path.parts[-len(key_parts) :] != key_parts:
         raise ValueError(f"{path} does not end with the NSD key {key}")
     return Path(*path.parts[: -len(key_parts)]) if len(path.parts) > len(key_parts) else Path(".")
 
@@ -130,8 +132,7 @@ def atlases_for(rois: Iterable[str]) -> list[str]:
 ENCODING_SUMMARY_ATLASES = ("streams", "prf-visualrois")
 
 
-def subject_keys(subject: int, sessions: Sequence[int], beta_format: str,
-                 rois: Iterable[str]) -> list[str]:
+def subject_keys(subject: int, sessions: Sequence[int], beta_format: str, rois: Iterable[str]) -> list[str]:
     """Every key that preparing ``subject`` needs: betas sessions, ROI volumes, brain mask."""
     atlases = atlases_for(rois)
     keys = [betas_key(subject, session, beta_format) for session in sessions]
@@ -169,9 +170,7 @@ class ExpDesign:
     def trial_nsd_ids(self, subject: int) -> np.ndarray:
         """0-based nsdId of every trial of the design for ``subject``: (n_trials,) int64."""
         if not 1 <= subject <= self.subjectim.shape[0]:
-            raise ValueError(
-                f"subject {subject}: the design holds subjects 1..{self.subjectim.shape[0]}"
-            )
+            raise ValueError(f"subject {subject}: the design holds subjects 1..{self.subjectim.shape[0]}")
         return self.subjectim[subject - 1, self.masterordering - 1] - 1
 
     def shared_nsd_ids(self) -> np.ndarray:
@@ -308,8 +307,9 @@ def read_coco_captions(paths: Iterable[str | Path]) -> dict[int, list[str]]:
     return {image: [c for _, c in sorted(items)] for image, items in by_image.items()}
 
 
-def captions_for(stim_info: dict[str, np.ndarray], captions: dict[int, list[str]],
-                 nsd_ids: Sequence[int]) -> list[list[str]]:
+def captions_for(
+    stim_info: dict[str, np.ndarray], captions: dict[int, list[str]], nsd_ids: Sequence[int]
+) -> list[list[str]]:
     """Captions of each image ``nsd_ids`` (joined through the stim-info ``cocoId``)."""
     position = {int(n): i for i, n in enumerate(stim_info["nsdId"])}
     result = []

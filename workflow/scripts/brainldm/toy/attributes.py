@@ -14,10 +14,18 @@ COLOURS = {
 }
 SIZES = {"small": 0.16, "large": 0.3}  # object radius as a fraction of the image side
 POSITIONS = {
-    "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7),
+    "left": (0.3, 0.5),
+    "right": (0.7, 0.5),
+    "top": (0.5, 0.3),
+    "bottom": (0.5, 0.7),
     "centre": (0.5, 0.5),
 }
 BACKGROUNDS = {"gray": (128, 128, 128), "dark": (30, 30, 40), "sand": (200, 180, 140)}
 
-ATTRIBUTE_VALUES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES),
-                    "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS)}
+ATTRIBUTE_VALUES = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "size": tuple(SIZES),
+    "position": tuple(POSITIONS),
+    "background": tuple(BACKGROUNDS),
+}

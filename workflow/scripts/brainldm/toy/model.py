@@ -114,7 +114,11 @@ def learn_bpe(word_counts: dict[str, int], max_merges: int = 10000) -> list[tupl
 
 def _byte_level_alphabet() -> list[str]:
     """The 256 characters of GPT-2/CLIP's byte-level mapping, in byte order."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -145,7 +149,9 @@ def toy_vocabulary(captions: Sequence[Sequence[str]]) -> tuple[dict[str, int], l
     return vocab, merges
 
 
-def write_tokenizer_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int) -> None:
+def write_tokenizer_files(
+    folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int
+) -> None:
     """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (CLIP format)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
@@ -182,7 +188,9 @@ def pixcorr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def vae_roundtrip(vae, images: np.ndarray, generator: torch.Generator | None = None, batch_size: int = 32) -> np.ndarray:
+def vae_roundtrip(
+    vae, images: np.ndarray, generator: torch.Generator | None = None, batch_size: int = 32
+) -> np.ndarray:
     """decode(sample of encode(x)) for (n, H, W, 3) uint8 images -> (n, H, W, 3) uint8."""
     out = []
     param = next(vae.parameters())
@@ -194,7 +202,9 @@ def vae_roundtrip(vae, images: np.ndarray, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def init_vae_as_pooling(vae, const: float = 4.0, gn_weight: float = 0.25, gn_bias: float = 2.0, logvar: float = -10.0) -> None:
+def init_vae_as_pooling(
+    vae, const: float = 4.0, gn_weight: float = 0.25, gn_bias: float = 2.0, logvar: float = -10.0
+) -> None:
     """Set ``vae``'s weights so it starts as an average-pooling encoder and smoothing decoder.
 
     A warm start that the short fit refines (a 2-core machine cannot train a VAE from scratch
@@ -231,7 +241,10 @@ def init_vae_as_pooling(vae, const: float = 4.0, gn_weight: float = 0.25, gn_bia
             module.conv2.weight.zero_()
             module.conv2.bias.zero_()
             if module.conv_shortcut is not None:
-                identity_(module.conv_shortcut, min(module.conv_shortcut.in_channels, module.conv_shortcut.out_channels))
+                identity_(
+                    module.conv_shortcut,
+                    min(module.conv_shortcut.in_channels, module.conv_shortcut.out_channels),
+                )
         elif isinstance(module, Attention):
             module.to_out[0].weight.zero_()
             module.to_out[0].bias.zero_()
@@ -340,26 +353,40 @@ def toy_component_configs(vocab: dict[str, int], image_size: int, sizes: dict | 
     return {
         "sizes": sizes,
         "vae": dict(
-            in_channels=3, out_channels=3, latent_channels=sizes["latent_channels"],
+            in_channels=3,
+            out_channels=3,
+            latent_channels=sizes["latent_channels"],
             block_out_channels=list(sizes["vae_block_out_channels"]),
             layers_per_block=sizes["vae_layers_per_block"],
-            down_block_types=["DownEncoderBlock2D"] * n_vae, up_block_types=["UpDecoderBlock2D"] * n_vae,
-            norm_num_groups=sizes["vae_norm_num_groups"], sample_size=int(image_size), scaling_factor=1.0,
+            down_block_types=["DownEncoderBlock2D"] * n_vae,
+            up_block_types=["UpDecoderBlock2D"] * n_vae,
+            norm_num_groups=sizes["vae_norm_num_groups"],
+            sample_size=int(image_size),
+            scaling_factor=1.0,
         ),
         "text_encoder": dict(
-            vocab_size=len(vocab), hidden_size=sizes["text_hidden_size"],
-            intermediate_size=sizes["text_intermediate_size"], num_hidden_layers=sizes["text_layers"],
-            num_attention_heads=sizes["text_heads"], max_position_embeddings=sizes["max_length"],
-            hidden_act=sd["text_encoder"]["hidden_act"], projection_dim=sizes["text_hidden_size"],
-            bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+            vocab_size=len(vocab),
+            hidden_size=sizes["text_hidden_size"],
+            intermediate_size=sizes["text_intermediate_size"],
+            num_hidden_layers=sizes["text_layers"],
+            num_attention_heads=sizes["text_heads"],
+            max_position_embeddings=sizes["max_length"],
+            hidden_act=sd["text_encoder"]["hidden_act"],
+            projection_dim=sizes["text_hidden_size"],
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
         ),
         "unet": dict(
-            in_channels=sizes["latent_channels"], out_channels=sizes["latent_channels"],
-            sample_size=int(image_size) // factor, block_out_channels=list(sizes["unet_block_out_channels"]),
+            in_channels=sizes["latent_channels"],
+            out_channels=sizes["latent_channels"],
+            sample_size=int(image_size) // factor,
+            block_out_channels=list(sizes["unet_block_out_channels"]),
             layers_per_block=sizes["unet_layers_per_block"],
             down_block_types=list(sizes["unet_down_block_types"]),
             up_block_types=list(sizes["unet_up_block_types"]),
-            cross_attention_dim=sizes["text_hidden_size"], attention_head_dim=sizes["unet_attention_head_dim"],
+            cross_attention_dim=sizes["text_hidden_size"],
+            attention_head_dim=sizes["unet_attention_head_dim"],
             norm_num_groups=sizes["unet_norm_num_groups"],
         ),
     }
@@ -401,7 +428,9 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(weights_dir: str | os.PathLike = SHIPPED_WEIGHTS, roles: Sequence[str] | None = None) -> dict:
+def read_manifest(
+    weights_dir: str | os.PathLike = SHIPPED_WEIGHTS, roles: Sequence[str] | None = None
+) -> dict:
     """The manifest of a toy weights folder, after checking the sha256 of the files of ``roles``.
 
     Raises
@@ -469,7 +498,11 @@ def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLik
         module.load_state_dict(load_state(weights_dir, role), strict=True)
         module.eval()
     vocab = json.loads((weights_dir / WEIGHT_FILES["vocab"]).read_text())
-    merges = [tuple(line.split(" ")) for line in (weights_dir / WEIGHT_FILES["merges"]).read_text().splitlines()[1:] if line]
+    merges = [
+        tuple(line.split(" "))
+        for line in (weights_dir / WEIGHT_FILES["merges"]).read_text().splitlines()[1:]
+        if line
+    ]
     max_length = configs["sizes"]["max_length"]
 
     import diffusers
@@ -482,9 +515,14 @@ def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLik
         write_tokenizer_files(tmp / "tokenizer_src", vocab, merges, max_length)
         tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer_src")
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-            scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         pipe.save_pretrained(tmp, safe_serialization=True)
         # transformers 5 saves tokenizer.json only; keep the CLIP-format files beside it too.
@@ -493,8 +531,11 @@ def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLik
         record = {
             "what": "brainldm toy Stable Diffusion (SD v1.4 classes at tiny sizes, trained on the toy world)",
             "weights": manifest,
-            "assembled_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                               "transformers": transformers.__version__},
+            "assembled_with": {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+            },
         }
         (tmp / "brainldm_toy_model.json").write_text(json.dumps(record, indent=2) + "\n")
         if out_dir.exists():  # os.replace cannot replace a non-empty folder

@@ -37,13 +37,19 @@ class ToySemanticNet(torch.nn.Module):
     def __init__(self, width: int = 16, hidden: int = 64):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(3, width, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Flatten(), torch.nn.Linear(2 * width * (INPUT_SIZE // 8) ** 2, hidden), torch.nn.ReLU(),
+            torch.nn.Conv2d(3, width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(2 * width * (INPUT_SIZE // 8) ** 2, hidden),
+            torch.nn.ReLU(),
         )
         self.heads = torch.nn.ModuleDict(
-            {name: torch.nn.Linear(hidden, len(values)) for name, values in ATTRIBUTE_VALUES.items()})
+            {name: torch.nn.Linear(hidden, len(values)) for name, values in ATTRIBUTE_VALUES.items()}
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.body(x)
@@ -80,33 +86,47 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         f = BLUR_FACTORS[int(factors[i])]
         xi = x[i : i + 1]
         if f > 1:
-            xi = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(xi, f), scale_factor=f,
-                                                 mode="bilinear", align_corners=False)
+            xi = torch.nn.functional.interpolate(
+                torch.nn.functional.avg_pool2d(xi, f), scale_factor=f, mode="bilinear", align_corners=False
+            )
         out[i] = torch.roll(xi[0], shifts=(int(shifts[i, 0]), int(shifts[i, 1])), dims=(1, 2))
     gain = 1.0 + 0.15 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
     noise = 0.04 * torch.randn(x.shape, generator=generator)
     return (out * gain + noise).clamp(0, 1)
 
 
-def mirrored(x: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def mirrored(
+    x: torch.Tensor, targets: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The images mirrored left-right, with ``left`` and ``right`` swapped in their positions
     (every toy shape is left-right symmetric): twice the training images."""
     positions = ATTRIBUTE_VALUES["position"]
     swap = torch.arange(len(positions))
-    swap[positions.index("left")], swap[positions.index("right")] = positions.index("right"), positions.index("left")
+    swap[positions.index("left")], swap[positions.index("right")] = (
+        positions.index("right"),
+        positions.index("left"),
+    )
     flipped = {name: (swap[t] if name == "position" else t) for name, t in targets.items()}
     return (torch.cat([x, x.flip(-1)]), {name: torch.cat([targets[name], flipped[name]]) for name in targets})
 
 
-def train_semantic(images: np.ndarray, attributes: Sequence[dict], seed: int, steps: int = 1500,
-                   batch_size: int = 32, lr: float = 2e-3) -> tuple[ToySemanticNet, dict]:
+def train_semantic(
+    images: np.ndarray,
+    attributes: Sequence[dict],
+    seed: int,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+) -> tuple[ToySemanticNet, dict]:
     """Train :class:`ToySemanticNet` on ``images`` (n, H, W, 3) uint8 and their attributes.
 
     Seeded Adam steps on augmented batches (:func:`mirrored` images, :func:`augment`),
     cross-entropy summed over the attributes. Returns the network (eval mode) and a record (steps, first and last loss).
     """
-    targets = {name: torch.tensor([values.index(a[name]) for a in attributes])
-               for name, values in ATTRIBUTE_VALUES.items()}
+    targets = {
+        name: torch.tensor([values.index(a[name]) for a in attributes])
+        for name, values in ATTRIBUTE_VALUES.items()
+    }
     x_all, targets = mirrored(images_to_input(images), targets)
     torch.manual_seed(seed)
     net = ToySemanticNet()
@@ -123,16 +143,25 @@ def train_semantic(images: np.ndarray, attributes: Sequence[dict], seed: int, st
         optimizer.step()
         losses.append(float(loss.detach()))
     net.eval().requires_grad_(False)
-    return net, {"steps": steps, "batch_size": batch_size, "lr": lr, "first_loss": losses[0] if losses else None,
-                 "last_loss": float(np.mean(losses[-20:])) if losses else None}
+    return net, {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(np.mean(losses[-20:])) if losses else None,
+    }
 
 
 @torch.no_grad()
-def predict_probabilities(net: ToySemanticNet, images: Sequence, batch_size: int = 64) -> dict[str, np.ndarray]:
+def predict_probabilities(
+    net: ToySemanticNet, images: Sequence, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """{attribute: (n, n_values) float32 probabilities} of (H, W, 3) uint8 images or PNG paths."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ATTRIBUTE_VALUES}
     for start in range(0, len(images), batch_size):
-        batch = [load_png(im) if isinstance(im, (str, Path)) else im for im in images[start : start + batch_size]]
+        batch = [
+            load_png(im) if isinstance(im, (str, Path)) else im for im in images[start : start + batch_size]
+        ]
         for name, logits in net(images_to_input(batch)).items():
             parts[name].append(torch.softmax(logits, dim=1).numpy().astype(np.float32))
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -142,8 +171,10 @@ def predict_attributes(net: ToySemanticNet, images: Sequence, batch_size: int = 
     """The most probable value of every attribute for each image."""
     probabilities = predict_probabilities(net, images, batch_size)
     n = len(next(iter(probabilities.values())))
-    return [{name: ATTRIBUTE_VALUES[name][int(np.argmax(p[i]))] for name, p in probabilities.items()}
-            for i in range(n)]
+    return [
+        {name: ATTRIBUTE_VALUES[name][int(np.argmax(p[i]))] for name, p in probabilities.items()}
+        for i in range(n)
+    ]
 
 
 def load_semantic_net(weights_dir: str | Path | None = None) -> ToySemanticNet:
@@ -198,11 +229,24 @@ def attribute_matches(truth: Sequence[dict], predicted: dict[str, list[list[dict
             pairs = [(t[name], s[name]) for t, samples in zip(truth, per_image) for s in samples]
             seen = np.array([values.index(a) for a, _ in pairs])
             guess = np.array([values.index(b) for _, b in pairs])
-            chance = float(np.sum(np.bincount(seen, minlength=len(values)) / len(seen)
-                                  * np.bincount(guess, minlength=len(values)) / len(guess)))
-            rows.append({"method": method, "attribute": name, "match": float(np.mean(seen == guess)),
-                         "chance": chance, "n_images": len(truth),
-                         "n_samples": len(pairs) // max(len(truth), 1)})
+            chance = float(
+                np.sum(
+                    np.bincount(seen, minlength=len(values))
+                    / len(seen)
+                    * np.bincount(guess, minlength=len(values))
+                    / len(guess)
+                )
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "attribute": name,
+                    "match": float(np.mean(seen == guess)),
+                    "chance": chance,
+                    "n_images": len(truth),
+                    "n_samples": len(pairs) // max(len(truth), 1),
+                }
+            )
     return rows
 
 
@@ -232,8 +276,10 @@ def match_reconstructions(
         keys = [(n, method, s) for n in nsd_ids for s in range(k)]
         missing = [key for key in keys if key not in files]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} {method} reconstructions are missing (first: nsdId "
-                                    f"{missing[0][0]}, sample {missing[0][2]}); outputs of rule reconstruct_images")
+            raise FileNotFoundError(
+                f"{len(missing)} {method} reconstructions are missing (first: nsdId "
+                f"{missing[0][0]}, sample {missing[0][2]}); outputs of rule reconstruct_images"
+            )
         flat = predict_attributes(net, [files[key] for key in keys])
         predicted[method] = [flat[i * k : (i + 1) * k] for i in range(len(nsd_ids))]
     return attribute_matches(truth, predicted)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.maps import surface
+from brainldm.nsd import layout as nsd
 
 #: Depths of NSD's layerB1..3 as fractions of the way from white to pial.
 DEPTH_FRACTIONS = {"layerB1": 0.25, "layerB2": 0.5, "layerB3": 0.75}
@@ -86,12 +86,14 @@ def subdivide(vertices: np.ndarray, faces: np.ndarray, rounds: int) -> np.ndarra
         midpoints *= radius / np.linalg.norm(midpoints, axis=1, keepdims=True)
         n_old, n_faces = vertices.shape[0], faces.shape[0]
         middle = inverse.reshape(3, n_faces).T + n_old  # per face: mid(01), mid(12), mid(20)
-        faces = np.concatenate([
-            np.stack([faces[:, 0], middle[:, 0], middle[:, 2]], axis=1),
-            np.stack([faces[:, 1], middle[:, 1], middle[:, 0]], axis=1),
-            np.stack([faces[:, 2], middle[:, 2], middle[:, 1]], axis=1),
-            middle,
-        ])
+        faces = np.concatenate(
+            [
+                np.stack([faces[:, 0], middle[:, 0], middle[:, 2]], axis=1),
+                np.stack([faces[:, 1], middle[:, 1], middle[:, 0]], axis=1),
+                np.stack([faces[:, 2], middle[:, 2], middle[:, 1]], axis=1),
+                middle,
+            ]
+        )
         vertices = np.concatenate([vertices, midpoints])
     return vertices
 
@@ -117,7 +119,9 @@ def toy_fsaverage_indices(hemi: str) -> np.ndarray:
     sphere = geometry["sphere"]
     dense = subdivide(sphere, geometry["faces"], rounds=2)
     if dense.shape[0] != surface.FSAVERAGE_VERTICES:
-        raise ValueError(f"subdividing fsaverage5 gave {dense.shape[0]} vertices, not {surface.FSAVERAGE_VERTICES}")
+        raise ValueError(
+            f"subdividing fsaverage5 gave {dense.shape[0]} vertices, not {surface.FSAVERAGE_VERTICES}"
+        )
     _, nearest = cKDTree(sphere).query(dense)
     nearest[: sphere.shape[0]] = np.arange(sphere.shape[0])  # fsaverage5's own vertices: themselves
     return nearest.astype(np.int64) + 1
@@ -129,5 +133,6 @@ def write_toy_transforms(nsd_root: str | Path, subject: int, grid: tuple[int, in
     for hemi in nsd.HEMISPHERES:
         for depth, coordinates in toy_layer_coordinates(hemi, grid).items():
             surface.write_layer_coordinates(root / nsd.layer_transform_key(subject, hemi, depth), coordinates)
-        surface.write_fsaverage_indices(root / nsd.fsaverage_transform_key(subject, hemi),
-                                        toy_fsaverage_indices(hemi))
+        surface.write_fsaverage_indices(
+            root / nsd.fsaverage_transform_key(subject, hemi), toy_fsaverage_indices(hemi)
+        )

@@ -112,9 +112,15 @@ class ToyTrainingData:
         world = toy_stimuli(params)
         test = np.isin(np.arange(params.n_images), world.shared_nsd_ids)
         train_ids = np.flatnonzero(~test)
-        return cls(params, train_ids, world.images[train_ids], [world.captions[i] for i in train_ids],
-                   [world.attributes[i] for i in train_ids], world.images[test],
-                   [world.attributes[i] for i in np.flatnonzero(test)])
+        return cls(
+            params,
+            train_ids,
+            world.images[train_ids],
+            [world.captions[i] for i in train_ids],
+            [world.attributes[i] for i in train_ids],
+            world.images[test],
+            [world.attributes[i] for i in np.flatnonzero(test)],
+        )
 
 
 def rendered_stimuli(n_images: int, image_size: int, seed: int) -> tuple[list[dict], np.ndarray]:
@@ -123,8 +129,11 @@ def rendered_stimuli(n_images: int, image_size: int, seed: int) -> tuple[list[di
     Inception learnt from ImageNet rather than from NSD's test images."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     attributes = draw_attributes(n_images, rng)
-    images = np.stack([render_image(a, image_size, rng) for a in attributes]) if n_images else np.zeros(
-        (0, image_size, image_size, 3), np.uint8)
+    images = (
+        np.stack([render_image(a, image_size, rng) for a in attributes])
+        if n_images
+        else np.zeros((0, image_size, image_size, 3), np.uint8)
+    )
     return attributes, images
 
 
@@ -152,14 +161,24 @@ def _load_checkpoint(path: Path, key: dict, stage: str):
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 def train_vae_stage(vae, data: ToyTrainingData, settings: TrainingSettings, checkpoints: Path) -> dict:
     """Fit (or resume) the VAE, round it to float16; returns the record with its scaling factor."""
-    key = {"stage": "vae", "seed": settings.seed, "vae_steps": settings.vae_steps, "threads": settings.threads,
-           "n_images": len(data.images)}
+    key = {
+        "stage": "vae",
+        "seed": settings.seed,
+        "vae_steps": settings.vae_steps,
+        "threads": settings.threads,
+        "n_images": len(data.images),
+    }
     path = checkpoints / "vae.pt"
     state = _load_checkpoint(path, key, "VAE fit")
     if state is None:
@@ -174,21 +193,33 @@ def train_vae_stage(vae, data: ToyTrainingData, settings: TrainingSettings, chec
     with torch.no_grad():
         x = images_to_tensor(data.images)
         generator = torch.Generator().manual_seed(settings.seed + 1)
-        latents = torch.cat([vae.encode(x[i : i + 64]).latent_dist.sample(generator=generator)
-                             for i in range(0, len(x), 64)])
+        latents = torch.cat(
+            [vae.encode(x[i : i + 64]).latent_dist.sample(generator=generator) for i in range(0, len(x), 64)]
+        )
     scaling_factor = float(f"{1.0 / float(latents.std()):.5g}")
     vae.register_to_config(scaling_factor=scaling_factor)
     generator = torch.Generator().manual_seed(settings.seed + 2)
-    record["pixcorr_train_images"] = round(float(np.mean(pixcorr(data.images, vae_roundtrip(vae, data.images, generator)))), 4)
-    record["pixcorr_holdout_images"] = round(float(np.mean(pixcorr(
-        data.holdout_images, vae_roundtrip(vae, data.holdout_images, generator)))), 4)
+    record["pixcorr_train_images"] = round(
+        float(np.mean(pixcorr(data.images, vae_roundtrip(vae, data.images, generator)))), 4
+    )
+    record["pixcorr_holdout_images"] = round(
+        float(np.mean(pixcorr(data.holdout_images, vae_roundtrip(vae, data.holdout_images, generator)))), 4
+    )
     record["scaling_factor"] = scaling_factor
     log.info("VAE: %s", record)
     return record
 
 
-def train_ldm_stage(vae, text_encoder, unet, tokenizer, data: ToyTrainingData, settings: TrainingSettings,
-                    checkpoints: Path, progress: bool = True) -> dict:
+def train_ldm_stage(
+    vae,
+    text_encoder,
+    unet,
+    tokenizer,
+    data: ToyTrainingData,
+    settings: TrainingSettings,
+    checkpoints: Path,
+    progress: bool = True,
+) -> dict:
     """Train text encoder and U-Net together (or resume); leaves the EMA weights in them.
 
     See the module docstring for the loss, caption dropout and the centred conditioning.
@@ -204,25 +235,37 @@ def train_ldm_stage(vae, text_encoder, unet, tokenizer, data: ToyTrainingData, s
     scale = vae.config.scaling_factor
     n_captions = {len(c) for c in data.captions}
     if len(n_captions) != 1:
-        raise ValueError(f"toy training: every image needs the same number of captions, got {sorted(n_captions)}")
+        raise ValueError(
+            f"toy training: every image needs the same number of captions, got {sorted(n_captions)}"
+        )
     n_captions = n_captions.pop()
     caption_ids = _tokenize(tokenizer, [c for captions in data.captions for c in captions]).reshape(
-        len(data.captions), n_captions, -1)
+        len(data.captions), n_captions, -1
+    )
     empty_ids = _tokenize(tokenizer, [""])
     hidden = text_encoder.config.hidden_size
 
     trained = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(trained, lr=s.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / s.warmup_steps))
-    ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
-           "text_encoder": {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}}
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / s.warmup_steps)
+    )
+    ema = {
+        "unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
+        "text_encoder": {k: v.detach().clone() for k, v in text_encoder.state_dict().items()},
+    }
     generator = torch.Generator().manual_seed(s.seed + 30)
     key = {"stage": "ldm", **s.key()}
     path = checkpoints / "ldm.pt"
     start, losses = 0, []
     state = _load_checkpoint(path, key, "LDM training")
     if state is not None and state["step"] > s.ldm_steps:
-        log.warning("LDM training: checkpoint %s is at step %d, past %d; starting over", path, state["step"], s.ldm_steps)
+        log.warning(
+            "LDM training: checkpoint %s is at step %d, past %d; starting over",
+            path,
+            state["step"],
+            s.ldm_steps,
+        )
         state = None
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -238,18 +281,28 @@ def train_ldm_stage(vae, text_encoder, unet, tokenizer, data: ToyTrainingData, s
     bar = tqdm(total=s.ldm_steps, initial=start, desc="toy LDM", disable=not progress)
     for step in range(start, s.ldm_steps):
         index = torch.randint(len(data.images), (s.batch_size,), generator=generator)
-        latents = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scale
+        latents = (
+            latent_mean[index]
+            + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
+        ) * scale
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (s.batch_size,), generator=generator)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (s.batch_size,), generator=generator
+        )
         noisy = scheduler.add_noise(latents, noise, timesteps)
         c = text_encoder(caption_ids[index].reshape(-1, caption_ids.shape[-1]))[0]
         c = c.reshape(s.batch_size, n_captions, -1, hidden).mean(1)
         empty = text_encoder(empty_ids)[0].expand_as(c)
         draw = torch.rand(s.batch_size, generator=generator)[:, None, None]
-        factor = s.centred_scale[0] + (s.centred_scale[1] - s.centred_scale[0]) * torch.rand(
-            s.batch_size, generator=generator)[:, None, None]
+        factor = (
+            s.centred_scale[0]
+            + (s.centred_scale[1] - s.centred_scale[0])
+            * torch.rand(s.batch_size, generator=generator)[:, None, None]
+        )
         centred = factor * (c - c.mean(0, keepdim=True))
-        condition = torch.where(draw < s.p_uncond, empty, torch.where(draw < s.p_uncond + s.p_centred, centred, c))
+        condition = torch.where(
+            draw < s.p_uncond, empty, torch.where(draw < s.p_uncond + s.p_centred, centred, c)
+        )
         prediction = unet(noisy, timesteps, condition).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -269,12 +322,26 @@ def train_ldm_stage(vae, text_encoder, unet, tokenizer, data: ToyTrainingData, s
         bar.update(1)
         done = step + 1
         if done % s.checkpoint_every == 0 or done == s.ldm_steps:
-            log.info("toy LDM: step %d/%d, mean loss of the last 100 steps %.4f", done, s.ldm_steps,
-                     float(np.mean(losses[-100:])))
-            _save_checkpoint(path, {"key": key, "step": done, "unet": unet.state_dict(),
-                                    "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                                    "ema": ema, "losses": losses})
+            log.info(
+                "toy LDM: step %d/%d, mean loss of the last 100 steps %.4f",
+                done,
+                s.ldm_steps,
+                float(np.mean(losses[-100:])),
+            )
+            _save_checkpoint(
+                path,
+                {
+                    "key": key,
+                    "step": done,
+                    "unet": unet.state_dict(),
+                    "text_encoder": text_encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "ema": ema,
+                    "losses": losses,
+                },
+            )
     bar.close()
     unet.load_state_dict(ema["unet"])
     text_encoder.load_state_dict(ema["text_encoder"])
@@ -286,8 +353,18 @@ def train_ldm_stage(vae, text_encoder, unet, tokenizer, data: ToyTrainingData, s
 
 
 @torch.no_grad()
-def generation_matches(vae, text_encoder, unet, tokenizer, net, captions: list, attributes: list,
-                       seed: int = 0, ddim_steps: int = 10, guidance_scale: float = 5.0) -> dict[str, float]:
+def generation_matches(
+    vae,
+    text_encoder,
+    unet,
+    tokenizer,
+    net,
+    captions: list,
+    attributes: list,
+    seed: int = 0,
+    ddim_steps: int = 10,
+    guidance_scale: float = 5.0,
+) -> dict[str, float]:
     """Text-to-image check: how often images generated from captions show their attributes.
 
     For each image, one DDIM generation (``ddim_steps``, guidance ``guidance_scale`` against the
@@ -302,26 +379,45 @@ def generation_matches(vae, text_encoder, unet, tokenizer, net, captions: list, 
 
     from brainldm.toy.semantic import predict_attributes
 
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     empty = text_encoder(_tokenize(tokenizer, [""]))[0]
     images = []
     for i, image_captions in enumerate(captions):
         c = text_encoder(_tokenize(tokenizer, list(image_captions)))[0].mean(0, keepdim=True)
-        out = pipe(prompt_embeds=c, negative_prompt_embeds=empty, num_inference_steps=ddim_steps,
-                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + i),
-                   output_type="np").images
+        out = pipe(
+            prompt_embeds=c,
+            negative_prompt_embeds=empty,
+            num_inference_steps=ddim_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed + i),
+            output_type="np",
+        ).images
         images.append((np.clip(out[0], 0, 1) * 255).round().astype(np.uint8))
     predicted = predict_attributes(net, images)
-    return {name: round(float(np.mean([p[name] == a[name] for p, a in zip(predicted, attributes)])), 4)
-            for name in predicted[0]}
+    return {
+        name: round(float(np.mean([p[name] == a[name] for p, a in zip(predicted, attributes)])), 4)
+        for name in predicted[0]
+    }
 
 
-def train_toy_weights(out_dir: str | Path, settings: TrainingSettings = TrainingSettings(),
-                      params: ToyParams = ToyParams(), checkpoints: str | Path = DEFAULT_CHECKPOINTS,
-                      command: str = "", progress: bool = True) -> dict:
+def train_toy_weights(
+    out_dir: str | Path,
+    settings: TrainingSettings = TrainingSettings(),
+    params: ToyParams = ToyParams(),
+    checkpoints: str | Path = DEFAULT_CHECKPOINTS,
+    command: str = "",
+    progress: bool = True,
+) -> dict:
     """Train VAE, text encoder, U-Net and semantic classifier; write a toy weights folder.
 
     Parameters
@@ -359,34 +455,68 @@ def train_toy_weights(out_dir: str | Path, settings: TrainingSettings = Training
         tokenizer = CLIPTokenizer.from_pretrained(checkpoints / "tokenizer")
 
         vae_record = train_vae_stage(parts["vae"], data, settings, checkpoints)
-        ldm_record = train_ldm_stage(parts["vae"], parts["text_encoder"], parts["unet"], tokenizer, data,
-                                     settings, checkpoints, progress=progress)
-        extra_attributes, extra_images = rendered_stimuli(settings.semantic_extra_images, params.image_size,
-                                                          settings.seed)
-        net, semantic_record = train_semantic(np.concatenate([data.images, extra_images]),
-                                              data.attributes + extra_attributes, seed=settings.seed + 40,
-                                              steps=settings.semantic_steps)
+        ldm_record = train_ldm_stage(
+            parts["vae"],
+            parts["text_encoder"],
+            parts["unet"],
+            tokenizer,
+            data,
+            settings,
+            checkpoints,
+            progress=progress,
+        )
+        extra_attributes, extra_images = rendered_stimuli(
+            settings.semantic_extra_images, params.image_size, settings.seed
+        )
+        net, semantic_record = train_semantic(
+            np.concatenate([data.images, extra_images]),
+            data.attributes + extra_attributes,
+            seed=settings.seed + 40,
+            steps=settings.semantic_steps,
+        )
         semantic_record["n_images"] = len(data.images) + len(extra_images)
         predicted = predict_attributes(net, list(data.holdout_images))
         semantic_record["holdout_accuracy"] = {
-            name: round(float(np.mean([p[name] == t[name] for p, t in zip(predicted, data.holdout_attributes)])), 4)
-            for name in predicted[0]}
+            name: round(
+                float(np.mean([p[name] == t[name] for p, t in zip(predicted, data.holdout_attributes)])), 4
+            )
+            for name in predicted[0]
+        }
         log.info("semantic classifier: %s", semantic_record)
-        holdout_captions = [captions for i, captions in enumerate(toy_stimuli(params).captions)
-                            if i not in set(data.nsd_ids.tolist())]
+        holdout_captions = [
+            captions
+            for i, captions in enumerate(toy_stimuli(params).captions)
+            if i not in set(data.nsd_ids.tolist())
+        ]
         ldm_record["holdout_generation_match"] = generation_matches(
-            parts["vae"], parts["text_encoder"], parts["unet"], tokenizer, net, holdout_captions,
-            data.holdout_attributes, seed=settings.seed)
-        log.info("text-to-image from held-out captions, attributes matched: %s", ldm_record["holdout_generation_match"])
+            parts["vae"],
+            parts["text_encoder"],
+            parts["unet"],
+            tokenizer,
+            net,
+            holdout_captions,
+            data.holdout_attributes,
+            seed=settings.seed,
+        )
+        log.info(
+            "text-to-image from held-out captions, attributes matched: %s",
+            ldm_record["holdout_generation_match"],
+        )
 
         from safetensors.torch import save_file
 
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)
-            for role, module in (("vae", parts["vae"]), ("text_encoder", parts["text_encoder"]),
-                                 ("unet", parts["unet"]), ("semantic", net)):
-                tensors = {k: (v.half() if v.is_floating_point() else v).contiguous()
-                           for k, v in module.state_dict().items()}
+            for role, module in (
+                ("vae", parts["vae"]),
+                ("text_encoder", parts["text_encoder"]),
+                ("unet", parts["unet"]),
+                ("semantic", net),
+            ):
+                tensors = {
+                    k: (v.half() if v.is_floating_point() else v).contiguous()
+                    for k, v in module.state_dict().items()
+                }
                 save_file(tensors, tmp / WEIGHT_FILES[role])
             write_tokenizer_files(tmp / "tokenizer", vocab, merges, configs["sizes"]["max_length"])
             for name in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -399,16 +529,19 @@ def train_toy_weights(out_dir: str | Path, settings: TrainingSettings = Training
                 "command": command,
                 "toy": {**asdict(params), "grid": list(params.grid)},
                 "n_train_images": int(len(data.images)),
-                "settings": settings.key() | {"ldm_steps": settings.ldm_steps,
-                                              "checkpoint_every": settings.checkpoint_every},
+                "settings": settings.key()
+                | {"ldm_steps": settings.ldm_steps, "checkpoint_every": settings.checkpoint_every},
                 "configs": configs,
                 "vae_scaling_factor": vae_record["scaling_factor"],
                 "vae": vae_record,
                 "ldm": ldm_record,
                 "semantic": semantic_record,
                 "dtype_stored": "float16",
-                "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                             "transformers": transformers.__version__},
+                "versions": {
+                    "torch": torch.__version__,
+                    "diffusers": diffusers.__version__,
+                    "transformers": transformers.__version__,
+                },
                 "sha256": {name: sha256_of(tmp / name) for name in WEIGHT_FILES.values()},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -423,10 +556,16 @@ def train_toy_weights(out_dir: str | Path, settings: TrainingSettings = Training
 
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainingSettings()
-    parser = argparse.ArgumentParser(prog="python3 -m brainldm.toy.training", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=SHIPPED_WEIGHTS, help="weights folder to write (default: the shipped one)")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m brainldm.toy.training", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, default=SHIPPED_WEIGHTS, help="weights folder to write (default: the shipped one)"
+    )
     parser.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS, help="resumable checkpoints")
-    parser.add_argument("--toy-seed", type=int, default=ToyParams().seed, help="seed of the toy world trained on")
+    parser.add_argument(
+        "--toy-seed", type=int, default=ToyParams().seed, help="seed of the toy world trained on"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the training")
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
     parser.add_argument("--ldm-steps", type=int, default=defaults.ldm_steps)
@@ -435,12 +574,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = TrainingSettings(seed=args.seed, vae_steps=args.vae_steps, ldm_steps=args.ldm_steps,
-                                semantic_steps=args.semantic_steps, threads=args.threads)
+    settings = TrainingSettings(
+        seed=args.seed,
+        vae_steps=args.vae_steps,
+        ldm_steps=args.ldm_steps,
+        semantic_steps=args.semantic_steps,
+        threads=args.threads,
+    )
     command = "python3 -m brainldm.toy.training " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    manifest = train_toy_weights(args.out, settings, ToyParams(seed=args.toy_seed), args.checkpoints,
-                                 command=command.strip(), progress=not args.no_progress)
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    manifest = train_toy_weights(
+        args.out,
+        settings,
+        ToyParams(seed=args.toy_seed),
+        args.checkpoints,
+        command=command.strip(),
+        progress=not args.no_progress,
+    )
     print(json.dumps({k: manifest[k] for k in ("vae", "semantic", "sha256")}, indent=2))
 
 

@@ -25,18 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.nsd import layout as nsd
 from brainldm.core.atomic import atomic_path, write_text
+from brainldm.nsd import layout as nsd
 from brainldm.toy.attributes import ATTRIBUTE_VALUES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
 from brainldm.toy.surface import write_toy_transforms
 
 SYNONYMS = {
-    "circle": ["circle", "disk", "round shape"], "square": ["square", "box", "block"],
-    "triangle": ["triangle", "three sided shape", "wedge"], "cross": ["cross", "plus sign", "cross shape"],
-    "red": ["red", "crimson", "scarlet"], "green": ["green", "emerald", "grassy green"],
-    "blue": ["blue", "navy", "azure"], "yellow": ["yellow", "golden", "lemon"],
+    "circle": ["circle", "disk", "round shape"],
+    "square": ["square", "box", "block"],
+    "triangle": ["triangle", "three sided shape", "wedge"],
+    "cross": ["cross", "plus sign", "cross shape"],
+    "red": ["red", "crimson", "scarlet"],
+    "green": ["green", "emerald", "grassy green"],
+    "blue": ["blue", "navy", "azure"],
+    "yellow": ["yellow", "golden", "lemon"],
     "white": ["white", "snowy", "pale"],
-    "small": ["small", "little", "tiny"], "large": ["large", "big", "huge"],
+    "small": ["small", "little", "tiny"],
+    "large": ["large", "big", "huge"],
     "left": ["on the left", "at the left side", "to the left"],
     "right": ["on the right", "at the right side", "to the right"],
     "top": ["at the top", "near the top", "up high"],
@@ -54,8 +59,16 @@ TEMPLATES = (
     "a {background} with one {size} {colour} {shape} {position}",
 )
 
-STREAMS_LABELS = {"Unknown": 0, "early": 1, "midventral": 2, "midlateral": 3, "midparietal": 4,
-                  "ventral": 5, "lateral": 6, "parietal": 7}
+STREAMS_LABELS = {
+    "Unknown": 0,
+    "early": 1,
+    "midventral": 2,
+    "midlateral": 3,
+    "midparietal": 4,
+    "ventral": 5,
+    "lateral": 6,
+    "parietal": 7,
+}
 PRF_LABELS = {"Unknown": 0, "V1v": 1, "V1d": 2, "V2v": 3, "V2d": 4, "V3v": 5, "V3d": 6, "hV4": 7}
 VOXEL_CLASS = {"outside": -1, "noise": 0, "early": 1, "ventral": 2}
 BETA_GAIN_PERCENT = 2.0  # planted signal and noise amplitude, percent signal change
@@ -90,8 +103,13 @@ class ToyParams:
 
 def toy_nsd_keys(params: ToyParams) -> list[str]:
     """Every NSD key the toy world writes (relative to its NSD root)."""
-    keys = [nsd.expdesign_key(), nsd.stim_info_key(), nsd.stimuli_key(),
-            nsd.label_table_key("streams"), nsd.label_table_key("prf-visualrois")]
+    keys = [
+        nsd.expdesign_key(),
+        nsd.stim_info_key(),
+        nsd.stimuli_key(),
+        nsd.label_table_key("streams"),
+        nsd.label_table_key("prf-visualrois"),
+    ]
     for subject in range(1, params.n_subjects + 1):
         for session in range(1, params.n_sessions + 1):
             keys += [nsd.betas_key(subject, session, "nifti"), nsd.betas_key(subject, session, "hdf5")]
@@ -114,7 +132,9 @@ def planted_key(subject: int) -> str:
 
 def draw_attributes(n_images: int, rng: np.random.Generator) -> list[dict[str, str]]:
     """Random attributes (shape, colour, size, position, background) for each image."""
-    return [{key: str(rng.choice(values)) for key, values in ATTRIBUTE_VALUES.items()} for _ in range(n_images)]
+    return [
+        {key: str(rng.choice(values)) for key, values in ATTRIBUTE_VALUES.items()} for _ in range(n_images)
+    ]
 
 
 def render_image(attributes: dict[str, str], size: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +156,9 @@ def render_image(attributes: dict[str, str], size: int, rng: np.random.Generator
         inside = (dy <= radius * 0.8) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
     else:
         arm = radius * 0.3
-        inside = ((np.abs(dx) <= arm) & (np.abs(dy) <= radius)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= radius))
+        inside = ((np.abs(dx) <= arm) & (np.abs(dy) <= radius)) | (
+            (np.abs(dy) <= arm) & (np.abs(dx) <= radius)
+        )
     image[inside] = COLOURS[attributes["colour"]]
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -202,16 +224,22 @@ def write_expdesign(path: Path, design: nsd.ExpDesign) -> None:
 
     buffer = io.BytesIO()
     # MATLAB shapes as in NSD: masterordering and sharedix are 1 x n rows.
-    savemat(buffer, {"masterordering": design.masterordering[None, :].astype(np.float64),
-                     "subjectim": design.subjectim.astype(np.float64),
-                     "sharedix": design.sharedix[None, :].astype(np.float64)})
-    content = MAT_HEADER_TEXT + buffer.getvalue()[len(MAT_HEADER_TEXT):]
+    savemat(
+        buffer,
+        {
+            "masterordering": design.masterordering[None, :].astype(np.float64),
+            "subjectim": design.subjectim.astype(np.float64),
+            "sharedix": design.sharedix[None, :].astype(np.float64),
+        },
+    )
+    content = MAT_HEADER_TEXT + buffer.getvalue()[len(MAT_HEADER_TEXT) :]
     with atomic_path(path) as tmp:
         tmp.write_bytes(content)
 
 
-def write_stim_info(path: Path, design: nsd.ExpDesign, seen: np.ndarray, coco_ids: np.ndarray,
-                    coco_splits: list[str]) -> None:
+def write_stim_info(
+    path: Path, design: nsd.ExpDesign, seen: np.ndarray, coco_ids: np.ndarray, coco_splits: list[str]
+) -> None:
     """The stim-info CSV: NSD's columns, a leading unnamed index column, 1-based trial numbers."""
     n_images, n_subjects = seen.shape
     repetitions = np.zeros((n_images, n_subjects, 3), dtype=np.int64)
@@ -235,8 +263,9 @@ def write_stim_info(path: Path, design: nsd.ExpDesign, seen: np.ndarray, coco_id
             writer.writerow(row)
 
 
-def write_coco(coco_root: Path, coco_ids: np.ndarray, coco_splits: list[str],
-               captions: list[list[str]], image_size: int) -> None:
+def write_coco(
+    coco_root: Path, coco_ids: np.ndarray, coco_splits: list[str], captions: list[list[str]], image_size: int
+) -> None:
     """COCO-format caption JSONs, one per split, as in ``annotations_trainval2017.zip``."""
     annotation_id = 1
     for split, name in (("train2017", nsd.COCO_CAPTION_FILES[0]), ("val2017", nsd.COCO_CAPTION_FILES[1])):
@@ -244,13 +273,23 @@ def write_coco(coco_root: Path, coco_ids: np.ndarray, coco_splits: list[str],
         for coco_id, image_split, image_captions in zip(coco_ids, coco_splits, captions):
             if image_split != split:
                 continue
-            images.append({"id": int(coco_id), "file_name": f"{int(coco_id):012d}.jpg",
-                           "height": image_size, "width": image_size})
+            images.append(
+                {
+                    "id": int(coco_id),
+                    "file_name": f"{int(coco_id):012d}.jpg",
+                    "height": image_size,
+                    "width": image_size,
+                }
+            )
             for caption in image_captions:
                 annotations.append({"image_id": int(coco_id), "id": annotation_id, "caption": caption})
                 annotation_id += 1
-        document = {"info": {"description": "brainldm toy world captions"}, "licenses": [],
-                    "images": images, "annotations": annotations}
+        document = {
+            "info": {"description": "brainldm toy world captions"},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+        }
         write_text(coco_root / name, json.dumps(document))
 
 
@@ -272,7 +311,12 @@ def make_atlases(grid: tuple[int, int, int], rng: np.random.Generator) -> dict[s
     ventral = brain & (yy >= 0.3) & (yy < 0.6) & (zz < 0.4)
     lateral = brain & (yy >= 0.3) & (yy < 0.6) & (zz >= 0.4) & (np.abs(xx - 0.5) > 0.3)
     parietal = brain & (yy >= 0.3) & (yy < 0.6) & (zz >= 0.7)
-    for name, region in (("early", early), ("ventral", ventral), ("lateral", lateral), ("parietal", parietal)):
+    for name, region in (
+        ("early", early),
+        ("ventral", ventral),
+        ("lateral", lateral),
+        ("parietal", parietal),
+    ):
         streams[region & (streams == 0)] = STREAMS_LABELS[name]
     prf = np.zeros(grid, dtype=np.int16)
     upper = zz >= 0.5
@@ -283,8 +327,12 @@ def make_atlases(grid: tuple[int, int, int], rng: np.random.Generator) -> dict[s
     prf[ventral & (yy < 0.38)] = PRF_LABELS["hV4"]
     nsdgeneral = np.where(brain, 0, -1).astype(np.int16)
     nsdgeneral[early | ventral | lateral | parietal] = 1
-    return {"brainmask": brain.astype(np.int16), "streams": streams, "prf-visualrois": prf,
-            "nsdgeneral": nsdgeneral}
+    return {
+        "brainmask": brain.astype(np.int16),
+        "streams": streams,
+        "prf-visualrois": prf,
+        "nsdgeneral": nsdgeneral,
+    }
 
 
 def affine_for(grid: tuple[int, int, int]) -> np.ndarray:
@@ -303,8 +351,12 @@ def semantic_features(attributes: list[dict[str, str]]) -> np.ndarray:
     return features
 
 
-def plant_responses(images: np.ndarray, attributes: list[dict[str, str]], atlases: dict[str, np.ndarray],
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def plant_responses(
+    images: np.ndarray,
+    attributes: list[dict[str, str]],
+    atlases: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """Planted, noise-free responses of every brain voxel to every image.
 
     Returns the planted parameters and ``signal`` (n_images, n_brain_voxels) float64 with unit
@@ -341,9 +393,16 @@ def plant_responses(images: np.ndarray, attributes: list[dict[str, str]], atlase
     for columns, values in ((early, early_signal), (ventral, ventral_signal)):
         values = values - values.mean(axis=0)
         signal[:, columns] = values / np.maximum(values.std(axis=0), 1e-12)
-    return {"voxel_class": voxel_class, "early_voxels": early, "rf_centre": rf_centre,
-            "rf_sigma": rf_sigma, "rf_colour": rf_colour, "ventral_voxels": ventral,
-            "semantic_weights": semantic_weights, "signal": signal}
+    return {
+        "voxel_class": voxel_class,
+        "early_voxels": early,
+        "rf_centre": rf_centre,
+        "rf_sigma": rf_sigma,
+        "rf_colour": rf_colour,
+        "ventral_voxels": ventral,
+        "semantic_weights": semantic_weights,
+        "signal": signal,
+    }
 
 
 def write_volume(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -362,9 +421,15 @@ def write_betas(nifti_path: Path, hdf5_path: Path, betas: np.ndarray, affine: np
         handle.create_dataset("betas", data=betas.transpose(3, 2, 1, 0))
 
 
-def write_subject(nsd_root: Path, subject: int, params: ToyParams, design: nsd.ExpDesign,
-                  images: np.ndarray, attributes: list[dict[str, str]],
-                  rng: np.random.Generator) -> None:
+def write_subject(
+    nsd_root: Path,
+    subject: int,
+    params: ToyParams,
+    design: nsd.ExpDesign,
+    images: np.ndarray,
+    attributes: list[dict[str, str]],
+    rng: np.random.Generator,
+) -> None:
     atlases = make_atlases(params.grid, rng)
     affine = affine_for(params.grid)
     for atlas in ("streams", "prf-visualrois", "nsdgeneral"):
@@ -383,15 +448,24 @@ def write_subject(nsd_root: Path, subject: int, params: ToyParams, design: nsd.E
         percent = BETA_GAIN_PERCENT * (params.snr * planted["signal"][ids] + noise) + session_offset
         volume = np.zeros((*params.grid, ids.size), dtype=np.int16)
         volume[brain] = np.clip(np.rint(300.0 * percent), -32768, 32767).astype(np.int16).T
-        write_betas(nsd_root / nsd.betas_key(subject, session, "nifti"),
-                    nsd_root / nsd.betas_key(subject, session, "hdf5"), volume, affine)
+        write_betas(
+            nsd_root / nsd.betas_key(subject, session, "nifti"),
+            nsd_root / nsd.betas_key(subject, session, "hdf5"),
+            volume,
+            affine,
+        )
 
     write_toy_transforms(nsd_root, subject, params.grid)
 
     planted_values = {key: value for key, value in planted.items() if key != "signal"}
     with atomic_path(nsd_root / planted_key(subject)) as tmp:
-        np.savez(tmp, snr=params.snr, gain_percent=BETA_GAIN_PERCENT,
-                 brain_ijk=np.argwhere(brain).astype(np.int32), **planted_values)
+        np.savez(
+            tmp,
+            snr=params.snr,
+            gain_percent=BETA_GAIN_PERCENT,
+            brain_ijk=np.argwhere(brain).astype(np.int32),
+            **planted_values,
+        )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -455,7 +529,12 @@ def write_toy_world(nsd_root: str | Path, coco_root: str | Path, params: ToyPara
     nsd_root, coco_root = Path(nsd_root), Path(coco_root)
     world = toy_stimuli(params)
     attributes, images, captions, design, seen = (
-        world.attributes, world.images, world.captions, world.design, world.seen)
+        world.attributes,
+        world.images,
+        world.captions,
+        world.design,
+        world.seen,
+    )
     with atomic_path(nsd_root / nsd.stimuli_key()) as tmp, h5py.File(tmp, "w") as handle:
         handle.create_dataset("imgBrick", data=images, chunks=(1, *images.shape[1:]))
 
@@ -463,10 +542,19 @@ def write_toy_world(nsd_root: str | Path, coco_root: str | Path, params: ToyPara
     write_stim_info(nsd_root / nsd.stim_info_key(), design, seen, world.coco_ids, world.coco_splits)
     write_coco(coco_root, world.coco_ids, world.coco_splits, captions, params.image_size)
     for atlas, labels in (("streams", STREAMS_LABELS), ("prf-visualrois", PRF_LABELS)):
-        write_text(nsd_root / nsd.label_table_key(atlas),
-                   "".join(f"{value} {name}\n" for name, value in labels.items()))
+        write_text(
+            nsd_root / nsd.label_table_key(atlas),
+            "".join(f"{value} {name}\n" for name, value in labels.items()),
+        )
 
     for subject in range(1, params.n_subjects + 1):
-        write_subject(nsd_root, subject, params, design, images, attributes,
-                      np.random.default_rng(world.subject_seeds[subject - 1]))
+        write_subject(
+            nsd_root,
+            subject,
+            params,
+            design,
+            images,
+            attributes,
+            np.random.default_rng(world.subject_seeds[subject - 1]),
+        )
     write_text(nsd_root / ATTRIBUTES_KEY, json.dumps(attributes))
