@@ -123,7 +123,8 @@ CLICK_TEXT = """((text) => {
   const all = Array.from(document.querySelectorAll("a, button, li, span, div, td, p"));
   const hits = all.filter(e => e.innerText && e.innerText.trim() === text);
   if (!hits.length) return false;
-  hits.sort((a, b) => a.innerText.length - b.innerText.length || b.querySelectorAll("*").length - a.querySelectorAll("*").length);
+  hits.sort((a, b) => a.innerText.length - b.innerText.length
+    || b.querySelectorAll("*").length - a.querySelectorAll("*").length);
   hits[hits.length - 1].click();
   return true;
 })"""
@@ -131,7 +132,8 @@ CLICK_TEXT = """((text) => {
 
 #: What the page shows, read after two painted frames: it stops changing once the page's scripts
 #: (plotly, React) have drawn it.
-PAGE_STATE = """new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(JSON.stringify([
+PAGE_STATE = """new Promise(done => requestAnimationFrame(() => requestAnimationFrame(
+    () => done(JSON.stringify([
   document.readyState,
   document.getElementsByTagName("*").length,
   document.body ? document.body.innerText.length : 0,

@@ -53,7 +53,7 @@ def test_toy_config_overrides_only_what_differs(toy_config, paper_config):
 
 
 def test_validation_does_not_modify_its_input():
-    raw = {"dataset": "nsd", "fmri": {"rois": ["early"]}}
+    raw = {"dataset": "nsd", "fmri": {"value_scaling": "percent"}}
     before = copy.deepcopy(raw)
     validate_config(raw)
     assert raw == before

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from brainldm import decoding
-from brainldm.decoding import fit_decoder, per_image_correlation, standardize
+from brainldm.decoding import fit_decoder, per_image_correlation
+from brainldm.features.store import load_feature_rows
+from brainldm.fmri.load import standardize
 from brainldm.linear import ops as ridge_ops
 from brainldm.linear.ops import kfold_splits
 from brainldm.linear.ridge import PAPER_ALPHAS, ridge_cv_predict
@@ -184,7 +186,8 @@ def test_bad_inputs_name_the_problem():
 def test_blas_threads_limits_numpy_and_scipy_blas_in_a_fresh_process():
     """Every BLAS that numpy and scipy.linalg load (pip's wheels: one each) runs one thread."""
     probe = (
-        "import json, numpy; from threadpoolctl import threadpool_info; from brainldm.linear.ops import blas_threads\n"
+        "import json, numpy; from threadpoolctl import threadpool_info; from brainldm.linear.ops import "
+        "blas_threads\n"
         "with blas_threads(1):\n"
         "    limited = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
         "import scipy.linalg\n"
@@ -332,7 +335,7 @@ def test_missing_features_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="c.npy is missing"):
         decoding.decode_feature(fmri, feats, "c", ["early"], tmp_path / "o", backend="numpy")
     with pytest.raises(KeyError, match="requested nsdIds have no features"):
-        decoding.load_feature_rows(feats, "z", np.array([7, 8]))
+        load_feature_rows(feats, "z", np.array([7, 8]))
 
 
 def test_backend_errors_name_the_config_key(tmp_path, monkeypatch):

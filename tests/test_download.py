@@ -51,7 +51,8 @@ class FaultyServer:
     ``drop:K`` (send K body bytes, then reset the connection), ``short:K`` (a body K bytes
     shorter than its Content-Length, then close), ``503``, ``404``, ``403``, ``etag`` (a wrong
     MD5 ETag), ``slow`` (stall ``slow_seconds`` before the body), ``norange`` (ignore Range).
-    Faults apply to GET requests only. ``etags[path]`` overrides the ETag of every answer. ``requests`` records each request.
+    Faults apply to GET requests only. ``etags[path]`` overrides the ETag of every answer.
+    ``requests`` records each request.
     """
 
     def __init__(self, root: Path | None = None, extra: dict[str, bytes] | None = None):
@@ -677,7 +678,8 @@ def end_to_end(nsd_sized_world, tmp_path_factory):
 def test_end_to_end_download_fetches_the_tree_byte_for_byte(end_to_end, nsd_sized_world):
     directory = end_to_end["download"]
     keys = end_to_end["keys"]
-    # shared; per subject betas, atlases (streams, nsdgeneral, prf-visualrois), mask, transforms; 2 label tables
+    # shared; per subject betas, atlases (streams, nsdgeneral, prf-visualrois), mask, transforms;
+    # 2 label tables
     assert len(keys) == 3 + 2 * (1 + 3 + 1 + 8) + 2
     for key in keys:
         assert (directory / "resources/nsd" / key).read_bytes() == (

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainldm.core.names import model_names
 from brainldm.encoding import scoring
 from brainldm.encoding.fit import (
     EncodingSettings,
@@ -18,7 +19,6 @@ from brainldm.encoding.fit import (
     encode_model,
     encode_models,
     map_subject,
-    model_names,
     training_rows,
     variance_partition,
 )

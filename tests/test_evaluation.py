@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from tiny_networks import tiny_alexnet, tiny_clip_vision, tiny_pooled
 
+from brainldm.core.tables import read_rows
 from brainldm.evaluation import evaluate as ev
-from brainldm.evaluation.identification import read_rows
 from brainldm.evaluation.networks import ExtractorUnavailable, build_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

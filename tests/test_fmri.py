@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import scipy.io
 
+from brainldm.core.tables import read_rows
 from brainldm.fmri.betas import FMRIDataError
 from brainldm.fmri.prepare import (
     QC_COLUMNS,
     load_prepared,
     output_names,
     prepare_subject_from_root,
-    read_tsv,
     summarize_qc,
 )
 from brainldm.fmri.reliability import noise_ceiling, split_half_reliability
@@ -146,13 +146,13 @@ def test_trial_and_image_tables_follow_the_design(toy_world, prepared):
     tps = toy_world["params"].trials_per_session
     for subject, out_dir in prepared.items():
         trials, nsd_ids, is_test = expected_trials(toy_world["nsd_root"], subject, SESSIONS, tps)
-        train = read_tsv(out_dir / "train_trials.tsv")
+        train = read_rows(out_dir / "train_trials.tsv")
         assert [int(r["row"]) for r in train] == list(range(len(train)))
         np.testing.assert_array_equal([int(r["trial"]) for r in train], trials[~is_test] + 1)
         np.testing.assert_array_equal([int(r["nsdId"]) for r in train], nsd_ids[~is_test])
         np.testing.assert_array_equal([int(r["session"]) for r in train], trials[~is_test] // tps + 1)
 
-        test = read_tsv(out_dir / "test_images.tsv")
+        test = read_rows(out_dir / "test_images.tsv")
         ids, counts = np.unique(nsd_ids[is_test], return_counts=True)  # sorted by nsdId
         np.testing.assert_array_equal([int(r["nsdId"]) for r in test], ids)
         np.testing.assert_array_equal([int(r["n_repeats"]) for r in test], counts)
@@ -223,7 +223,7 @@ def test_value_scaling_options(toy_world, prepared, tmp_path):
         # every trial of the session (train and test) enters the session's mean and std
         assert abs(standardised.mean()) < 1e-9
     np.testing.assert_allclose(z["train"], np.concatenate(expected_rows), rtol=1e-5, atol=1e-5)
-    assert (read_tsv(tmp_path / "z" / "qc.tsv")[0]["value_scaling"]) == "zscore_session"
+    assert (read_rows(tmp_path / "z" / "qc.tsv")[0]["value_scaling"]) == "zscore_session"
 
     with pytest.raises(ValueError, match="value_scaling 'zscore'"):
         prepare(toy_world, tmp_path / "bad", rois=["early"], value_scaling="zscore")
@@ -267,7 +267,7 @@ def test_voxel_indices_round_trip_into_the_volume(toy_world, prepared, roi):
     assert (volume[~mask] == 0).all()
     # ... and a column of the train matrix is that voxel's betas across trials.
     session1 = raw_session(root, 1, 1)
-    first_train = int(read_tsv(prepared[1] / "train_trials.tsv")[0]["trial"]) - 1
+    first_train = int(read_rows(prepared[1] / "train_trials.tsv")[0]["trial"]) - 1
     column = ijk.shape[0] // 2
     assert np.load(prepared[1] / f"{roi}_train.npy")[0, column] == session1[(*ijk[column], first_train)]
 
@@ -302,7 +302,7 @@ def test_qc_table_counts(toy_world, prepared):
     for subject, out_dir in prepared.items():
         _, nsd_ids, is_test = expected_trials(toy_world["nsd_root"], subject, SESSIONS, tps)
         counts = np.unique(nsd_ids[is_test], return_counts=True)[1]
-        rows = read_tsv(out_dir / "qc.tsv")
+        rows = read_rows(out_dir / "qc.tsv")
         assert [r["roi"] for r in rows] == ROIS and tuple(rows[0]) == QC_COLUMNS
         for row in rows:
             assert row["sessions"] == "1-4" and int(row["n_sessions"]) == 4
@@ -333,7 +333,7 @@ def test_all_zero_voxels_are_counted_and_stay_finite(toy_world, tmp_path):
     prepare(
         toy_world, tmp_path / "out", rois=["early", "lateral"], nsd_root=root, value_scaling="zscore_session"
     )
-    qc = {row["roi"]: row for row in read_tsv(tmp_path / "out" / "qc.tsv")}
+    qc = {row["roi"]: row for row in read_rows(tmp_path / "out" / "qc.tsv")}
     assert int(qc["early"]["n_voxels_all_zero"]) == 3 and int(qc["lateral"]["n_voxels_all_zero"]) == 0
     prepared = load_prepared(tmp_path / "out", "early")
     columns = [int(np.flatnonzero((prepared["ijk"] == voxel).all(axis=1))[0]) for voxel in dead]
@@ -347,7 +347,7 @@ def test_all_zero_voxels_are_counted_and_stay_finite(toy_world, tmp_path):
 
 def test_planted_voxels_are_more_reliable_than_noise_voxels(toy_world, prepared):
     for subject, out_dir in prepared.items():
-        qc = {row["roi"]: row for row in read_tsv(out_dir / "qc.tsv")}
+        qc = {row["roi"]: row for row in read_rows(out_dir / "qc.tsv")}
         noise = float(qc["lateral"]["split_half_r_median"])  # toy lateral cortex is pure noise
         assert abs(noise) < 0.15
         for roi in ("early", "ventral"):

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from tiny_networks import tiny_alexnet
 
+from brainldm.core.tables import format_rows, read_rows
 from brainldm.evaluation import identification as ident
 from brainldm.evaluation.identification import (
     ExtractorUnavailable,
     paper_identification,
     paper_preprocess,
-    pearson_matrix,
     two_way_identification,
 )
+from brainldm.linear.stats import pearson_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,12 +271,12 @@ def test_identify_reconstructions_reads_pngs_and_summarises(tmp_path):
     )
     assert [(r["method"], r["feature"]) for r in rows] == [("z", "pixels"), ("zc", "pixels")]
     assert all(r["accuracy"] == 1.0 and r["two_way_accuracy"] == 1.0 and r["n_images"] == 5 for r in rows)
-    text = ident.format_rows(rows, ident.IDENTIFICATION_COLUMNS)
+    text = format_rows(rows, ident.IDENTIFICATION_COLUMNS)
     assert text.splitlines()[1] == "z\tpixels\t1.000000\t5\t1.000000"
     (tmp_path / "s1.tsv").write_text(text)
     (tmp_path / "s2.tsv").write_text(text)
     ident.summarize_identification([tmp_path / "s1.tsv", tmp_path / "s2.tsv"], [1, 2], tmp_path / "all.tsv")
-    summary = ident.read_rows(tmp_path / "all.tsv")
+    summary = read_rows(tmp_path / "all.tsv")
     assert [r["subject"] for r in summary] == ["1", "1", "2", "2"]
     assert list(summary[0]) == ["subject", "method", "feature", "accuracy", "n_images", "two_way_accuracy"]
     del files[(8, "zc", 1)]

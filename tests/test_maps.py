@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from encoding_volumes import ENCODING, write_encoding_volumes
 
+from brainldm.core import names
 from brainldm.maps import draw as maps
 from brainldm.maps import figures as map_specs
 from brainldm.maps import surface
@@ -32,15 +33,15 @@ def toy_surface_maps(toy_world, tmp_path_factory):
     root = toy_world["nsd_root"]
     folder = tmp_path_factory.mktemp("maps")
     volumes = write_encoding_volumes(root, 1, folder / "encoding")
-    names = map_specs.surface_volume_names(ENCODING)
-    outputs = {name: folder / "surface" / f"{name}.npz" for name in names}
+    volume_names = names.surface_volume_names(ENCODING)
+    outputs = {name: folder / "surface" / f"{name}.npz" for name in volume_names}
     grid = np.load(folder / "encoding" / "voxels.npz")["shape"]
     surface.project_volumes(
-        {name: volumes[name] for name in names},
+        {name: volumes[name] for name in volume_names},
         outputs,
         surface.transform_paths(root, 1),
         grid,
-        label_maps=map_specs.label_volume_names(names),
+        label_maps=names.label_volume_names(volume_names),
     )
     return {
         "folder": folder,
@@ -172,16 +173,16 @@ def test_figure_maps_threshold_by_the_fdr_mask_and_compare_unique_variance():
     r = {hemi: np.linspace(0, 0.5, N5) for hemi in nsd.HEMISPHERES}
     sig = {hemi: (np.arange(N5) % 2).astype(np.float64) for hemi in nsd.HEMISPHERES}
     surface_maps = {}
-    for model in map_specs.accuracy_models(ENCODING):
+    for model in names.accuracy_models(ENCODING):
         surface_maps[f"{model}_r"], surface_maps[f"{model}_significant"] = r, sig
-    for joint, a, b in map_specs.joint_pairs(ENCODING):
+    for joint, a, b in names.joint_pairs(ENCODING):
         surface_maps[f"{joint}_unique_{a}"] = {h: 0.3 * ones for h in nsd.HEMISPHERES}
         surface_maps[f"{joint}_unique_{b}"] = {h: 0.1 * ones + zeros for h in nsd.HEMISPHERES}
     surface_maps["unet_best_block"] = {h: zeros for h in nsd.HEMISPHERES}
     figures = map_specs.figure_maps(surface_maps, ENCODING, ENCODING["unet_blocks"], subject="01")
     assert (
         [f.name for f in figures]
-        == map_specs.figure_names(ENCODING)
+        == names.figure_names(ENCODING)
         == [
             "r_z",
             "r_c",
@@ -195,9 +196,7 @@ def test_figure_maps_threshold_by_the_fdr_mask_and_compare_unique_variance():
     )
     r_z = figures[0].values["lh"]
     assert np.isnan(r_z[0::2]).all() and np.array_equal(r_z[1::2], r["lh"][1::2])
-    pooled = np.tile(
-        r["lh"][1::2], 2 * len(map_specs.accuracy_models(ENCODING))
-    )  # every model, both hemispheres
+    pooled = np.tile(r["lh"][1::2], 2 * len(names.accuracy_models(ENCODING)))  # every model, both hemispheres
     assert (
         figures[0].style.vmax == figures[1].style.vmax == pytest.approx(np.percentile(pooled, 99), rel=1e-12)
     )
@@ -243,7 +242,7 @@ def test_rule_drivers_write_every_figure_the_density_and_an_offline_viewer(toy_s
     folder = toy_surface_maps["folder"]
     outputs = toy_surface_maps["outputs"]
     volumes = toy_surface_maps["volumes"]
-    figures = {name: folder / "maps" / f"{name}.png" for name in map_specs.figure_names(ENCODING)}
+    figures = {name: folder / "maps" / f"{name}.png" for name in names.figure_names(ENCODING)}
     map_specs.draw_cortical_maps(
         {n: str(p) for n, p in outputs.items()},
         str(folder / "encoding/volumes/unet_best_block.json"),

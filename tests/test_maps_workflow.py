@@ -19,7 +19,7 @@ from encoding_volumes import ENCODING, write_encoding_volumes
 from headless_chromium import find_chromium, open_page
 from toy_runs import copy_workflow, snakemake
 
-from brainldm.maps import figures as map_specs
+from brainldm.core import names
 
 TOY_CONFIGS = ("--configfile", "config/toy.yaml", "config/maps_test.yaml")
 # Only these rules run: the stand-in volumes are taken as given even once the encoding stage's
@@ -39,8 +39,8 @@ def maps_targets(subjects=("01", "02")) -> list[str]:
     targets = []
     for subject in subjects:
         folder = f"results/toy/subj{subject}/maps"
-        targets += [f"{folder}/surface/{name}.npz" for name in map_specs.surface_volume_names(ENCODING)]
-        targets += [f"{folder}/{name}.png" for name in map_specs.figure_names(ENCODING)]
+        targets += [f"{folder}/surface/{name}.npz" for name in names.surface_volume_names(ENCODING)]
+        targets += [f"{folder}/{name}.png" for name in names.figure_names(ENCODING)]
         targets += [f"{folder}/density_z_vs_c.png", f"{folder}/viewer.html"]
     return targets + ["results/toy/report/configuration.html"]
 
@@ -87,7 +87,7 @@ def test_report_loads_in_chromium_without_script_errors_and_shows_its_maps(maps_
     page = report.read_text()
     # Every figure of both subjects is embedded in the single-file report.
     for subject in ("01", "02"):
-        for name in map_specs.figure_names(ENCODING):
+        for name in names.figure_names(ENCODING):
             assert f"subj{subject}/maps/{name}.png" in page or f"{name}.png" in page
     home = open_page(report)
     assert home.errors == [], home.errors

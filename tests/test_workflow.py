@@ -132,7 +132,7 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
 
 
 def test_toy_run_writes_the_field_metrics(toy_run):
-    from brainldm.evaluation.identification import read_rows
+    from brainldm.core.tables import read_rows
 
     rows = read_rows(toy_run / "results/toy/summary/metrics.tsv")
     assert {(r["subject"], r["method"]) for r in rows} == {
@@ -312,7 +312,7 @@ def test_rerunning_one_subject_leaves_the_other_and_the_shared_files_alone(toy_r
         toy_run, "--configfile", "config/toy.yaml", "--config", "run_subjects=1", "--forcerun", "prepare_fmri"
     )
     output = result.stdout + result.stderr
-    from brainldm.encoding.fit import model_names
+    from brainldm.core.names import model_names
 
     config = validate_config(merged_config(REPO / "config" / "toy.yaml"))
     shards = config["reconstruction"]["n_shards"]

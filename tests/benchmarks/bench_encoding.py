@@ -9,7 +9,8 @@ has something to find. Both solvers fit the same float32 data with the same grid
 - ``himalaya``: the gallantlab recipe, ``ColumnKernelizer`` (StandardScaler(with_std=False) +
   linear Kernelizer per space) and ``MultipleKernelRidgeCV(kernels="precomputed",
   solver="random_search")``, ``predict`` and ``predict(split=True)``;
-- ``ours``: :func:`brainldm.linear.banded.linear_kernels` + :func:`brainldm.linear.banded.banded_ridge_cv_predict`.
+- ``ours``: :func:`brainldm.linear.banded.linear_kernels` +
+  :func:`brainldm.linear.banded.banded_ridge_cv_predict`.
 
 Each runs in its own process with one BLAS thread, which reports wall and CPU time (CPU time is
 the fair measure on a shared machine) and peak resident memory (ru_maxrss);
@@ -32,7 +33,8 @@ on numpy, so that pairing compares each at its best.
 Usage::
 
     python tests/benchmarks/bench_encoding.py --scale 0.2      # what this project's 2-core machine allows
-    python tests/benchmarks/bench_encoding.py --scale 0.2 --himalaya-backend torch  # each at its best on a CPU
+    # each solver at its best on a CPU:
+    python tests/benchmarks/bench_encoding.py --scale 0.2 --himalaya-backend torch
     python tests/benchmarks/bench_encoding.py --scale 1 --n-iter 2 --extrapolate-candidates 20  # ~1.5 h
     python tests/benchmarks/bench_encoding.py --scale 1        # NSD's shapes (~13 h of one CPU core)
     python tests/benchmarks/bench_encoding.py --scale 1 --backend torch_cuda --threads 16  # on a GPU
@@ -249,9 +251,11 @@ def main():
         SHAPES_TRIALS["rows"] = np.sort(np.random.default_rng(1).integers(0, shapes[0], n_trials))
     rows = SHAPES_TRIALS.get("rows")
     print(
-        f"load average {os.getloadavg()[0]:.1f}; backend {backend_of['ours']} (himalaya {backend_of['himalaya']}), "
+        f"load average {os.getloadavg()[0]:.1f}; backend {backend_of['ours']} (himalaya "
+        f"{backend_of['himalaya']}), "
         f"{args.threads} BLAS thread(s); "
-        f"shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} test, "
+        f"shapes (scale {s}): {len(rows) if rows is not None else shapes[0]} training rows, {shapes[1]} "
+        "test, "
         f"{shapes[2]} voxels, z {shapes[3]} + c {shapes[4]} features; "
         f"{args.n_iter} candidates x 20 alphas x 5 folds",
         flush=True,
@@ -264,7 +268,8 @@ def main():
         diff = np.nanmax(np.abs(ours["r"] - ref["r"]))
         close = np.mean(np.abs(ours["r"] - ref["r"]) <= 1e-3)
         print(
-            f"speed-up {ref['seconds'] / ours['seconds']:.2f}x wall, {ref['cpu'] / ours['cpu']:.2f}x CPU; max |r ours - r himalaya| over voxels {diff:.2e}; "
+            f"speed-up {ref['seconds'] / ours['seconds']:.2f}x wall, {ref['cpu'] / ours['cpu']:.2f}x CPU; "
+            f"max |r ours - r himalaya| over voxels {diff:.2e}; "
             f"{100 * close:.2f} % of voxels within 1e-3"
         )
         if args.extrapolate_candidates:
@@ -284,8 +289,10 @@ def main():
             }
             print(
                 f"{which} with {more[2]} voxels: {wide['cpu']:.1f} s CPU, peak {wide['peak_mb']:.0f} MB -> "
-                f"CPU {fixed['cpu']:.1f} s + {per_voxel['cpu'] * 1e3:.2f} ms per voxel, peak {fixed['peak_mb']:.0f} MB + "
-                f"{per_voxel['peak_mb'] * 1e3:.1f} MB per 1000 voxels; extrapolated to {args.whole_brain_voxels} voxels: "
+                f"CPU {fixed['cpu']:.1f} s + {per_voxel['cpu'] * 1e3:.2f} ms per voxel, peak "
+                f"{fixed['peak_mb']:.0f} MB + "
+                f"{per_voxel['peak_mb'] * 1e3:.1f} MB per 1000 voxels; extrapolated to "
+                f"{args.whole_brain_voxels} voxels: "
                 f"{whole[which]['cpu']:.0f} s CPU, peak {whole[which]['peak_mb']:.0f} MB"
             )
         if "himalaya" in whole:

@@ -76,7 +76,8 @@ def nsd_size(folder: Path) -> None:
     import resource
 
     print(
-        f"  peak RSS of the process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        "  peak RSS of the process so far: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
 
 
@@ -89,6 +90,7 @@ def toy(folder: Path) -> None:
             importlib.import_module(module)
     from encoding_volumes import ENCODING, write_encoding_volumes
 
+    from brainldm.core import names
     from brainldm.maps import figures as map_specs
     from brainldm.maps import surface
     from brainldm.toy.world import ToyParams, write_toy_world
@@ -97,7 +99,7 @@ def toy(folder: Path) -> None:
     params = ToyParams()
     write_toy_world(folder / "nsd", folder / "coco", params)
     volumes = write_encoding_volumes(folder / "nsd", 1, folder / "encoding")
-    names = map_specs.surface_volume_names(ENCODING)
+    names = names.surface_volume_names(ENCODING)
     outputs = {name: str(folder / "surface" / f"{name}.npz") for name in names}
     with Timer(f"project_to_surface ({len(names)} maps)"):
         surface.project_volumes(
@@ -105,9 +107,9 @@ def toy(folder: Path) -> None:
             outputs,
             surface.transform_paths(folder / "nsd", 1),
             params.grid,
-            label_maps=map_specs.label_volume_names(names),
+            label_maps=names.label_volume_names(names),
         )
-    figures = {name: str(folder / "maps" / f"{name}.png") for name in map_specs.figure_names(ENCODING)}
+    figures = {name: str(folder / "maps" / f"{name}.png") for name in names.figure_names(ENCODING)}
     with Timer("meshes (first use of nilearn's fsaverage5)"):
         from brainldm.maps.draw import fsaverage5
 

@@ -21,7 +21,7 @@ rule fit_decoder:
         gpu=decoder_gpus(),
     params:
         rois=lambda wildcards: config["decoding"][f"{wildcards.feature}_rois"],
-        settings=config["decoding"],
+        settings=result_settings(config, "decoding"),
     script:
         "../scripts/fit_decoder.py"
 

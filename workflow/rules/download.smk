@@ -8,6 +8,9 @@
 
 # Where a download and the toy world could both make a file (the toy's nsd.root with coco.root
 # null), the download wins.
+# Downloads land here when nsd.root / coco.root are null.
+
+
 if TOY:
 
     ruleorder: download_nsd_file > make_toy_nsd

@@ -21,15 +21,19 @@ rule extract_encoding_features:
         shard=r"\d+",
     conda:
         "../../envs/features.yaml"
-    threads: feature_threads()
+    threads: model_threads()
     resources:
-        gpu=feature_gpus(),
+        gpu=model_gpus(),
         mem_mb=16000,
         runtime=720,
     params:
-        model=config["model"],
-        encoding=ENCODING,
-        sampler=config["reconstruction"],
+        model=result_settings(config, "model"),
+        encoding=result_settings(
+            config, "encoding", ENCODING_NAME_KEYS + ("max_dims", "seed", "n_shards")
+        ),
+        sampler=result_settings(
+            config, "reconstruction", ("ddim_steps", "ddim_eta", "guidance_scale")
+        ),
     script:
         "../scripts/extract_encoding_features.py"
 
@@ -72,7 +76,7 @@ if ENCODING["jobs"] == "per_model":
             runtime=encoder_runtime_per_model(),
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
-            encoding=ENCODING,
+            encoding=result_settings(config, "encoding", ENCODING_FIT_KEYS),
             features_dir=FEATURES_DIR,
             encoding_features_dir=ENCODING_FEATURES_DIR,
             models=lambda wildcards: [wildcards.model],
@@ -100,7 +104,7 @@ else:
             runtime=encoder_runtime_per_model() * len(ENCODING_MODELS),
             gpu=1 if ENCODING["backend"] == "torch_cuda" else 0,
         params:
-            encoding=ENCODING,
+            encoding=result_settings(config, "encoding", ENCODING_FIT_KEYS),
             features_dir=FEATURES_DIR,
             encoding_features_dir=ENCODING_FEATURES_DIR,
             models=ENCODING_MODELS,
@@ -129,7 +133,7 @@ rule map_encoding:
         mem_mb=4000,
         runtime=30,
     params:
-        encoding=ENCODING,
+        encoding=result_settings(config, "encoding", ENCODING_NAME_KEYS),
         atlases=ENCODING_SUMMARY_ATLASES,
     script:
         "../scripts/map_encoding.py"

@@ -15,13 +15,13 @@ rule identify_reconstructions:
         f"logs/{DATASET}/identify_reconstructions/subj{{subject}}.log",
     conda:
         "../../envs/evaluation.yaml"
-    threads: sd_threads()
+    threads: model_threads()
     resources:
-        gpu=sd_gpus(),
+        gpu=model_gpus(),
         mem_mb=16000,
         runtime=240,
     params:
-        settings=config["reconstruction"],
+        settings=result_settings(config, "reconstruction", RECONSTRUCTION_READ_KEYS),
         features=config["evaluation"]["identification_features"],
         clip_model=config["evaluation"]["clip_model"],
         device=config["model"]["device"],
@@ -58,14 +58,14 @@ rule evaluate_reconstructions:
         f"logs/{DATASET}/evaluate_reconstructions/subj{{subject}}.log",
     conda:
         "../../envs/evaluation.yaml"
-    threads: sd_threads()
+    threads: model_threads()
     resources:
-        gpu=sd_gpus(),
+        gpu=model_gpus(),
         mem_mb=16000,
         runtime=240,
     params:
-        settings=config["reconstruction"],
-        evaluation=config["evaluation"],
+        settings=result_settings(config, "reconstruction", RECONSTRUCTION_READ_KEYS),
+        evaluation=result_settings(config, "evaluation"),
         device=config["model"]["device"],
     script:
         "../scripts/evaluate_reconstructions.py"
@@ -111,7 +111,7 @@ if TOY:
             mem_mb=2000,
             runtime=10,
         params:
-            settings=config["reconstruction"],
+            settings=result_settings(config, "reconstruction", RECONSTRUCTION_READ_KEYS),
         script:
             "../scripts/match_toy_attributes.py"
 

@@ -38,14 +38,14 @@ rule extract_features:
         shard=r"\d+",
     conda:
         "../../envs/features.yaml"
-    threads: feature_threads()
+    threads: model_threads()
     resources:
-        gpu=feature_gpus(),
+        gpu=model_gpus(),
         mem_mb=16000,
         runtime=240,
     params:
-        model=config["model"],
-        settings=config["features"],
+        model=result_settings(config, "model"),
+        settings=result_settings(config, "features"),
         subjects=config["subjects"],
         sessions=SESSIONS,
         trials_per_session=trials_per_session(),

@@ -30,7 +30,7 @@ if MAPS:
             runtime=20,
         params:
             names=MAP_VOLUMES,
-            label_maps=map_specs.label_volume_names(MAP_VOLUMES),
+            label_maps=names.label_volume_names(MAP_VOLUMES),
             interpolation=config["maps"]["interpolation"],
             nsd_root=NSD_ROOT,
         script:
@@ -65,7 +65,7 @@ if MAPS:
         params:
             names=MAP_VOLUMES,
             figures=MAP_FIGURES,
-            encoding=config["encoding"],
+            encoding=result_settings(config, "encoding", ENCODING_NAME_KEYS),
             dpi=config["maps"]["dpi"],
         script:
             "../scripts/plot_cortical_maps.py"

@@ -19,14 +19,14 @@ rule reconstruct_images:
         shard=r"\d+",
     conda:
         "../../envs/reconstruction.yaml"
-    threads: sd_threads()
+    threads: model_threads()
     resources:
-        gpu=sd_gpus(),
+        gpu=model_gpus(),
         mem_mb=16000,
         runtime=720,
     params:
-        model=config["model"],
-        settings=config["reconstruction"],
+        model=result_settings(config, "model"),
+        settings=result_settings(config, "reconstruction", SAMPLER_KEYS),
         n_shards=RECON_SHARDS,
     script:
         "../scripts/reconstruct_images.py"

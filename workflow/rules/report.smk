@@ -17,7 +17,7 @@ rule report_configuration:
     conda:
         "../../envs/maps.yaml"
     params:
-        config=config,
+        config=result_config(config),
         schema=str(
             Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
         ),
@@ -39,7 +39,7 @@ rule report_table:
     log:
         f"logs/{DATASET}/report_table/{{table}}.log",
     wildcard_constraints:
-        table="|".join(REPORT_TABLES),
+        table="|".join(names.REPORT_TABLES),
     localrule: True
     conda:
         "../../envs/maps.yaml"

@@ -3,15 +3,17 @@
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
+from brainldm.core.tables import format_rows
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
-from brainldm.evaluation.identification import format_rows, read_subject_reconstructions
+from brainldm.evaluation.identification import read_subject_reconstructions
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
-    evaluation = params.evaluation
+    evaluation = job_settings(snakemake.config, "evaluation", params.evaluation)
     rows = evaluate_reconstructions(
         *read_subject_reconstructions(
             snakemake.input.shards, snakemake.input.test_ids, snakemake.input.stimuli, params.settings

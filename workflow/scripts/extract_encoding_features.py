@@ -41,5 +41,5 @@ if "snakemake" in globals():
         Path(snakemake.input.z).parent,
         ids,
         snakemake.output.features,
-        batch_size=params.encoding["batch_size"],
+        batch_size=snakemake.config["encoding"]["batch_size"],  # result-neutral: not a param
     )

@@ -2,6 +2,7 @@
 
 import torch
 
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.features.sd_model import load_stable_diffusion
@@ -13,7 +14,7 @@ if "snakemake" in globals():
     params = snakemake.params
     feature, shard = snakemake.wildcards.feature, int(snakemake.wildcards.shard)
     torch.set_num_threads(snakemake.threads)
-    settings = FeatureSettings.from_config(params.settings)
+    settings = FeatureSettings.from_config(job_settings(snakemake.config, "features", params.settings))
     design = nsd.read_expdesign(snakemake.input.expdesign)
     nsd_ids = needed_nsd_ids(design, params.subjects, params.sessions, params.trials_per_session)
     ids = shard_nsd_ids(nsd_ids, shard, settings.n_shards)

@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.decoding import decode_feature
 from brainldm.linear.ops import blas_threads
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
-    settings = snakemake.params.settings
+    settings = job_settings(snakemake.config, "decoding", snakemake.params.settings)
     # BLAS may use only the threads the job reserved: jobs side by side must not oversubscribe.
     with blas_threads(snakemake.threads):
         decode_feature(

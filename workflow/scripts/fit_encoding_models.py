@@ -3,6 +3,7 @@ one job per model or one for all of them (encoding.jobs)."""
 
 from pathlib import Path
 
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.encoding.fit import EncodingSettings, encode_models
 from brainldm.linear.ops import blas_threads
@@ -17,5 +18,7 @@ if "snakemake" in globals():
             encoding_features_dir=Path(snakemake.params.encoding_features_dir),
             models=snakemake.params.models,
             out_paths=list(snakemake.output),  # the rules' only outputs: one npz per model
-            settings=EncodingSettings.from_config(snakemake.params.encoding),
+            settings=EncodingSettings.from_config(
+                job_settings(snakemake.config, "encoding", snakemake.params.encoding)
+            ),
         )

@@ -8,7 +8,7 @@ import torch
 
 from brainldm.core.atomic import write_text
 from brainldm.core.logs import setup_logging
-from brainldm.evaluation.identification import format_rows
+from brainldm.core.tables import format_rows
 from brainldm.nsd.layout import read_stimuli
 from brainldm.reconstruction import ReconstructionSettings, read_manifests
 from brainldm.toy.semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions

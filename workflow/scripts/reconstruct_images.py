@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.features.sd_model import load_stable_diffusion
 from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
@@ -15,7 +16,9 @@ if "snakemake" in globals():
     components = load_stable_diffusion(model["id"], model["revision"], model["device"], model["dtype"])
     manifest = reconstruct_shard(
         components,
-        ReconstructionSettings.from_config(snakemake.params.settings),
+        ReconstructionSettings.from_config(
+            job_settings(snakemake.config, "reconstruction", snakemake.params.settings)
+        ),
         decoding_dir=Path(snakemake.input.z).parent,
         out_dir=snakemake.output.shard,
         shard=int(snakemake.wildcards.shard),

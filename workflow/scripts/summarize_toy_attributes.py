@@ -1,7 +1,7 @@
 """Rule summarize_toy_attributes: every subject's attribute match table in one."""
 
 from brainldm.core.logs import setup_logging
-from brainldm.evaluation.identification import summarize_tables
+from brainldm.core.tables import summarize_tables
 from brainldm.toy.semantic import MATCH_COLUMNS
 
 if "snakemake" in globals():

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.atomic import save_npy, write_text
+from brainldm.features.store import feature_shape, load_feature_rows
+from brainldm.fmri.load import load_roi_betas, standardize
 from brainldm.linear.ops import resolve_backend
 from brainldm.linear.ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict
 from brainldm.linear.stats import rowwise_pearson
@@ -52,27 +54,6 @@ class DecoderFit:
     x_std: np.ndarray
     y_mean: np.ndarray | None = None
     filter_rank: list = field(default_factory=list)
-
-
-def standardize(X_train: np.ndarray, X_test: np.ndarray, dtype="float32"):
-    """Standardise voxels with the training rows' mean and std (ddof 0), as StandardScaler.
-
-    Returns ``(X_train_std, X_test_std, mean, std)``; arrays (n, p) in ``dtype``, mean and std
-    (p,) float64. Voxels with zero variance get std 1 (they become all zero).
-    """
-    X_train = np.asarray(X_train)
-    mean = X_train.mean(axis=0, dtype=np.float64)
-    std = X_train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-
-    def apply(X):  # float64 arithmetic in row blocks, so no full float64 copy is ever held
-        X = np.asarray(X)
-        out = np.empty(X.shape, dtype=dtype)
-        for start in range(0, len(X), 4096):
-            out[start : start + 4096] = (X[start : start + 4096] - mean) / std
-        return out
-
-    return apply(X_train), apply(X_test), mean, std
 
 
 def fit_decoder(
@@ -184,99 +165,6 @@ def per_image_correlation(predicted: np.ndarray, true: np.ndarray) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 # files (the rule's inputs and outputs)
 # --------------------------------------------------------------------------------------------
-def _read_tsv(path: Path, columns: Sequence[str]) -> dict[str, list[str]]:
-    """Columns of a tab-separated file with a header, as lists of strings."""
-    import csv
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing (an output of the fMRI preparation stage)")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ValueError(f"{path}: columns {missing} are missing; expected at least {list(columns)}")
-        table = {name: [] for name in header}
-        for record in reader:
-            for name in header:
-                table[name].append(record[name])
-    return table
-
-
-def load_roi_betas(fmri_dir: str | Path, rois: Sequence[str]):
-    """Concatenate the train and test betas of several ROIs (voxel axis).
-
-    Returns ``(train (n_train_trials, n_voxels) float32, test (n_test, n_voxels) float32,
-    train_nsd_ids (n_train_trials,) int64, test_nsd_ids (n_test,) int64)``.
-    """
-    fmri_dir = Path(fmri_dir)
-    trials = _read_tsv(fmri_dir / "train_trials.tsv", ["row", "nsdId"])
-    tests = _read_tsv(fmri_dir / "test_images.tsv", ["row", "nsdId"])
-    train_parts, test_parts = [], []
-    for roi in rois:
-        tr = np.load(fmri_dir / f"{roi}_train.npy", mmap_mode="r")
-        te = np.load(fmri_dir / f"{roi}_test.npy", mmap_mode="r")
-        if tr.ndim != 2 or te.ndim != 2 or tr.shape[1] != te.shape[1]:
-            raise ValueError(
-                f"{fmri_dir}/{roi}_train.npy {tr.shape} and {roi}_test.npy {te.shape}: expected "
-                "2-D (rows, voxels) arrays with the same number of voxels"
-            )
-        if tr.shape[0] != len(trials["row"]) or te.shape[0] != len(tests["row"]):
-            raise ValueError(
-                f"{fmri_dir}/{roi}_*.npy have {tr.shape[0]} train / {te.shape[0]} test rows but "
-                f"train_trials.tsv lists {len(trials['row'])} and test_images.tsv {len(tests['row'])}"
-            )
-        train_parts.append(np.asarray(tr, dtype=np.float32))
-        test_parts.append(np.asarray(te, dtype=np.float32))
-    train_rows = np.asarray(trials["row"], dtype=np.int64)
-    test_rows = np.asarray(tests["row"], dtype=np.int64)
-    n_trials, n_tests = len(train_rows), len(test_rows)
-    if not (
-        np.array_equal(train_rows, np.arange(n_trials)) and np.array_equal(test_rows, np.arange(n_tests))
-    ):
-        raise ValueError(f"{fmri_dir}: the 'row' columns of the TSVs must be 0..n-1 in order")
-    return (
-        np.concatenate(train_parts, axis=1),
-        np.concatenate(test_parts, axis=1),
-        np.asarray(trials["nsdId"], dtype=np.int64),
-        np.asarray(tests["nsdId"], dtype=np.int64),
-    )
-
-
-def load_feature_rows(features_dir: str | Path, feature: str, nsd_ids: np.ndarray) -> np.ndarray:
-    """Features of ``nsd_ids`` (in that order), flattened to (n, n_targets), dtype as stored.
-
-    Reads the features stage's files ``{feature}.npy`` (n_images, ...) and
-    ``{feature}_nsd_ids.npy`` (n_images,) int64 ascending, memory-mapped.
-    """
-    features_dir = Path(features_dir)
-    values_path = features_dir / f"{feature}.npy"
-    ids_path = features_dir / f"{feature}_nsd_ids.npy"
-    for path in (values_path, ids_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing (an output of the features stage)")
-    values = np.load(values_path, mmap_mode="r")
-    ids = np.load(ids_path)
-    if ids.ndim != 1 or len(ids) != len(values):
-        raise ValueError(f"{ids_path} has shape {ids.shape}; expected ({len(values)},) like {values_path}")
-    nsd_ids = np.asarray(nsd_ids, dtype=np.int64)
-    where = np.searchsorted(ids, nsd_ids)
-    where = np.clip(where, 0, len(ids) - 1)
-    absent = nsd_ids[ids[where] != nsd_ids] if len(ids) else nsd_ids
-    if len(absent):
-        raise KeyError(
-            f"{values_path}: {len(absent)} requested nsdIds have no features (first: {absent[:5].tolist()})"
-        )
-    return np.asarray(values[where]).reshape(len(nsd_ids), -1)
-
-
-def feature_shape(features_dir: str | Path, feature: str) -> tuple[int, ...]:
-    """Per-image shape of a stored feature (e.g. (4, 40, 40) for z)."""
-    arr = np.load(Path(features_dir) / f"{feature}.npy", mmap_mode="r")
-    return tuple(arr.shape[1:])
-
-
 def shuffled_rows(rows: np.ndarray, seed: int) -> np.ndarray:
     """Control: reassign the training images at random (a permutation of the distinct images).
 

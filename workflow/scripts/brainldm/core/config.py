@@ -20,6 +20,50 @@ SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.y
 NSD_SESSIONS_PER_SUBJECT = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 
 
+#: Knobs that change how a job computes, never what it writes (threads, batch sizes, the array
+#: backend, whose results agree within the tests' tolerance). Rules do not pass them as
+#: ``params``, which are rerun triggers: a thread count must not make finished fits outdated.
+#: Scripts read them from the config (:func:`job_settings`).
+RESULT_NEUTRAL_KEYS = {
+    "fmri": ("threads",),
+    "features": ("batch_size",),
+    "decoding": ("backend", "n_targets_batch", "threads"),
+    "reconstruction": ("batch_size",),
+    "evaluation": ("batch_size",),
+    "encoding": ("backend", "n_targets_batch", "threads", "batch_size"),
+}
+#: The keys of ``encoding`` that name its spaces and models (:mod:`brainldm.core.names`).
+ENCODING_NAME_KEYS = ("zc_strengths", "unet_strength", "unet_blocks", "unet_steps")
+
+
+def result_settings(config: dict, section: str, keys: tuple[str, ...] | None = None) -> dict:
+    """What of ``config[section]`` a job's outputs depend on: its ``keys`` when given (every one a
+    result-changing key), else the whole section but its :data:`RESULT_NEUTRAL_KEYS`."""
+    neutral = RESULT_NEUTRAL_KEYS.get(section, ())
+    if keys is None:
+        keys = tuple(key for key in config[section] if key not in neutral)
+    overlap = sorted(set(keys) & set(neutral))
+    if overlap:
+        raise ValueError(f"{section}.{overlap[0]} is result-neutral; it must not be a rerun trigger")
+    return {key: config[section][key] for key in keys}
+
+
+def job_settings(config: dict, section: str, params: dict) -> dict:
+    """What a rule script runs with: its result-changing ``params`` plus the section's
+    result-neutral knobs, read from the config."""
+    return {**params, **{key: config[section][key] for key in RESULT_NEUTRAL_KEYS.get(section, ())}}
+
+
+def result_config(config: dict) -> dict:
+    """The whole configuration without its result-neutral knobs (the report's configuration page)."""
+    return {
+        section: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL_KEYS.get(section, ())}
+        if isinstance(values, dict)
+        else values
+        for section, values in config.items()
+    }
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key, the value and what is allowed."""
 
@@ -147,6 +191,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     if errors:
         raise ConfigError(_format_error(errors[0]))
     _check_semantics(config)
+    _check_stage_keys(config)
     return config
 
 
@@ -161,6 +206,36 @@ def sessions_available(config: dict, subject: int) -> int:
     if is_toy(config):
         return config["toy"]["n_sessions"]
     return NSD_SESSIONS_PER_SUBJECT[subject]
+
+
+def _check_stage_keys(config: dict) -> None:
+    """Values of one stage that must agree with another stage's (the ROIs a stage reads are
+    prepared, the encoding and maps name models that exist)."""
+    from brainldm.core import names
+
+    prepared = config["fmri"]["rois"]
+    for key, rois in [(f"decoding.{f}_rois", config["decoding"][f"{f}_rois"]) for f in names.BASE_SPACES] + [
+        ("encoding.mask", [config["encoding"]["mask"]])
+    ]:
+        unprepared = [roi for roi in rois if roi not in prepared]
+        if unprepared:
+            raise ConfigError(
+                f"config key '{key}': {', '.join(map(repr, unprepared))} not prepared; "
+                f"expected ROIs of fmri.rois ({', '.join(prepared)}), or add them there"
+            )
+    encoding = config["encoding"]
+    spaces = names.zc_names(encoding["zc_strengths"])
+    if names.zc_name(encoding["unet_strength"]) not in spaces:
+        raise ConfigError(
+            f"config key 'encoding.unet_strength': value {encoding['unet_strength']!r} is not one of "
+            f"encoding.zc_strengths {encoding['zc_strengths']}; the U-Net features are recorded "
+            "during one of the zc denoisings"
+        )
+    if config["maps"]["enabled"]:
+        try:
+            names.viewer_volume_names(config["maps"]["viewer_map"], encoding)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _check_semantics(config: dict) -> None:

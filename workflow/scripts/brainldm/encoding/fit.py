@@ -30,16 +30,15 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.atomic import atomic_path, write_text
-from brainldm.decoding import load_feature_rows, load_roi_betas, standardize
+from brainldm.core.names import BASE_SPACES, model_names, unet_names
 from brainldm.encoding import scoring
-from brainldm.features.spaces import load_encoding_space, unet_names, zc_names
+from brainldm.features.spaces import load_encoding_space
+from brainldm.features.store import load_feature_rows
+from brainldm.fmri.load import load_roi_betas, standardize
 from brainldm.linear.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
 from brainldm.linear.ops import resolve_backend
 
 LOGGER = logging.getLogger("brainldm.encoding.fit")
-
-#: Spaces read from the features stage; all others from the encoding features.
-BASE_SPACES = ("z", "c")
 
 
 @dataclass(frozen=True)
@@ -63,14 +62,6 @@ class EncodingSettings:
         if "alphas" in values:
             values["alphas"] = tuple(float(a) for a in values["alphas"])
         return cls(**values)
-
-
-def model_names(encoding: dict) -> tuple[list[str], list[str]]:
-    """``(single-space models, joint models)`` of an ``encoding`` config section."""
-    zc = zc_names(encoding["zc_strengths"])
-    singles = ["z", "c", *zc, *unet_names(encoding["unet_blocks"], encoding["unet_steps"])]
-    joints = ["z+c", *[f"z+{name}" for name in zc]]
-    return singles, joints
 
 
 def model_spaces(model: str) -> list[str]:

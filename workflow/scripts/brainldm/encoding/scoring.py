@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Per-voxel r over the test images; Pearson lives in one module for every stage.
+from brainldm.linear.stats import columnwise_pearson as voxel_correlation
+
 __all__ = [
     "voxel_correlation",
     "correlation_p_values",
@@ -31,16 +34,6 @@ def _columns64(a, b):
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"predicted {a.shape} and measured {b.shape} must be the same (n_images, n_voxels)")
     return a, b
-
-
-def voxel_correlation(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Pearson r per voxel over images: (n_images, n_voxels) x2 -> (n_voxels,) float64, NaN if constant."""
-    a, b = _columns64(predicted, measured)
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(0) / np.where(denom > 0, denom, 1.0), np.nan)
 
 
 def correlation_p_values(r: np.ndarray, n_images: int) -> np.ndarray:

@@ -25,12 +25,11 @@ from typing import Sequence
 
 import numpy as np
 
+from brainldm.core.tables import format_rows, read_subject_tables
 from brainldm.evaluation.identification import (
     EXTRACTORS,
-    format_rows,
     get_extractor,
     load_png,
-    read_subject_tables,
 )
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
 from brainldm.evaluation.networks import (

@@ -18,7 +18,8 @@ from ``torchvision`` with IMAGENET1K_V1 weights, and ``toy_semantic`` (the toy w
 attribute classifier, :mod:`brainldm.toy.semantic`). Every network gets the paper's preprocessing:
 Resize 299 (shorter side, bilinear) + CenterCrop 299 + ImageNet normalisation. Missing packages
 or weights give :class:`ExtractorUnavailable` with how to stage them (loading code in
-:mod:`brainldm.evaluation.networks`, shared with the field's eight metrics, :mod:`brainldm.evaluation.evaluate`).
+:mod:`brainldm.evaluation.networks`, shared with the field's eight metrics,
+:mod:`brainldm.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from brainldm.core.tables import summarize_tables
 from brainldm.evaluation.networks import (
     CLIP_MODEL_ID,
     ExtractorUnavailable,
@@ -36,6 +38,7 @@ from brainldm.evaluation.networks import (
     load_clip_vision,
     load_torchvision_model,
 )
+from brainldm.linear.stats import pearson_matrix
 
 LOGGER = logging.getLogger("brainldm.evaluation.identification")
 
@@ -47,32 +50,6 @@ PAPER_CROP = 299
 # --------------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------------
-def pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r between every row of ``a`` and every row of ``b``.
-
-    Parameters
-    ----------
-    a : (n_a, ...) float
-    b : (n_b, ...) float
-        Everything after the first axis is flattened; both must have the same size per row.
-
-    Returns
-    -------
-    r : (n_a, n_b) float64
-        NaN where a row is constant.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    na = np.sqrt((a * a).sum(1))
-    nb = np.sqrt((b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a @ b.T) / np.outer(na, nb)
-
-
 def paper_identification(originals: np.ndarray, samples: np.ndarray) -> tuple[float, np.ndarray]:
     """The paper's identification accuracy (anchored on the original image).
 
@@ -489,40 +466,7 @@ def identify_reconstructions(
     return results
 
 
-def format_rows(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """TSV text of ``rows`` (floats with 6 decimals)."""
-
-    def cell(value):
-        return f"{value:.6f}" if isinstance(value, float) else str(value)
-
-    return "\n".join(["\t".join(columns)] + ["\t".join(cell(r[c]) for c in columns) for r in rows]) + "\n"
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a TSV written by :func:`format_rows` (all values as strings)."""
-    lines = Path(path).read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]
-
-
 SUMMARY_COLUMNS = ("subject",) + IDENTIFICATION_COLUMNS
-
-
-def read_subject_tables(
-    paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str]
-) -> list[dict]:
-    """Rows of per-subject TSV tables, each with a leading ``subject``; every table must hold
-    ``columns``."""
-    if len(paths) != len(subjects):
-        raise ValueError(f"{len(paths)} tables for {len(subjects)} subjects: need one table per subject")
-    rows = []
-    for path, subject in zip(paths, subjects):
-        for row in read_rows(path):
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise ValueError(f"{path}: columns {missing} are missing")
-            rows.append({"subject": str(subject), **row})
-    return rows
 
 
 def summarize_identification(
@@ -530,12 +474,3 @@ def summarize_identification(
 ) -> None:
     """Per-subject identification tables into one (columns :data:`SUMMARY_COLUMNS`)."""
     summarize_tables(paths, subjects, IDENTIFICATION_COLUMNS, out_path)
-
-
-def summarize_tables(
-    paths: Sequence[str | Path], subjects: Sequence[int], columns: Sequence[str], out_path: str | Path
-) -> None:
-    """Per-subject TSV tables with ``columns`` into one, a ``subject`` column first."""
-    from brainldm.core.atomic import write_text
-
-    write_text(out_path, format_rows(read_subject_tables(paths, subjects, columns), ("subject", *columns)))

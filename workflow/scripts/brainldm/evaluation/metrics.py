@@ -81,7 +81,8 @@ def ssim_gray(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     reconstructions = np.asarray(reconstructions, dtype=np.float64)
     if originals.shape != reconstructions.shape or originals.ndim != 4 or originals.shape[1] != 3:
         raise ValueError(
-            f"SSIM needs paired (n, 3, H, W) images of one shape, got {originals.shape} and {reconstructions.shape}"
+            f"SSIM needs paired (n, 3, H, W) images of one shape, got {originals.shape} and "
+            f"{reconstructions.shape}"
         )
     values = np.empty(len(originals))
     for index, (original, reconstruction) in enumerate(zip(originals, reconstructions)):

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from brainldm.features.spaces import unet_names, zc_names
+from brainldm.core.names import unet_names, zc_names
 
 LOGGER = logging.getLogger("brainldm.features.ldm_parts")
 

@@ -1,4 +1,4 @@
-"""Names and storage of the encoding spaces, without the models that compute them.
+"""Storage of the encoding spaces, without the models that compute them (names: :mod:`brainldm.core.names`).
 
 The fitting side (:mod:`brainldm.encoding.fit`) reads the spaces through this module only, so its
 jobs do not import torch.
@@ -12,16 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-
-def zc_names(strengths: Sequence[float]) -> list[str]:
-    """``zc{strength}`` with Python's ``str`` of the float (``zc0.5``)."""
-    return [f"zc{float(s)}" for s in strengths]
-
-
-def unet_names(blocks: Sequence[str], steps: Sequence[str]) -> list[str]:
-    """``unet_{block}_{step}`` for every block, then every step within it."""
-    return [f"unet_{block}_{step}" for block in blocks for step in steps]
 
 
 def load_encoding_space(

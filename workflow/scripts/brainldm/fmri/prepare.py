@@ -29,7 +29,6 @@ QC's reliability and noise ceiling (:mod:`brainldm.fmri.reliability`) use the va
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from brainldm.core.atomic import atomic_path
+from brainldm.core.tables import read_rows, write_rows
 from brainldm.fmri.betas import (
     VALUE_SCALINGS,
     BetasHeader,
@@ -173,13 +173,6 @@ def _format_sessions(sessions: Sequence[int]) -> str:
     if sessions == list(range(sessions[0], sessions[-1] + 1)) and len(sessions) > 1:
         return f"{sessions[0]}-{sessions[-1]}"
     return ",".join(map(str, sessions))
-
-
-def _write_tsv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _stat(values: np.ndarray, fn) -> str:
@@ -371,7 +364,7 @@ def prepare_subject(
                 }
             )
         train_positions = split.train_trials
-        _write_tsv(
+        write_rows(
             tmp["train_trials.tsv"],
             ("row", "nsdId", "trial", "session"),
             zip(
@@ -384,7 +377,7 @@ def prepare_subject(
         trials_of = [[] for _ in range(split.n_test_images)]
         for position in np.flatnonzero(split.is_test):
             trials_of[split.test_row[position]].append(str(split.trial_index[position] + 1))
-        _write_tsv(
+        write_rows(
             tmp["test_images.tsv"],
             ("row", "nsdId", "n_repeats", "trials"),
             (
@@ -392,7 +385,7 @@ def prepare_subject(
                 for row, (nsd_id, n, trials) in enumerate(zip(split.test_nsd_ids, n_repeats, trials_of))
             ),
         )
-        _write_tsv(tmp["qc.tsv"], QC_COLUMNS, ([row[c] for c in QC_COLUMNS] for row in qc))
+        write_rows(tmp["qc.tsv"], QC_COLUMNS, ([row[c] for c in QC_COLUMNS] for row in qc))
     for row in qc:
         log.info(
             "QC %s: %d voxels, split-half r median %s, noise ceiling median %s%%",
@@ -436,12 +429,6 @@ def prepare_subject_from_root(
 # --------------------------------------------------------------------------- outputs
 
 
-def read_tsv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a tab-separated table with a header, as dicts of strings."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
-
-
 def load_prepared(fmri_dir: str | Path, roi: str) -> dict[str, np.ndarray]:
     """Read one ROI's prepared data back.
 
@@ -453,8 +440,8 @@ def load_prepared(fmri_dir: str | Path, roi: str) -> dict[str, np.ndarray]:
     ``shape``, ``affine``.
     """
     fmri_dir = Path(fmri_dir)
-    train_rows = read_tsv(fmri_dir / "train_trials.tsv")
-    test_rows = read_tsv(fmri_dir / "test_images.tsv")
+    train_rows = read_rows(fmri_dir / "train_trials.tsv")
+    test_rows = read_rows(fmri_dir / "test_images.tsv")
     voxels = np.load(fmri_dir / f"{roi}_voxels.npz")
     return {
         "train": np.load(fmri_dir / f"{roi}_train.npy"),
@@ -480,7 +467,7 @@ def summarize_qc(qc_paths: Sequence[str | Path], out_path: str | Path) -> list[d
     """
     rows: list[dict[str, str]] = []
     for path in qc_paths:
-        table = read_tsv(path)
+        table = read_rows(path)
         with open(path) as handle:
             header = handle.readline().rstrip("\n").split("\t")
         if tuple(header) != QC_COLUMNS:
@@ -488,5 +475,5 @@ def summarize_qc(qc_paths: Sequence[str | Path], out_path: str | Path) -> list[d
         rows += table
     rows.sort(key=lambda row: row["subject"])  # stable: ROI order kept within a subject
     with atomic_path(out_path) as tmp:
-        _write_tsv(tmp, QC_COLUMNS, ([row[c] for c in QC_COLUMNS] for row in rows))
+        write_rows(tmp, QC_COLUMNS, ([row[c] for c in QC_COLUMNS] for row in rows))
     return rows

@@ -149,7 +149,8 @@ def load_rois(
         if not masks[roi].any():
             what = "values > 0" if table is None else f"label {table[roi]}"
             raise FMRIDataError(
-                f"{atlas_paths.get(atlas, brainmask_path)}: ROI {roi!r} ({what} of atlas {atlas!r}) has no voxels"
+                f"{atlas_paths.get(atlas, brainmask_path)}: ROI {roi!r} ({what} of atlas {atlas!r}) has no "
+                "voxels"
             )
     union = np.logical_or.reduce([masks[roi] for roi in rois])
     ijk = np.argwhere(union).astype(np.int32)

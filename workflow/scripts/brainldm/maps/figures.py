@@ -1,10 +1,8 @@
-"""Which encoding volumes become surface maps, and which figures are drawn from them.
+"""The figures of one subject's cortical maps, drawn from the encoding volumes on fsaverage.
 
-The names follow the encoding stage's outputs (``results/<dataset>/subjNN/encoding/volumes/``):
-``{model}_r``, ``{model}_significant``, ``{joint}_unique_{space}``, ``unet_best_block`` (with
-``unet_best_block.json``, the block names by index) and ``unet_best_step``. Models are ``z``,
-``c`` and ``zc{strength}`` (``str()`` of each ``encoding.zc_strengths`` float); joint models
-``z+c`` and ``z+zc{strength}``.
+Which volumes and figures there are, and their names, come from :mod:`brainldm.core.names`
+(``{model}_r``, ``{model}_significant``, ``{joint}_unique_{space}``, ``unet_best_block`` with its
+``.json`` of block names, ``unet_best_step``); this module computes their values and styles.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from brainldm.core.names import accuracy_models, joint_pairs
 from brainldm.maps.draw import MapStyle
 from brainldm.maps.surface import FSAVERAGE5_VERTICES
 
@@ -22,40 +21,6 @@ log = logging.getLogger(__name__)
 
 #: Percentile of the drawn values that sets a colour scale's end (robust to a few outliers).
 SCALE_PERCENTILE = 99.0
-#: Volumes sampled winner-take-all (labels and masks), by name suffix.
-LABEL_SUFFIXES = ("_significant", "unet_best_block", "unet_best_step")
-
-
-def accuracy_models(encoding: Mapping) -> list[str]:
-    """Models whose r is mapped: ``z``, ``c``, then ``zc{strength}`` in config order."""
-    return ["z", "c", *(f"zc{strength}" for strength in encoding["zc_strengths"])]
-
-
-def joint_pairs(encoding: Mapping) -> list[tuple[str, str, str]]:
-    """``(joint, space_a, space_b)``: ``("z+c", "z", "c")`` then ``("z+zc0.5", "z", "zc0.5")`` ..."""
-    return [("z+c", "z", "c"), *((f"z+{zc}", "z", zc) for zc in accuracy_models(encoding)[2:])]
-
-
-def surface_volume_names(encoding: Mapping) -> list[str]:
-    """Every encoding volume (file stem) that project_to_surface maps to fsaverage."""
-    names = []
-    for model in accuracy_models(encoding):
-        names += [f"{model}_r", f"{model}_significant"]
-    for joint, space_a, space_b in joint_pairs(encoding):
-        names += [f"{joint}_unique_{space_a}", f"{joint}_unique_{space_b}"]
-    return names + ["unet_best_block", "unet_best_step"]
-
-
-def label_volume_names(names: Sequence[str]) -> list[str]:
-    """The names among ``names`` that hold labels or masks (sampled winner-take-all)."""
-    return [name for name in names if name.endswith(LABEL_SUFFIXES)]
-
-
-def figure_names(encoding: Mapping) -> list[str]:
-    """Stems of the map figures of one subject: ``r_{model}``, ``unique_{a}_vs_{b}``, ``unet_best_block``."""
-    names = [f"r_{model}" for model in accuracy_models(encoding)]
-    names += [f"unique_{space_a}_vs_{space_b}" for _, space_a, space_b in joint_pairs(encoding)]
-    return names + ["unet_best_block"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from brainldm.core.atomic import atomic_path
+from brainldm.core.atomic import atomic_path, write_text
 from brainldm.nsd import layout as nsd
 from brainldm.nsd.http import MIB, DownloadError, DownloadResult, download, format_bytes, key_url, remote_info
 
@@ -214,6 +214,48 @@ def plan_downloads(
     if show:
         for line in plan.summary().splitlines():
             log.info("%s", line)
+    return plan
+
+
+def check_download_plan(
+    base_url: str,
+    keys: list[str],
+    *,
+    accept_terms: bool,
+    download_dir: str | os.PathLike,
+    plan_path: str | os.PathLike,
+) -> DownloadPlan:
+    """Before a run downloads NSD ``keys``: the terms gate, then the plan from HEAD requests.
+
+    Writes the plan as TSV to ``plan_path``. Stops the run, before any file is fetched, when the
+    terms were not acknowledged, a key is not on the server, or the exact sizes (HEAD) exceed the
+    free space where ``download_dir`` lies; estimated sizes over the free space only warn.
+
+    Raises
+    ------
+    DownloadError
+        One message that says what is wrong and what to do.
+    """
+    if not accept_terms:
+        raise DownloadError(terms_message(len(keys)))
+    plan = plan_downloads(base_url, keys, online=True, show=False)
+    log.info("%s", plan.summary())
+    write_text(plan_path, plan.to_tsv())
+    if plan.missing:
+        lines = "\n".join(f"  {entry.key}: {entry.note}" for entry in plan.missing)
+        raise DownloadError(f"{len(plan.missing)} needed NSD files are not on {base_url}:\n{lines}")
+    folder = Path(download_dir)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if plan.total_bytes > free:
+        message = (
+            f"the planned NSD downloads need {format_bytes(plan.total_bytes)} but "
+            f"only {format_bytes(free)} are free in {folder.resolve()}"
+        )
+        if plan.exact:
+            raise DownloadError(f"{message}; free space or set nsd.root to a local copy")
+        log.warning("%s (estimated from typical sizes)", message)
     return plan
 
 

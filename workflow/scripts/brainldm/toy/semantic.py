@@ -4,8 +4,8 @@ The toy's analogue of the Inception/CLIP features of the paper's evaluation. A 3
 (:class:`ToySemanticNet`) reads a 64 x 64 RGB image and predicts each planted attribute
 (:data:`brainldm.toy.world.ATTRIBUTE_VALUES`: shape, colour, size, position, background). It is
 trained by :mod:`brainldm.toy.training` on the stimuli outside the shared (test) set, mirrored,
-with blur, shifts, noise and brightness changes so that it also reads blurry reconstructions; its weights ship in
-``workflow/toy_model/semantic.safetensors``.
+with blur, shifts, noise and brightness changes so that it also reads blurry reconstructions;
+its weights ship in ``workflow/toy_model/semantic.safetensors``.
 
 - :class:`ToySemanticExtractor` (identification feature ``toy_semantic``): the predicted
   probabilities of the toy's semantic attributes, shape and colour (the ones its ventral voxels
@@ -121,7 +121,8 @@ def train_semantic(
     """Train :class:`ToySemanticNet` on ``images`` (n, H, W, 3) uint8 and their attributes.
 
     Seeded Adam steps on augmented batches (:func:`mirrored` images, :func:`augment`),
-    cross-entropy summed over the attributes. Returns the network (eval mode) and a record (steps, first and last loss).
+    cross-entropy summed over the attributes. Returns the network (eval mode) and a record
+    (steps, first and last loss).
     """
     targets = {
         name: torch.tensor([values.index(a[name]) for a in attributes])

@@ -1,0 +1,23 @@
+# Paths, input functions and settings of workflow/rules/evaluation.smk (helpers: no rules here).
+from brainldm.evaluation.evaluate import registry_extractor_names
+
+try:  # two-way:<extractor> metrics must name a registry extractor: stop before any job if not
+    registry_extractor_names(config["evaluation"]["metrics"])
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
+
+
+def evaluation_dir(subject="{subject}"):
+    return f"results/{DATASET}/subj{subject}/evaluation"
+
+
+def evaluation_targets():
+    targets = summary_targets(
+        "identification.tsv", "metrics.tsv", "metrics_comparison.tsv"
+    )
+    for subject in RUN_SUBJECTS:
+        targets += [
+            f"{evaluation_dir(subject)}/{name}.tsv"
+            for name in ("identification", "metrics")
+        ]
+    return targets
