@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from brainldm.toy.model import SHIPPED_WEIGHTS, WEIGHT_FILES, read_manifest
-from brainldm.toy.training import ToyTrainingData, TrainingSettings, train_toy_weights
+from brainldm.toy.training import TrainingSettings, train_toy_weights
+from brainldm.toy.training_data import ToyTrainingData
 from brainldm.toy.world import ToyParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -35,7 +35,7 @@ import json
 import logging
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch
 
 from brainldm.core.atomic import atomic_path
 from brainldm.features.sd_model import sd_v1_4_configs
+from brainldm.toy.generation import generation_matches, tokenize
 from brainldm.toy.model import (
     MANIFEST,
     SHIPPED_WEIGHTS,
@@ -57,7 +58,8 @@ from brainldm.toy.model import (
     vae_roundtrip,
     write_tokenizer_files,
 )
-from brainldm.toy.world import ToyParams, caption_corpus, draw_attributes, render_image, toy_stimuli
+from brainldm.toy.training_data import ToyTrainingData, rendered_stimuli
+from brainldm.toy.world import ToyParams, caption_corpus, toy_stimuli
 
 log = logging.getLogger(__name__)
 
@@ -95,48 +97,6 @@ class TrainingSettings:
         return values
 
 
-@dataclass
-class ToyTrainingData:
-    """The training images (outside the shared set) of a toy world and their captions."""
-
-    params: ToyParams
-    nsd_ids: np.ndarray
-    images: np.ndarray
-    captions: list
-    attributes: list
-    holdout_images: np.ndarray
-    holdout_attributes: list = field(default_factory=list)
-
-    @classmethod
-    def from_params(cls, params: ToyParams) -> "ToyTrainingData":
-        world = toy_stimuli(params)
-        test = np.isin(np.arange(params.n_images), world.shared_nsd_ids)
-        train_ids = np.flatnonzero(~test)
-        return cls(
-            params,
-            train_ids,
-            world.images[train_ids],
-            [world.captions[i] for i in train_ids],
-            [world.attributes[i] for i in train_ids],
-            world.images[test],
-            [world.attributes[i] for i in np.flatnonzero(test)],
-        )
-
-
-def rendered_stimuli(n_images: int, image_size: int, seed: int) -> tuple[list[dict], np.ndarray]:
-    """``n_images`` new toy stimuli drawn like the toy world's, from their own seed stream (never
-    the test images): more examples of the planted attributes for the semantic classifier, as
-    Inception learnt from ImageNet rather than from NSD's test images."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    attributes = draw_attributes(n_images, rng)
-    images = (
-        np.stack([render_image(a, image_size, rng) for a in attributes])
-        if n_images
-        else np.zeros((0, image_size, image_size, 3), np.uint8)
-    )
-    return attributes, images
-
-
 def to_float16_and_back(module: torch.nn.Module) -> None:
     """Round ``module``'s weights to float16 in place (as shipped), keeping float32 tensors."""
     with torch.no_grad():
@@ -158,16 +118,6 @@ def _load_checkpoint(path: Path, key: dict, stage: str):
         log.warning("%s: checkpoint %s was made with other settings; starting %s over", stage, path, stage)
         return None
     return state
-
-
-def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(
-        texts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
 
 
 def train_vae_stage(vae, data: ToyTrainingData, settings: TrainingSettings, checkpoints: Path) -> dict:
@@ -239,10 +189,10 @@ def train_ldm_stage(
             f"toy training: every image needs the same number of captions, got {sorted(n_captions)}"
         )
     n_captions = n_captions.pop()
-    caption_ids = _tokenize(tokenizer, [c for captions in data.captions for c in captions]).reshape(
+    caption_ids = tokenize(tokenizer, [c for captions in data.captions for c in captions]).reshape(
         len(data.captions), n_captions, -1
     )
-    empty_ids = _tokenize(tokenizer, [""])
+    empty_ids = tokenize(tokenizer, [""])
     hidden = text_encoder.config.hidden_size
 
     trained = list(unet.parameters()) + list(text_encoder.parameters())
@@ -350,64 +300,6 @@ def train_ldm_stage(
         to_float16_and_back(module)
     per_100 = [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)]
     return {"steps": s.ldm_steps, "mean_loss_per_100_steps": per_100}
-
-
-@torch.no_grad()
-def generation_matches(
-    vae,
-    text_encoder,
-    unet,
-    tokenizer,
-    net,
-    captions: list,
-    attributes: list,
-    seed: int = 0,
-    ddim_steps: int = 10,
-    guidance_scale: float = 5.0,
-) -> dict[str, float]:
-    """Text-to-image check: how often images generated from captions show their attributes.
-
-    For each image, one DDIM generation (``ddim_steps``, guidance ``guidance_scale`` against the
-    empty prompt) from the mean text embedding of its captions, as the features stage computes
-    ``c``; the semantic classifier ``net`` reads the generated image.
-
-    Returns
-    -------
-    {attribute: fraction of images whose generated image shows the captions' value}
-    """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from brainldm.toy.semantic import predict_attributes
-
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    empty = text_encoder(_tokenize(tokenizer, [""]))[0]
-    images = []
-    for i, image_captions in enumerate(captions):
-        c = text_encoder(_tokenize(tokenizer, list(image_captions)))[0].mean(0, keepdim=True)
-        out = pipe(
-            prompt_embeds=c,
-            negative_prompt_embeds=empty,
-            num_inference_steps=ddim_steps,
-            guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed + i),
-            output_type="np",
-        ).images
-        images.append((np.clip(out[0], 0, 1) * 255).round().astype(np.uint8))
-    predicted = predict_attributes(net, images)
-    return {
-        name: round(float(np.mean([p[name] == a[name] for p, a in zip(predicted, attributes)])), 4)
-        for name in predicted[0]
-    }
 
 
 def train_toy_weights(
