@@ -3,6 +3,7 @@
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
 from brainldm.evaluation.identification import format_rows, read_subject_reconstructions
@@ -14,7 +15,11 @@ if "snakemake" in globals():
     evaluation = params.evaluation
     rows = evaluate_reconstructions(
         *read_subject_reconstructions(
-            snakemake.input.shards, snakemake.input.test_ids, snakemake.input.stimuli, params.settings
+            snakemake.input.shards,
+            snakemake.input.test_ids,
+            snakemake.input.stimuli,
+            params.settings,
+            image_size=stimulus_image_size(snakemake.config),
         ),
         evaluation["metrics"],
         protocol=evaluation["protocol"],
