@@ -4,6 +4,7 @@ leaves nothing at an output path."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -146,7 +147,29 @@ def test_depths_with_different_vertex_counts_are_named(tmp_path, toy_world):
     )
 
 
-# --------------------------------------------------------------------------- captions
+# --------------------------------------------------------------------------- stim info and captions
+
+
+def test_a_truncated_or_damaged_stim_info_csv_names_the_file_and_line(tmp_path, toy_world):
+    """A stim-info CSV cut inside a line gave an IndexError naming no file."""
+    path = copy_key(toy_world, tmp_path, nsd.stim_info_key())
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows[:11])
+        handle.write(",".join(rows[11][:2]))  # the file ends inside line 12
+    with pytest.raises(nsd.NSDFormatError) as error:
+        nsd.read_stim_info(path)
+    assert str(error.value) == (
+        f"{path}: line 12 has 2 fields; expected {len(rows[0])} as in the header (a truncated or "
+        "damaged stim-info CSV)"
+    )
+    rows[5][rows[0].index("cocoId")] = "12x"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    with pytest.raises(nsd.NSDFormatError) as error:
+        nsd.read_stim_info(path)
+    assert str(error.value) == f"{path}: column 'cocoId' holds '12x'; expected integer ids"
 
 
 def test_a_missing_caption_names_the_caption_files_read(tmp_path, toy_world):

@@ -313,12 +313,22 @@ def read_stim_info(path: str | Path) -> dict[str, np.ndarray]:
     for required in ("nsdId", "cocoId", "cocoSplit", "shared1000"):
         if required not in header:
             raise NSDFormatError(f"{path}: column {required!r} missing")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise NSDFormatError(
+                f"{path}: line {line} has {len(row)} fields; expected {len(header)} as in the header "
+                "(a truncated or damaged stim-info CSV)"
+            )
     columns: dict[str, np.ndarray] = {}
     for index, name in enumerate(header):
         if name == "":
             continue
         values = [row[index] for row in body]
         columns[name] = _parse_column(values)
+    for name in ("nsdId", "cocoId"):
+        if columns[name].dtype != np.int64:
+            bad = next(str(value) for value in columns[name] if not value.lstrip("-").isdigit())
+            raise NSDFormatError(f"{path}: column {name!r} holds {bad!r}; expected integer ids")
     return columns
 
 
