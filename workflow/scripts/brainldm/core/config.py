@@ -183,36 +183,30 @@ def stimulus_image_size(config: dict) -> int:
 
 
 def check_roots_fit_dataset(config: dict) -> None:
-    """Check that ``nsd.root`` and ``coco.root`` belong to the same dataset.
+    """Check that a toy world's ``nsd.root`` and ``coco.root`` are the project's own folders.
 
-    The toy world (``nsd.root`` under ``resources/toy``) is written by a rule into
-    :data:`TOY_ROOTS` and nowhere else, so both roots must be exactly those; a real NSD root
-    must not be paired with the toy's captions, whose cocoIds are not NSD's.
+    The toy world (``nsd.root`` under ``resources/toy``) is written by rule ``make_toy_nsd`` to
+    where both roots point, so both must be exactly :data:`TOY_ROOTS`: a folder a user names
+    (or the download folder of ``coco.root: null``) must never receive toy files. An NSD root
+    may be paired with any captions folder (a copy of the toy world read as a local NSD copy
+    reads the toy's captions); :func:`check_local_copies` checks that it holds them.
 
     Raises
     ------
     ConfigError
         Naming the root that does not fit and the value it should have.
     """
-    nsd_root = config["nsd"]["root"]
-    if is_toy(config):
-        for name, toy_root in TOY_ROOTS.items():
-            root = config[name]["root"]
-            if root is None or os.path.normpath(root) != toy_root:
-                raise ConfigError(
-                    f"config key '{name}.root': value {root!r} does not fit the toy world of nsd.root "
-                    f"{nsd_root!r}; expected {toy_root!r}, the project's folder that rule make_toy_nsd "
-                    "writes the toy's files to (it never writes into a folder given by the user), or "
-                    "set nsd.root to a local NSD copy (or null to download NSD)"
-                )
+    if not is_toy(config):
         return
-    coco_root = config["coco"]["root"]
-    if coco_root is not None and Path(coco_root).parts[:2] == ("resources", "toy"):
-        raise ConfigError(
-            f"config key 'coco.root': value {coco_root!r} is the toy world's, whose captions do not fit "
-            f"NSD (nsd.root {'null' if nsd_root is None else repr(nsd_root)}); expected a folder holding "
-            "annotations/captions_{train,val}2017.json, or null to download"
-        )
+    for name, toy_root in TOY_ROOTS.items():
+        root = config[name]["root"]
+        if root is None or os.path.normpath(root) != toy_root:
+            raise ConfigError(
+                f"config key '{name}.root': value {root!r} does not fit the toy world of nsd.root "
+                f"{config['nsd']['root']!r}; expected {toy_root!r}, the project's folder that rule "
+                "make_toy_nsd writes the toy's files to (it never writes into a folder given by the "
+                "user), or set nsd.root to a local NSD copy (or null to download NSD)"
+            )
 
 
 def sessions_available(config: dict, subject: int) -> int:
