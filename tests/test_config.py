@@ -63,7 +63,7 @@ BAD_CONFIGS = [
     # (change to the paper config, key that the message must name, words it must contain)
     ({"subjects": {"first": 1}}, "subjects", "type array"),
     ({"subjects": [1, 9]}, "subjects[1]", "<= 8"),
-    ({"subjects": []}, "subjects", "minItems"),
+    ({"subjects": []}, "subjects", "expected at least one value"),
     ({"fmri": {"rois": ["early", "fusiform"]}}, "fmri.rois[1]", "'ventral'"),
     ({"decoding": {"c_rois": ["V9"]}}, "decoding.c_rois[0]", "one of"),
     ({"sessions": {"first": 0}}, "sessions.first", ">= 1"),
@@ -77,7 +77,11 @@ BAD_CONFIGS = [
     ({"reconstruction": {"methods": ["zc", "xyz"]}}, "reconstruction.methods[1]", "one of"),
     ({"features": {"z_image_size": 100}}, "features.z_image_size", "multiple of 8"),
     ({"nsd": {"accept_terms": "yes"}}, "nsd.accept_terms", "boolean"),
-    ({"nsd": {"base_url": "ftp://x"}}, "nsd.base_url", "matching"),
+    (
+        {"nsd": {"base_url": "ftp://x"}},
+        "nsd.base_url",
+        "expected a URL starting with http://, https:// or file://",
+    ),
     ({"model": {"device": "tpu"}}, "model.device", "one of"),
     ({"decoding": {"alpha": [1.0]}}, "decoding.alpha", "unknown key"),
     (
@@ -91,6 +95,58 @@ BAD_CONFIGS = [
         "int(50 * 0.01) = 0 img2img denoising steps",
     ),
 ]
+
+
+#: Values whose message once spoke the schema's language (``expected uniqueItems = True``,
+#: ``minItems = 1``, a regular expression): (change, key, words the message must contain).
+PLAIN_WORDS = [
+    ({"subjects": [1, 2, 1]}, "subjects", "expected distinct values (1 is given more than once)"),
+    ({"decoding": {"z_rois": []}}, "decoding.z_rois", "expected at least one value"),
+    ({"toy": {"grid": [20, 24]}}, "toy.grid", "expected exactly 3 values"),
+    ({"model": {"id": ""}}, "model.id", "expected a non-empty text"),
+    ({"dataset": "my run"}, "dataset", "expected a name of letters, digits, '_' and '-'"),
+    (
+        {"evaluation": {"metrics": ["PixCorr", "SSIM2"]}},
+        "evaluation.metrics[1]",
+        "expected one of PixCorr, SSIM, AlexNet(2), AlexNet(5), Inception, CLIP, EffNet-B, SwAV, or "
+        "two-way:<feature space>",
+    ),
+    (
+        {"encoding": {"unet_blocks": ["middle"]}},
+        "encoding.unet_blocks[0]",
+        "expected one of mid, down_<n> or up_<n>",
+    ),
+]
+
+
+@pytest.mark.parametrize("change, key, words", PLAIN_WORDS, ids=[case[1] for case in PLAIN_WORDS])
+def test_messages_say_what_is_allowed_in_words(change, key, words):
+    with pytest.raises(ConfigError) as error:
+        validate_config(merged_config(**change))
+    message = str(error.value)
+    assert message.startswith(f"config key '{key}': value ") and words in message, message
+    assert "\n" not in message
+    for schema_word in ("uniqueItems", "minItems", "maxItems", "minLength", "pattern", "^(", "[0-9]", "$"):
+        assert schema_word not in message, message
+
+
+def test_every_pattern_of_the_schema_says_in_words_what_it_allows():
+    """A pattern without its ``allowed`` words would fail the check of a bad value with a KeyError."""
+
+    def patterns(node, where):
+        if isinstance(node, dict):
+            if "pattern" in node:
+                yield where, node
+            for name, child in node.items():
+                yield from patterns(child, f"{where}.{name}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                yield from patterns(child, f"{where}[{index}]")
+
+    found = list(patterns(load_schema(), "schema"))
+    assert len(found) == 5
+    for where, node in found:
+        assert isinstance(node.get("allowed"), str) and node["allowed"], where
 
 
 @pytest.mark.parametrize("change, key, words", BAD_CONFIGS, ids=[case[1] for case in BAD_CONFIGS])
@@ -234,6 +290,40 @@ def test_complete_local_copies_and_the_toy_world_pass(tmp_path):
     check_roots(config)
     # the toy world's roots do not exist before its rule runs
     check_roots(validate_config(merged_config(REPO / "config" / "toy.yaml")))
+
+
+TOY_YAML = REPO / "config" / "toy.yaml"
+
+#: Roots that do not fit the dataset: (config files, roots, key named, words in the message).
+MISMATCHED_ROOTS = [
+    ((TOY_YAML,), {"coco": "{tmp}/my_coco"}, "coco.root", "expected 'resources/toy/coco'"),
+    ((TOY_YAML,), {"coco": None}, "coco.root", "expected 'resources/toy/coco'"),
+    ((TOY_YAML,), {"nsd": "resources/toy/other"}, "nsd.root", "expected 'resources/toy/nsd'"),
+    ((TOY_YAML,), {"nsd": "resources/toy/coco"}, "nsd.root", "expected 'resources/toy/nsd'"),
+]
+
+
+@pytest.mark.parametrize(
+    "files, roots, key, words", MISMATCHED_ROOTS, ids=[f"{c[2]}={c[1][c[2][:-5]]}" for c in MISMATCHED_ROOTS]
+)
+def test_roots_that_do_not_fit_the_dataset_stop_at_startup(tmp_path, files, roots, key, words):
+    """The toy world's rule writes where nsd.root and coco.root say: with the toy's nsd.root and a
+    user's coco.root it would write toy captions into the user's folder. Nothing is touched."""
+    roots = {name: None if root is None else root.format(tmp=tmp_path) for name, root in roots.items()}
+    config = validate_config(merged_config(*files, **{name: {"root": root} for name, root in roots.items()}))
+    with pytest.raises(ConfigError) as error:
+        check_roots(config)
+    message = str(error.value)
+    assert message.startswith(f"config key '{key}': value ") and words in message, message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_toy_roots_written_differently_still_fit(tmp_path):
+    config = validate_config(
+        merged_config(TOY_YAML, nsd={"root": "./resources/toy/nsd/"}, coco={"root": "resources/toy//coco"})
+    )
+    check_roots(config)
 
 
 def test_run_subjects_selects_among_the_analysed_subjects():

@@ -32,10 +32,14 @@ def components(built):
 def toy_inputs(built, toy_world):
     """Readers over the toy world files, as rule extract_features builds them."""
     root = toy_world["nsd_root"]
-    stimuli = root / nsd.stimuli_key()
+    stimuli, size = root / nsd.stimuli_key(), toy_world["params"].image_size
     ids = S.needed_nsd_ids(built["design"], [1, 2], range(1, 5), toy_world["params"].trials_per_session)
     captions = F.captions_by_nsd_id(built["stim_info"], built["coco"], ids)
-    return {"ids": ids, "read": lambda batch: nsd.read_stimuli(stimuli, batch), "captions": captions}
+    return {
+        "ids": ids,
+        "read": lambda batch: nsd.read_stimuli(stimuli, batch, image_size=size),
+        "captions": captions,
+    }
 
 
 def settings(**kw):

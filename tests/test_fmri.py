@@ -509,6 +509,37 @@ def test_truncated_or_wrong_length_session(toy_world, tmp_path, workers):
         prepare(toy_world, tmp_path / "out", nsd_root=root)
 
 
+def test_a_truncated_roi_volume_or_hdf5_session_names_the_file(toy_world, tmp_path):
+    """Cut to half their bytes: the ROI's .nii.gz gave ``EOFError``, the HDF5 betas h5py's
+    ``OSError``, neither naming the file."""
+    root = clone_root(toy_world, tmp_path / "nsd")
+    key = nsd.roi_key(1, "streams")
+    (root / key).unlink()
+    data = (toy_world["nsd_root"] / key).read_bytes()
+    (root / key).write_bytes(data[: len(data) // 2])
+    with pytest.raises(nsd.NSDFormatError) as error:
+        prepare(toy_world, tmp_path / "out", nsd_root=root)
+    message = str(error.value)
+    assert message.startswith(f"{root / key}: cannot be read or decompressed to its end (EOFError")
+    assert message.endswith("expected a 3-D NIfTI volume (.nii.gz) on the subject's func1pt8mm grid")
+    assert_nothing_written(tmp_path / "out")
+
+    (root / key).unlink()
+    (root / key).symlink_to(toy_world["nsd_root"] / key)
+    for session in SESSIONS:
+        hdf5 = nsd.betas_key(1, session, "hdf5")
+        (root / hdf5).symlink_to(toy_world["nsd_root"] / hdf5)
+    (root / hdf5).unlink()
+    data = (toy_world["nsd_root"] / hdf5).read_bytes()
+    (root / hdf5).write_bytes(data[: len(data) // 2])
+    with pytest.raises(nsd.NSDFormatError) as error:
+        prepare(toy_world, tmp_path / "out", nsd_root=root, beta_format="hdf5")
+    message = str(error.value)
+    assert message.startswith(f"{root / hdf5}: not a readable HDF5 file (Unable to synchronously open file")
+    assert message.endswith("expected NSD's betas HDF5 (dataset 'betas', (n_trials, Z, Y, X))")
+    assert_nothing_written(tmp_path / "out")
+
+
 # --------------------------------------------------------------------------- the paper's counts on NSD
 
 NSD_ROOT = os.environ.get("BRAINLDM_NSD_ROOT")

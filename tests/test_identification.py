@@ -295,7 +295,11 @@ def test_read_subject_reconstructions_gathers_what_the_rules_score(tmp_path):
     shard.mkdir()
     (shard / "manifest.tsv").write_text("nsdId\tmethod\tsample\tfile\n4\tzc\t1\tzc/nsd4_s1.png\n")
     originals, ids, files, methods, samples = ident.read_subject_reconstructions(
-        [shard], tmp_path / "ids.npy", tmp_path / "stimuli.hdf5", {"methods": ["z", "zc"], "n_samples": 3}
+        [shard],
+        tmp_path / "ids.npy",
+        tmp_path / "stimuli.hdf5",
+        {"methods": ["z", "zc"], "n_samples": 3},
+        image_size=8,
     )
     np.testing.assert_array_equal(originals, brick[[1, 4]])
     assert ids.tolist() == [1, 4] and methods == ("z", "zc") and samples == {"z": 1, "zc": 3}

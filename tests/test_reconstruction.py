@@ -334,7 +334,9 @@ def run_chain(world_nsd_root, toy_features, out, toy_config):
     rec.reconstruct_shard(toy_features["components"], s, dec, out / "rec", 0, 1, progress=False)
     files = rec.read_manifests([out / "rec" / "manifest.tsv"])
     ids = np.load(dec / "z_nsd_ids.npy")
-    originals = nsd.read_stimuli(world_nsd_root / nsd.stimuli_key(), ids)
+    originals = nsd.read_stimuli(
+        world_nsd_root / nsd.stimuli_key(), ids, image_size=toy_config["toy"]["image_size"]
+    )
     samples = {m: s.samples_of(m) for m in s.methods}
     rows = identification.identify_reconstructions(
         originals, ids, files, s.methods, samples, ["pixels", "toy_semantic"]
@@ -381,7 +383,7 @@ def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(
     params0 = dataclasses.replace(toy_world["params"], snr=0.0)
     write_toy_world(tmp_path / "nsd0", tmp_path / "coco0", params0)
     same = [
-        nsd.read_stimuli(root / nsd.stimuli_key(), np.arange(10))
+        nsd.read_stimuli(root / nsd.stimuli_key(), np.arange(10), image_size=params0.image_size)
         for root in (toy_world["nsd_root"], tmp_path / "nsd0")
     ]
     np.testing.assert_array_equal(*same)  # the features (of the images) stay valid

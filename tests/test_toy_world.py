@@ -113,10 +113,10 @@ def test_stimuli_brick_and_row_reader(world):
         assert brick.shape == (params.n_images, params.image_size, params.image_size, 3)
         assert brick.dtype == np.uint8
         expected = brick[[3, 5, 40]]
-    images = nsd.read_stimuli(path, [40, 3, 5, 3])
+    images = nsd.read_stimuli(path, [40, 3, 5, 3], image_size=params.image_size)
     np.testing.assert_array_equal(images, expected[[2, 0, 1, 0]])
     with pytest.raises(nsd.NSDFormatError, match="out of range"):
-        nsd.read_stimuli(path, [params.n_images])
+        nsd.read_stimuli(path, [params.n_images], image_size=params.image_size)
 
 
 def test_captions_join_through_coco_ids_and_name_the_attributes(world):
@@ -226,7 +226,9 @@ def test_generation_is_deterministic_and_seed_dependent(tmp_path):
     def load(name):
         return (
             nsd.read_betas_session(tmp_path / name / "nsd" / nsd.betas_key(2, 1)),
-            nsd.read_stimuli(tmp_path / name / "nsd" / nsd.stimuli_key(), range(10)),
+            nsd.read_stimuli(
+                tmp_path / name / "nsd" / nsd.stimuli_key(), range(10), image_size=small.image_size
+            ),
         )
 
     for left, right in zip(load("a"), load("b")):

@@ -13,7 +13,7 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=None)
-def _build(nsd_root: str, coco_root: str, out_dir: str) -> dict:
+def _build(nsd_root: str, coco_root: str, out_dir: str, image_size: int) -> dict:
     from brainldm.nsd import layout as nsd
     from brainldm.toy.model import assemble_toy_model
 
@@ -24,7 +24,7 @@ def _build(nsd_root: str, coco_root: str, out_dir: str) -> dict:
     holdout = np.isin(all_ids, design.shared_nsd_ids())
     coco = nsd.read_coco_captions([coco_root / name for name in nsd.COCO_CAPTION_FILES])
     captions = nsd.captions_for(stim_info, coco, all_ids)
-    images = nsd.read_stimuli(nsd_root / nsd.stimuli_key(), all_ids)
+    images = nsd.read_stimuli(nsd_root / nsd.stimuli_key(), all_ids, image_size=image_size)
     record = assemble_toy_model(out_dir)
     return {
         "model_dir": Path(out_dir),
@@ -42,7 +42,9 @@ def _build(nsd_root: str, coco_root: str, out_dir: str) -> dict:
 def toy_sd(tmp_path_factory, toy_world) -> dict:
     """Assemble (once) the toy SD; return its folder and the session's toy world data."""
     out = tmp_path_factory.getbasetemp() / "toy_sd" / "model"
-    return _build(str(toy_world["nsd_root"]), str(toy_world["coco_root"]), str(out))
+    return _build(
+        str(toy_world["nsd_root"]), str(toy_world["coco_root"]), str(out), toy_world["params"].image_size
+    )
 
 
 def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tuple[Path, list[int]]:
@@ -56,7 +58,7 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
 
     ids = S.needed_nsd_ids(built["design"], [1], range(1, 5), toy_world["params"].trials_per_session)
     out = tmp_path_factory.mktemp("features")
-    stimuli = toy_world["nsd_root"] / nsd.stimuli_key()
+    stimuli, image_size = toy_world["nsd_root"] / nsd.stimuli_key(), toy_world["params"].image_size
     settings = F.FeatureSettings(z_image_size=64, batch_size=32, n_shards=1)
     for feature in ("z", "c"):
         path = out / "shards" / f"{feature}_0of1.npy"
@@ -66,7 +68,7 @@ def toy_z_c_features(tmp_path_factory, toy_world, built: dict, components) -> tu
             ids,
             path,
             settings,
-            read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+            read_images=lambda batch: nsd.read_stimuli(stimuli, batch, image_size=image_size),
             captions=F.captions_by_nsd_id(built["stim_info"], built["coco"], ids),
             progress=False,
             chunk_size=64,

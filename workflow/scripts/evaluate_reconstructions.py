@@ -3,7 +3,7 @@
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.core.config import job_settings
+from brainldm.core.config import job_settings, stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.core.tables import format_rows
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
@@ -16,7 +16,11 @@ if "snakemake" in globals():
     evaluation = job_settings(snakemake.config, "evaluation", params.evaluation)
     rows = evaluate_reconstructions(
         *read_subject_reconstructions(
-            snakemake.input.shards, snakemake.input.test_ids, snakemake.input.stimuli, params.settings
+            snakemake.input.shards,
+            snakemake.input.test_ids,
+            snakemake.input.stimuli,
+            params.settings,
+            image_size=stimulus_image_size(snakemake.config),
         ),
         evaluation["metrics"],
         protocol=evaluation["protocol"],

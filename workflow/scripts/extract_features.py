@@ -2,7 +2,7 @@
 
 import torch
 
-from brainldm.core.config import job_settings
+from brainldm.core.config import job_settings, stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.features.sd_model import load_stable_diffusion
@@ -26,14 +26,14 @@ if "snakemake" in globals():
     )
     log.info("model: %s", components.describe())
     if feature == "z":
-        stimuli = snakemake.input.stimuli
+        stimuli, image_size = snakemake.input.stimuli, stimulus_image_size(snakemake.config)
         extract_feature_shard(
             "z",
             components,
             ids,
             snakemake.output.features,
             settings,
-            read_images=lambda batch: nsd.read_stimuli(stimuli, batch),
+            read_images=lambda batch: nsd.read_stimuli(stimuli, batch, image_size=image_size),
         )
     else:
         stim_info = nsd.read_stim_info(snakemake.input.stim_info)

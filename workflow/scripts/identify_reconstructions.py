@@ -3,6 +3,7 @@
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.evaluation.identification import (
     IDENTIFICATION_COLUMNS,
@@ -17,7 +18,11 @@ if "snakemake" in globals():
     params = snakemake.params
     rows = identify_reconstructions(
         *read_subject_reconstructions(
-            snakemake.input.shards, snakemake.input.test_ids, snakemake.input.stimuli, params.settings
+            snakemake.input.shards,
+            snakemake.input.test_ids,
+            snakemake.input.stimuli,
+            params.settings,
+            image_size=stimulus_image_size(snakemake.config),
         ),
         params.features,
         clip_model=params.clip_model,

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from brainldm.core.atomic import write_text
+from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.core.tables import format_rows
 from brainldm.nsd.layout import read_stimuli
@@ -23,7 +24,7 @@ if "snakemake" in globals():
     rows = match_reconstructions(
         load_semantic_net(Path(snakemake.input.weights[0]).parent),
         [attributes[int(n)] for n in test_ids],
-        read_stimuli(snakemake.input.stimuli, test_ids),
+        read_stimuli(snakemake.input.stimuli, test_ids, image_size=stimulus_image_size(snakemake.config)),
         test_ids,
         files,
         settings.methods,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.nsd.layout import read_stimuli
 from brainldm.reconstruction import figure_rows, plot_reconstructions, read_manifests
@@ -14,7 +15,7 @@ if "snakemake" in globals():
     test_ids = np.load(snakemake.input.test_ids)
     ids = test_ids[figure_rows(len(test_ids), snakemake.params.n_images)]
     plot_reconstructions(
-        read_stimuli(snakemake.input.stimuli, ids),
+        read_stimuli(snakemake.input.stimuli, ids, image_size=stimulus_image_size(snakemake.config)),
         ids,
         files,
         snakemake.params.methods,

@@ -8,6 +8,7 @@ a schema cannot express (session ranges per subject, the toy design's consistenc
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,13 @@ def _key_name(path: Any) -> str:
 
 
 def _allowed(error: jsonschema.ValidationError) -> str:
+    """What the schema allows where ``error`` was found, in words (no schema keywords, no regex)."""
     schema = error.schema if isinstance(error.schema, dict) else {}
-    validator = error.validator
+    validator, value = error.validator, error.validator_value
     if validator == "enum":
-        return "one of " + ", ".join(map(repr, error.validator_value))
+        return "one of " + ", ".join(map(repr, value))
     if validator == "type":
-        return f"type {error.validator_value}"
+        return f"type {value}"
     if validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         return "known keys: " + ", ".join(allowed)
@@ -92,14 +94,26 @@ def _allowed(error: jsonschema.ValidationError) -> str:
         return "this key to be set"
     if validator in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
         symbol = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-        return f"a number {symbol[validator]} {error.validator_value}"
+        return f"a number {symbol[validator]} {value}"
     if validator == "multipleOf":
-        return f"a multiple of {error.validator_value}"
+        return f"a multiple of {value}"
     if validator == "pattern":
-        return f"a string matching {error.validator_value!r}"
-    if validator in {"minItems", "maxItems", "uniqueItems", "minLength"}:
-        return f"{validator} = {error.validator_value}"
-    return f"{validator} {error.validator_value!r}"
+        # Every pattern of the schema says in words what it allows (tests/test_config.py checks).
+        return schema["allowed"]
+    if validator in {"minItems", "maxItems"} and schema.get("minItems") == schema.get("maxItems"):
+        return f"exactly {value} values"
+    if validator == "minItems":
+        return "at least one value" if value == 1 else f"at least {value} values"
+    if validator == "maxItems":
+        return f"at most {value} values"
+    if validator == "uniqueItems":
+        for index, item in enumerate(error.instance):
+            if item in error.instance[:index]:
+                return f"distinct values ({item!r} is given more than once)"
+        return "distinct values"
+    if validator == "minLength":
+        return "a non-empty text" if value == 1 else f"a text of at least {value} characters"
+    return f"{validator} {value!r}"
 
 
 def _format_error(error: jsonschema.ValidationError) -> str:
@@ -195,10 +209,49 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
+#: The only folders the toy world's rule writes to (relative to the workflow's folder): the
+#: project's own, so that a root a user names is read, never written.
+TOY_ROOTS = {"nsd": "resources/toy/nsd", "coco": "resources/toy/coco"}
+
+
 def is_toy(config: dict) -> bool:
     """Whether ``config`` runs on the embedded toy world rather than on NSD."""
     root = config["nsd"]["root"]
     return root is not None and Path(root).parts[:2] == ("resources", "toy")
+
+
+def stimulus_image_size(config: dict) -> int:
+    """Side in pixels of the dataset's stimulus images: NSD's 425, or the toy's ``toy.image_size``."""
+    from brainldm.nsd.layout import NSD_STIMULUS_SIZE
+
+    return config["toy"]["image_size"] if is_toy(config) else NSD_STIMULUS_SIZE
+
+
+def check_roots_fit_dataset(config: dict) -> None:
+    """Check that a toy world's ``nsd.root`` and ``coco.root`` are the project's own folders.
+
+    The toy world (``nsd.root`` under ``resources/toy``) is written by rule ``make_toy_nsd`` to
+    where both roots point, so both must be exactly :data:`TOY_ROOTS`: a folder a user names
+    (or the download folder of ``coco.root: null``) must never receive toy files. An NSD root
+    may be paired with any captions folder (a copy of the toy world read as a local NSD copy
+    reads the toy's captions); :func:`check_local_copies` checks that it holds them.
+
+    Raises
+    ------
+    ConfigError
+        Naming the root that does not fit and the value it should have.
+    """
+    if not is_toy(config):
+        return
+    for name, toy_root in TOY_ROOTS.items():
+        root = config[name]["root"]
+        if root is None or os.path.normpath(root) != toy_root:
+            raise ConfigError(
+                f"config key '{name}.root': value {root!r} does not fit the toy world of nsd.root "
+                f"{config['nsd']['root']!r}; expected {toy_root!r}, the project's folder that rule "
+                "make_toy_nsd writes the toy's files to (it never writes into a folder given by the "
+                "user), or set nsd.root to a local NSD copy (or null to download NSD)"
+            )
 
 
 def sessions_available(config: dict, subject: int) -> int:
@@ -294,7 +347,9 @@ def check_local_copies(config: dict, nsd_keys: list[str], coco_files: list[str])
     """Check that ``nsd.root`` and ``coco.root``, when set, hold what the run reads.
 
     Run at startup, so that a wrong root stops with its key named rather than with Snakemake's
-    list of missing inputs. The toy world's roots are skipped (a rule writes them).
+    list of missing inputs. First both roots must fit the dataset
+    (:func:`check_roots_fit_dataset`); then the toy world's roots are not looked into (a rule
+    writes them).
 
     Parameters
     ----------
@@ -304,8 +359,10 @@ def check_local_copies(config: dict, nsd_keys: list[str], coco_files: list[str])
     Raises
     ------
     ConfigError
-        A root that does not exist, is not a folder, is empty, or lacks needed files.
+        A root that does not fit the dataset, does not exist, is not a folder, is empty, or
+        lacks needed files.
     """
+    check_roots_fit_dataset(config)
     if is_toy(config):
         return
     layouts = {

@@ -314,11 +314,9 @@ def write_volume(path, values: np.ndarray, ijk: np.ndarray, shape, affine) -> No
 
 def roi_labels(atlas_path, label_table_path, ijk: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
     """Atlas value of each voxel and the label names of the values (``Unknown``/0 dropped)."""
-    import nibabel as nib
+    from brainldm.nsd.layout import read_label_table, read_volume
 
-    from brainldm.nsd.layout import read_label_table
-
-    volume = np.asarray(nib.load(str(atlas_path)).dataobj)
+    volume, _ = read_volume(atlas_path)
     values = np.rint(volume[tuple(np.asarray(ijk).T)]).astype(np.int64)
     names = {value: name for name, value in read_label_table(label_table_path).items() if value > 0}
     return values, names

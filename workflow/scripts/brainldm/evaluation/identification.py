@@ -360,6 +360,8 @@ def read_subject_reconstructions(
     test_ids_path: str | Path,
     stimuli_path: str | Path,
     reconstruction_config: dict,
+    *,
+    image_size: int,
 ):
     """What the evaluation rules score for one subject.
 
@@ -369,6 +371,7 @@ def read_subject_reconstructions(
     test_ids_path : ``.npy`` of the test images' nsdIds (int64)
     stimuli_path : the NSD stimulus brick
     reconstruction_config : the validated ``reconstruction`` config section
+    image_size : side of the brick's images (``brainldm.core.config.stimulus_image_size``)
 
     Returns
     -------
@@ -385,7 +388,13 @@ def read_subject_reconstructions(
     nsd_ids = np.load(test_ids_path)
     settings = ReconstructionSettings.from_config(reconstruction_config)
     samples = {method: settings.samples_of(method) for method in settings.methods}
-    return read_stimuli(stimuli_path, nsd_ids), nsd_ids, files, settings.methods, samples
+    return (
+        read_stimuli(stimuli_path, nsd_ids, image_size=image_size),
+        nsd_ids,
+        files,
+        settings.methods,
+        samples,
+    )
 
 
 IDENTIFICATION_COLUMNS = ("method", "feature", "accuracy", "n_images", "two_way_accuracy")

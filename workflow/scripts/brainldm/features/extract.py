@@ -375,7 +375,9 @@ def extract_feature_shard(
         ``vae`` for z; ``text_encoder`` and ``tokenizer`` for c.
     nsd_ids : (n,) int64 ascending
     read_images : callable, for z
-        ``read_images(nsd_ids) -> (n, H, W, 3) uint8`` in the order asked.
+        ``read_images(nsd_ids) -> (n, H, W, 3) uint8`` in the order asked; it should check its
+        file (:func:`brainldm.nsd.layout.read_stimuli` does), as it is called once on the first
+        image before any chunk is written.
     captions : dict nsdId -> list of str, for c
         Every caption of each image (parsed once by the caller).
     per_sample : bool, optional
@@ -387,6 +389,10 @@ def extract_feature_shard(
     if feature == "z":
         if read_images is None:
             raise ValueError("extract z: read_images is required")
+        if len(nsd_ids):
+            # One image read before anything is written: a reader that refuses its file (a
+            # stimulus brick of the wrong size or dtype) stops the shard with nothing on disk.
+            read_images(np.asarray(nsd_ids[:1]))
         vae = components.vae
 
         def compute(ids: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ PERCENT_SCALE = 300.0  # NSD's int16 betas are percent signal change x 300
 BETA_DTYPES = (np.dtype(np.int16), np.dtype(np.float32), np.dtype(np.float64))
 _HDF5_BLOCK_BYTES = 64 << 20
 _GZIP_CHUNK = 1 << 20
+BETAS_HDF5 = "NSD's betas HDF5 (dataset 'betas', (n_trials, Z, Y, X))"
 
 
 class FMRIDataError(nsd.NSDFormatError):
@@ -80,11 +81,9 @@ def inspect_betas(path: str | Path, session: int = 0) -> BetasHeader:
     if not path.is_file():
         raise FMRIDataError(f"{path}: betas of session {session} missing")
     if path.suffix == ".hdf5":
-        import h5py
-
-        with h5py.File(path, "r") as handle:
+        with nsd.open_hdf5(path, BETAS_HDF5) as handle:
             if "betas" not in handle:
-                raise FMRIDataError(f"{path}: dataset 'betas' missing; expected NSD's betas HDF5")
+                raise FMRIDataError(f"{path}: dataset 'betas' missing; expected {BETAS_HDF5}")
             dataset = handle["betas"]
             shape, dtype = dataset.shape, dataset.dtype
         if len(shape) != 4:
@@ -202,10 +201,8 @@ def read_session_voxels(header: BetasHeader, flat_index: np.ndarray) -> np.ndarr
     native = header.dtype.newbyteorder("=")
     out = np.empty((header.n_trials, flat_index.size), dtype=native)
     if header.format == "hdf5":
-        import h5py
-
         block = max(1, _HDF5_BLOCK_BYTES // (n_volume * header.dtype.itemsize))
-        with h5py.File(header.path, "r") as handle:
+        with nsd.open_hdf5(header.path, BETAS_HDF5) as handle:
             dataset = handle["betas"]
             for start in range(0, header.n_trials, block):
                 stop = min(start + block, header.n_trials)

@@ -56,12 +56,13 @@ class SurfaceTransformError(ValueError):
 
 
 def _read_mgz(path: str | Path) -> np.ndarray:
-    import nibabel as nib
-
     path = Path(path)
     if not path.is_file():
         raise SurfaceTransformError(f"{path}: transform file missing")
-    data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+    try:
+        data, _ = nsd.load_image(path, "one of NSD's surface transforms (.mgz)", dtype=np.float64)
+    except nsd.NSDFormatError as error:
+        raise SurfaceTransformError(str(error)) from error
     # Surface .mgz files are (V, 1, 1, frames) or (V, frames, 1, 1): one row per vertex.
     return data.reshape(data.shape[0], -1, order="F")
 
@@ -168,7 +169,16 @@ def load_transforms(paths: Mapping[str, Mapping[str, str | Path]]) -> dict[str, 
     check_transform_files(paths)
     transforms = {}
     for hemi in nsd.HEMISPHERES:
-        layers = np.stack([read_layer_coordinates(paths[hemi][depth]) for depth in nsd.CORTICAL_DEPTHS])
+        by_depth = {depth: read_layer_coordinates(paths[hemi][depth]) for depth in nsd.CORTICAL_DEPTHS}
+        counts = {depth: len(coordinates) for depth, coordinates in by_depth.items()}
+        first = nsd.CORTICAL_DEPTHS[0]
+        for depth, count in counts.items():
+            if count != counts[first]:
+                raise SurfaceTransformError(
+                    f"{paths[hemi][depth]}: {count} vertices; expected {counts[first]} as in "
+                    f"{paths[hemi][first]} (the depths of a hemisphere share its native vertices)"
+                )
+        layers = np.stack(list(by_depth.values()))
         fsaverage = read_fsaverage_indices(paths[hemi]["fsaverage"])
         if fsaverage.max() > layers.shape[1]:
             raise SurfaceTransformError(
@@ -382,12 +392,13 @@ def project_volume(
 
 def read_nifti_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A 3-D NIfTI map as float64 (X, Y, Z) and its affine."""
-    import nibabel as nib
-
-    image = nib.load(str(path))
-    if len(image.shape) != 3:
-        raise SurfaceTransformError(f"{path}: shape {image.shape}; expected a 3-D volume")
-    return np.asarray(image.get_fdata(dtype=np.float64)), image.affine
+    try:
+        data, image = nsd.load_image(path, "a 3-D NIfTI map on the func1pt8mm grid", dtype=np.float64)
+    except nsd.NSDFormatError as error:
+        raise SurfaceTransformError(str(error)) from error
+    if data.ndim != 3:
+        raise SurfaceTransformError(f"{path}: shape {data.shape}; expected a 3-D volume")
+    return data, image.affine
 
 
 def save_surface_map(path: str | Path, values: Mapping[str, np.ndarray], *, kind: str) -> None:

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 TRIALS_PER_SESSION = 750
+#: Side in pixels of NSD's stimulus images (``imgBrick`` is (73000, 425, 425, 3) uint8).
+NSD_STIMULUS_SIZE = 425
 BETAS_DIR = "nsddata_betas/ppdata/subj{subject:02d}/func1pt8mm/betas_fithrf_GLMdenoise_RR"
 COCO_CAPTION_FILES = (
     "annotations/captions_train2017.json",
@@ -42,6 +46,79 @@ WHOLE_VOLUME_ATLASES = ("nsdgeneral", "brainmask")
 
 class NSDFormatError(ValueError):
     """An NSD file whose content is not what NSD's layout promises."""
+
+
+def _reason(error: BaseException) -> str:
+    """First line of an exception's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def open_hdf5(path: str | Path, expected: str) -> Iterator:
+    """An HDF5 file opened read-only; one that HDF5 cannot open or read raises :class:`NSDFormatError`.
+
+    h5py's own messages (``Unable to synchronously open file (truncated file: eof = ...)``)
+    name no file; this one names ``path`` and what was ``expected`` of it. Errors raised while
+    the ``with`` body reads the file are named the same way, so the body should only read it.
+    """
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        found = "missing" if not Path(path).is_file() else f"not a readable HDF5 file ({_reason(error)})"
+        raise NSDFormatError(f"{path}: {found}; expected {expected}") from error
+    try:
+        with handle:
+            yield handle
+    except OSError as error:
+        reason = _reason(error)
+        raise NSDFormatError(f"{path}: HDF5 data cannot be read ({reason}); expected {expected}") from error
+
+
+#: What nibabel and the gzip/zlib layers under it raise for a file that is not a readable image:
+#: ``ImageFileError`` (no known format), ``EOFError`` (compressed data ends early), ``zlib.error``
+#: (corrupt compressed data), ``OSError`` (``gzip.BadGzipFile``, unreadable), ``ValueError``
+#: (a header that contradicts itself, or fewer data bytes than it announces).
+_IMAGE_READ_ERRORS = (EOFError, zlib.error, OSError, ValueError)
+
+
+def load_image(path: str | Path, expected: str, dtype: type | None = None) -> tuple[np.ndarray, object]:
+    """Read a whole NIfTI or MGH image (``.nii``, ``.nii.gz``, ``.mgz``) and decompress all of it.
+
+    Parameters
+    ----------
+    path : the image file
+    expected : what the caller expects the file to be (for the message)
+    dtype : None to return the data as stored, or a float dtype for ``get_fdata(dtype=...)``
+        (NIfTI scaling applied)
+
+    Returns
+    -------
+    data : ndarray, the image's shape
+    image : the nibabel image (header, affine)
+
+    Raises
+    ------
+    NSDFormatError
+        The file is missing, is no image nibabel knows, or cannot be decompressed or read to its
+        end (a truncated or corrupt ``.gz``/``.mgz``); the message names ``path``.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    if not Path(path).is_file():
+        raise NSDFormatError(f"{path}: missing; expected {expected}")
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj) if dtype is None else image.get_fdata(dtype=dtype)
+    except (ImageFileError, *_IMAGE_READ_ERRORS) as error:
+        raise NSDFormatError(
+            f"{path}: cannot be read or decompressed to its end ({type(error).__name__}: {_reason(error)}); "
+            f"expected {expected}"
+        ) from error
+    return data, image
 
 
 def subject_dir(subject: int) -> str:
@@ -236,12 +313,22 @@ def read_stim_info(path: str | Path) -> dict[str, np.ndarray]:
     for required in ("nsdId", "cocoId", "cocoSplit", "shared1000"):
         if required not in header:
             raise NSDFormatError(f"{path}: column {required!r} missing")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise NSDFormatError(
+                f"{path}: line {line} has {len(row)} fields; expected {len(header)} as in the header "
+                "(a truncated or damaged stim-info CSV)"
+            )
     columns: dict[str, np.ndarray] = {}
     for index, name in enumerate(header):
         if name == "":
             continue
         values = [row[index] for row in body]
         columns[name] = _parse_column(values)
+    for name in ("nsdId", "cocoId"):
+        if columns[name].dtype != np.int64:
+            bad = next(str(value) for value in columns[name] if not value.lstrip("-").isdigit())
+            raise NSDFormatError(f"{path}: column {name!r} holds {bad!r}; expected integer ids")
     return columns
 
 
@@ -254,20 +341,36 @@ def _parse_column(values: list[str]) -> np.ndarray:
         return np.array(values, dtype=str)
 
 
-def read_stimuli(path: str | Path, nsd_ids: Sequence[int]) -> np.ndarray:
+def _check_brick(handle, path: str | Path, image_size: int):
+    """The ``imgBrick`` dataset of an open stimulus file, checked to be (n, size, size, 3) uint8."""
+    if "imgBrick" not in handle:
+        raise NSDFormatError(f"{path}: dataset 'imgBrick' missing; expected NSD's stimulus brick")
+    brick = handle["imgBrick"]
+    if brick.ndim != 4 or brick.shape[1:] != (image_size, image_size, 3) or brick.dtype != np.uint8:
+        raise NSDFormatError(
+            f"{path}: 'imgBrick' is {brick.shape} {brick.dtype}; expected (n, {image_size}, {image_size}, 3) "
+            f"uint8 (the dataset's images, {image_size} x {image_size} RGB)"
+        )
+    return brick
+
+
+def read_stimuli(path: str | Path, nsd_ids: Sequence[int], *, image_size: int) -> np.ndarray:
     """Read the stimulus images ``nsd_ids`` from the brick, in the order asked.
+
+    Parameters
+    ----------
+    path : the brick (``nsd_stimuli.hdf5``)
+    nsd_ids : (n,) int, 0-based rows
+    image_size : the side the dataset's images have (:data:`NSD_STIMULUS_SIZE` on NSD, the toy's
+        own on the toy world); a brick of another size or dtype is refused, never resized
 
     Returns
     -------
-    images : (len(nsd_ids), H, W, 3) uint8
+    images : (len(nsd_ids), image_size, image_size, 3) uint8
     """
-    import h5py
-
     nsd_ids = np.asarray(nsd_ids, dtype=np.int64)
-    with h5py.File(path, "r") as handle:
-        if "imgBrick" not in handle:
-            raise NSDFormatError(f"{path}: dataset 'imgBrick' missing")
-        brick = handle["imgBrick"]
+    with open_hdf5(path, "NSD's stimulus brick (HDF5 with dataset 'imgBrick')") as handle:
+        brick = _check_brick(handle, path, image_size)
         if nsd_ids.size and (nsd_ids.min() < 0 or nsd_ids.max() >= brick.shape[0]):
             raise NSDFormatError(
                 f"{path}: nsdId out of range 0..{brick.shape[0] - 1}: {nsd_ids.min()}..{nsd_ids.max()}"
@@ -278,11 +381,20 @@ def read_stimuli(path: str | Path, nsd_ids: Sequence[int]) -> np.ndarray:
     return rows[inverse]
 
 
-def read_coco_captions(paths: Iterable[str | Path]) -> dict[int, list[str]]:
+class CocoCaptions(dict):
+    """``{cocoId: [caption, ...]}`` that remembers the caption files it was read from (``files``)."""
+
+    def __init__(self, by_image: Mapping[int, list[str]], files: Sequence[str | Path]):
+        super().__init__(by_image)
+        self.files = tuple(str(path) for path in files)
+
+
+def read_coco_captions(paths: Iterable[str | Path]) -> CocoCaptions:
     """Captions of every COCO image in the caption JSON files, keyed by cocoId.
 
     Captions of one image keep the order of their annotation ids.
     """
+    paths = list(paths)
     by_image: dict[int, list[tuple[int, str]]] = {}
     for path in paths:
         try:
@@ -304,19 +416,30 @@ def read_coco_captions(paths: Iterable[str | Path]) -> dict[int, list[str]]:
             by_image.setdefault(int(annotation["image_id"]), []).append(
                 (int(annotation["id"]), annotation["caption"].strip())
             )
-    return {image: [c for _, c in sorted(items)] for image, items in by_image.items()}
+    return CocoCaptions({image: [c for _, c in sorted(items)] for image, items in by_image.items()}, paths)
 
 
 def captions_for(
-    stim_info: dict[str, np.ndarray], captions: dict[int, list[str]], nsd_ids: Sequence[int]
+    stim_info: dict[str, np.ndarray], captions: Mapping[int, list[str]], nsd_ids: Sequence[int]
 ) -> list[list[str]]:
-    """Captions of each image ``nsd_ids`` (joined through the stim-info ``cocoId``)."""
+    """Captions of each image ``nsd_ids`` (joined through the stim-info ``cocoId``).
+
+    ``captions`` is :func:`read_coco_captions`' result, whose files a missing caption names.
+    """
     position = {int(n): i for i, n in enumerate(stim_info["nsdId"])}
     result = []
     for nsd_id in nsd_ids:
         coco_id = int(stim_info["cocoId"][position[int(nsd_id)]])
         if coco_id not in captions:
-            raise NSDFormatError(f"nsdId {nsd_id}: cocoId {coco_id} has no caption in the COCO files")
+            read = (
+                "the COCO caption files read: " + ", ".join(captions.files)
+                if isinstance(captions, CocoCaptions)
+                else "the captions given"
+            )
+            raise NSDFormatError(
+                f"nsdId {nsd_id}: cocoId {coco_id} has no caption in {read}; expected at least one "
+                f"annotation with image_id {coco_id}"
+            )
         result.append(captions[coco_id])
     return result
 
@@ -326,12 +449,10 @@ def captions_for(
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3-D NIfTI volume (ROI, mask): ``(data (X, Y, Z) as stored, affine (4, 4))``."""
-    import nibabel as nib
-
-    image = nib.load(str(path))
-    if len(image.shape) != 3:
-        raise NSDFormatError(f"{path}: shape {image.shape}; expected a 3-D volume")
-    return np.asarray(image.dataobj), image.affine
+    data, image = load_image(path, "a 3-D NIfTI volume (.nii.gz) on the subject's func1pt8mm grid")
+    if data.ndim != 3:
+        raise NSDFormatError(f"{path}: shape {data.shape}; expected a 3-D volume")
+    return data, image.affine
 
 
 def read_label_table(path: str | Path) -> dict[str, int]:
@@ -367,20 +488,16 @@ def read_betas_session(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix == ".hdf5":
-        import h5py
-
-        with h5py.File(path, "r") as handle:
+        with open_hdf5(path, "NSD's betas HDF5 (dataset 'betas', (n_trials, Z, Y, X) int16)") as handle:
             if "betas" not in handle:
                 raise NSDFormatError(f"{path}: dataset 'betas' missing")
             data = handle["betas"][()]
         data = np.ascontiguousarray(data.transpose(0, 3, 2, 1))
     else:
-        import nibabel as nib
-
-        image = nib.load(str(path))
-        if len(image.shape) != 4:
-            raise NSDFormatError(f"{path}: shape {image.shape}; expected (X, Y, Z, n_trials)")
-        data = np.moveaxis(np.asarray(image.dataobj), -1, 0)
+        data, _ = load_image(path, "NSD's betas NIfTI ((X, Y, Z, n_trials) int16)")
+        if data.ndim != 4:
+            raise NSDFormatError(f"{path}: shape {data.shape}; expected (X, Y, Z, n_trials)")
+        data = np.moveaxis(data, -1, 0)
     if data.dtype != np.int16:
         raise NSDFormatError(f"{path}: dtype {data.dtype}; expected int16 (percent change x 300)")
     return data
