@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
-from brainldm import nsd  # noqa: E402
+from brainldm.nsd import layout as nsd  # noqa: E402
 
 GRID = (81, 104, 83)
 TRIALS = 750
