@@ -204,7 +204,8 @@ def test_c_is_the_mean_of_single_caption_embeddings(components, toy_inputs):
 
 def test_captions_are_joined_to_the_right_images(built, toy_world, toy_inputs):
     """Independent join (raw CSV and JSON), and the planted attributes named in the captions."""
-    from brainldm.toy.world import ATTRIBUTES_KEY, SYNONYMS
+    from brainldm.toy.stimuli import SYNONYMS
+    from brainldm.toy.world import ATTRIBUTES_KEY
 
     with open(toy_world["nsd_root"] / nsd.stim_info_key(), newline="") as handle:
         coco_of = {int(row["nsdId"]): int(row["cocoId"]) for row in csv.DictReader(handle)}

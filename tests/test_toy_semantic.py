@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from brainldm.evaluation.identification import get_extractor, paper_identification
+from brainldm.toy.attributes import ATTRIBUTE_VALUES
 from brainldm.toy.semantic import (
     attribute_matches,
     load_semantic_net,
     match_reconstructions,
     predict_attributes,
 )
-from brainldm.toy.world import ATTRIBUTE_VALUES, ToyParams, toy_stimuli
+from brainldm.toy.world import ToyParams, toy_stimuli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

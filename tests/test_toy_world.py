@@ -136,7 +136,7 @@ def test_captions_join_through_coco_ids_and_name_the_attributes(world):
         assert int(info["cocoId"][nsd_id]) in {image["id"] for image in document["images"]}
         # The first template uses the attribute's own word or a synonym; the size word differs
         # per paraphrase, so check that the shape is named in every caption.
-        from brainldm.toy.world import SYNONYMS
+        from brainldm.toy.stimuli import SYNONYMS
 
         shape_words = SYNONYMS[attributes[nsd_id]["shape"]]
         assert all(any(w in c.lower() for w in shape_words) for c in image_captions)

@@ -3,11 +3,12 @@
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.core.config import job_settings, stimulus_image_size
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.core.tables import format_rows
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
 from brainldm.evaluation.identification import read_subject_reconstructions
+from brainldm.nsd.layout import stimulus_image_size
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

@@ -2,12 +2,13 @@
 
 import torch
 
-from brainldm.core.config import job_settings, stimulus_image_size
+from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
 from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.features.sd_model import load_stable_diffusion
 from brainldm.features.store import needed_nsd_ids, shard_nsd_ids
 from brainldm.nsd import layout as nsd
+from brainldm.nsd.layout import stimulus_image_size
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

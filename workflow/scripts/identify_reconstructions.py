@@ -3,7 +3,6 @@
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.evaluation.identification import (
     IDENTIFICATION_COLUMNS,
@@ -11,6 +10,7 @@ from brainldm.evaluation.identification import (
     identify_reconstructions,
     read_subject_reconstructions,
 )
+from brainldm.nsd.layout import stimulus_image_size
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

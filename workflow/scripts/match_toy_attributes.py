@@ -7,10 +7,9 @@ import numpy as np
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
 from brainldm.core.tables import format_rows
-from brainldm.nsd.layout import read_stimuli
+from brainldm.nsd.layout import read_stimuli, stimulus_image_size
 from brainldm.reconstruction import ReconstructionSettings, read_manifests
 from brainldm.toy.semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions
 

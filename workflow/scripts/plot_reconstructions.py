@@ -4,9 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainldm.core.config import stimulus_image_size
 from brainldm.core.logs import setup_logging
-from brainldm.nsd.layout import read_stimuli
+from brainldm.nsd.layout import read_stimuli, stimulus_image_size
 from brainldm.reconstruction import figure_rows, plot_reconstructions, read_manifests
 
 if "snakemake" in globals():

@@ -220,13 +220,6 @@ def is_toy(config: dict) -> bool:
     return root is not None and Path(root).parts[:2] == ("resources", "toy")
 
 
-def stimulus_image_size(config: dict) -> int:
-    """Side in pixels of the dataset's stimulus images: NSD's 425, or the toy's ``toy.image_size``."""
-    from brainldm.nsd.layout import NSD_STIMULUS_SIZE
-
-    return config["toy"]["image_size"] if is_toy(config) else NSD_STIMULUS_SIZE
-
-
 def check_roots_fit_dataset(config: dict) -> None:
     """Check that a toy world's ``nsd.root`` and ``coco.root`` are the project's own folders.
 

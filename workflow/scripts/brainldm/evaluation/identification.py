@@ -371,7 +371,7 @@ def read_subject_reconstructions(
     test_ids_path : ``.npy`` of the test images' nsdIds (int64)
     stimuli_path : the NSD stimulus brick
     reconstruction_config : the validated ``reconstruction`` config section
-    image_size : side of the brick's images (``brainldm.core.config.stimulus_image_size``)
+    image_size : side of the brick's images (``brainldm.nsd.layout.stimulus_image_size``)
 
     Returns
     -------

@@ -501,3 +501,10 @@ def read_betas_session(path: str | Path) -> np.ndarray:
     if data.dtype != np.int16:
         raise NSDFormatError(f"{path}: dtype {data.dtype}; expected int16 (percent change x 300)")
     return data
+
+
+def stimulus_image_size(config: dict) -> int:
+    """Side in pixels of the dataset's stimulus images: NSD's 425, or the toy's ``toy.image_size``."""
+    from brainldm.core.config import is_toy
+
+    return config["toy"]["image_size"] if is_toy(config) else NSD_STIMULUS_SIZE

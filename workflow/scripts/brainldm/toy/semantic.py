@@ -2,7 +2,7 @@
 
 The toy's analogue of the Inception/CLIP features of the paper's evaluation. A 3-layer CNN
 (:class:`ToySemanticNet`) reads a 64 x 64 RGB image and predicts each planted attribute
-(:data:`brainldm.toy.world.ATTRIBUTE_VALUES`: shape, colour, size, position, background). It is
+(:data:`brainldm.toy.attributes.ATTRIBUTE_VALUES`: shape, colour, size, position, background). It is
 trained by :mod:`brainldm.toy.training` on the stimuli outside the shared (test) set, mirrored,
 with blur, shifts, noise and brightness changes so that it also reads blurry reconstructions;
 its weights ship in ``workflow/toy_model/semantic.safetensors``.

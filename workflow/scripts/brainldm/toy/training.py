@@ -58,8 +58,9 @@ from brainldm.toy.model import (
     vae_roundtrip,
     write_tokenizer_files,
 )
+from brainldm.toy.stimuli import caption_corpus
 from brainldm.toy.training_data import ToyTrainingData, rendered_stimuli
-from brainldm.toy.world import ToyParams, caption_corpus, toy_stimuli
+from brainldm.toy.world import ToyParams, toy_stimuli
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brainldm.toy.world import ToyParams, draw_attributes, render_image, toy_stimuli
+from brainldm.toy.stimuli import draw_attributes, render_image
+from brainldm.toy.world import ToyParams, toy_stimuli
 
 
 @dataclass
