@@ -1,9 +1,10 @@
 """The toy graph on a real SLURM cluster through profiles/slurm, against a local run.
 
 Needs a cluster that answers ``sinfo`` (``.ci/slurm-cluster start`` makes a one-node one, and
-``.ci/run`` calls it); skipped otherwise. The cluster run is the session's second fresh toy run
-(``conftest.second_toy_run``), compared with the local one (``conftest.toy_run``); the same
-comparison, file by file, is also test_workflow's determinism test.
+``tests/run`` calls it where it can); skipped otherwise, with the reason. The cluster run is the
+session's second fresh toy run (``conftest.second_toy_run``), compared with the local one
+(``conftest.toy_run``); the same comparison, file by file, is also test_workflow's determinism
+test.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ SUBMIT_HOST_RULES = {
 @pytest.fixture(scope="module")
 def slurm_run(second_toy_run):
     if second_toy_run["executor"] != "slurm":
-        pytest.skip("no SLURM cluster answers sinfo with a usable node (start one: .ci/slurm-cluster start)")
+        # tests/run says why it started no cluster (not root, not Debian).
+        why = os.environ.get(
+            "BRAINLDM_SLURM_UNAVAILABLE",
+            "run the suite with tests/run (as root on Debian it starts a one-node cluster), or start one "
+            "first with: sudo .ci/slurm-cluster start",
+        )
+        pytest.skip(f"no SLURM cluster answers sinfo with a usable node; {why}")
     return second_toy_run
 
 
