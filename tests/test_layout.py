@@ -73,6 +73,23 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_every_name_a_rule_script_imports_from_the_library_exists():
+    """Rule scripts run only inside Snakemake jobs: an import they make that no longer resolves
+    (a function moved to another module) would fail there, late; here it fails at once."""
+    import importlib
+
+    scripts = sorted(LIBRARY.parent.glob("*.py"))
+    assert len(scripts) > 20
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("brainldm"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(
+                        f"{node.module}.{alias.name}"
+                    ), f"{script.name}: {node.module} has no {alias.name}"
+
+
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None

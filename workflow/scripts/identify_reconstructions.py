@@ -4,9 +4,9 @@ import torch
 
 from brainldm.core.atomic import write_text
 from brainldm.core.logs import setup_logging
+from brainldm.core.tables import format_rows
 from brainldm.evaluation.identification import (
     IDENTIFICATION_COLUMNS,
-    format_rows,
     identify_reconstructions,
     read_subject_reconstructions,
 )
