@@ -115,7 +115,7 @@ def test_torchvision_imports_beside_the_pinned_torch():
     torch admits the pin, and its compiled operators register with that torch (the missing
     ``torchvision::nms`` made the release before it unimportable beside torch's CPU build)."""
     import torch
-    import torchvision  # noqa: F401 (importing registers the operators)
+    import torchvision  # importing registers its operators with torch
     from packaging.requirements import Requirement
 
     pins = pyproject_pins()
@@ -124,6 +124,7 @@ def test_torchvision_imports_beside_the_pinned_torch():
     assert torch_requirement.specifier.contains(pins["torch"]), (
         f"torchvision=={pins['torchvision']} requires {torch_requirement}, not torch=={pins['torch']}"
     )
+    assert torchvision.__version__.split("+")[0] == pins["torchvision"]
     assert torch.ops.torchvision.nms is not None
 
 
