@@ -71,17 +71,14 @@ def test_staging_instructions_name_the_files_the_weights_enums_use():
 
 
 @pytest.fixture(scope="module")
-def loaded(offline_field_networks) -> dict:
+def loaded(offline_field_networks, skinny_clip_dir) -> dict:
     """The five networks, each loaded once by its production route (staged files, offline)."""
-    from field_networks import save_clip
-
-    clip_dir = save_clip(offline_field_networks.parent / "clip_for_networks", vision_layers=2, text_layers=1)
     return {
         "alexnet": fn.load_torchvision_model("alexnet"),
         "inception": fn.load_torchvision_model("inception_v3"),
         "effnet": fn.load_torchvision_model("efficientnet_b1", "IMAGENET1K_V2"),
         "swav": fn.load_swav(),
-        "clip": fn.load_clip_vision(str(clip_dir)),
+        "clip": fn.load_clip_vision(str(skinny_clip_dir)),
     }
 
 
@@ -145,12 +142,8 @@ def test_layers_shapes_and_values_at_each_protocol_input_size(offline_field_netw
         assert {layer: value.shape for layer, value in feats.items()} == {
             layer: (2, size) for layer, size in expected_sizes.items()
         }, name
-        if name == "clip":
-            reference = model
-        else:
-            reference = reference_model(
-                name, offline_field_networks, "IMAGENET1K_V2" if name == "effnet" else None
-            )
+        # the loaded EfficientNet-B1 has the V2 weights, reference_model's default
+        reference = model if name == "clip" else reference_model(name, offline_field_networks)
         expected = reference_features(name, reference, images, base_size, sizes[name])
         for layer, value in feats.items():
             scale = np.abs(expected[layer]).max()
