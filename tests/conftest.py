@@ -162,3 +162,47 @@ def toy_hashes(toy_run) -> dict[str, str]:
     ask for it, so the comparisons with a fresh run are with the files that run wrote.
     """
     return file_hashes(toy_run)
+
+
+# The evaluation's networks: real architectures with random weights (tests/field_networks.py).
+@pytest.fixture(scope="session")
+def field_torch_home(tmp_path_factory) -> Path:
+    """A ``$TORCH_HOME`` with every torchvision checkpoint and the SwAV hub repository staged."""
+    from field_networks import stage_torch_home
+
+    return stage_torch_home(tmp_path_factory.mktemp("torch_home"))
+
+
+@pytest.fixture(scope="module")
+def offline_field_networks(field_torch_home) -> Path:
+    """``TORCH_HOME`` set to ``field_torch_home`` for a module's tests, every download failing as
+    it does offline (so a weight that is not where it is looked for cannot come from elsewhere)."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("offline")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(field_torch_home))
+        patch.setattr(torch.hub, "urlopen", offline)
+        yield field_torch_home
+
+
+@pytest.fixture(scope="session")
+def clip_vit_l14_dir(tmp_path_factory) -> Path:
+    """CLIP ViT-L/14's published configuration with random weights, as a local model folder (the
+    text tower cut to one of its 12 layers: the evaluation loads the vision tower only)."""
+    from field_networks import save_clip
+
+    return save_clip(tmp_path_factory.mktemp("clip_vit_l14"), vision_layers=24, text_layers=1)
+
+
+@pytest.fixture(scope="session")
+def skinny_clip_dir(tmp_path_factory) -> Path:
+    """ViT-L/14's published configuration with 2 of its 24 vision layers (same widths, patch
+    grid and embedding): what the metric tests run, 12 times cheaper per image."""
+    from field_networks import save_clip
+
+    return save_clip(tmp_path_factory.mktemp("clip_skinny"), vision_layers=2, text_layers=1)

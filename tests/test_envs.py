@@ -16,18 +16,6 @@ ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 PIP_PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([0-9][0-9A-Za-z.]*)$")
 CONDA_PIN = re.compile(r"^([A-Za-z0-9_.\-]+)=([0-9]+\.[0-9]+\.[0-9]+)$")
 
-#: Pins of per-rule envs that cannot be installed beside the tested python on the development
-#: machines: name -> (pinned version, the pin it is paired with, why). They are checked against
-#: their pairing instead of an installed version, and stay out of pyproject.toml.
-NOT_INSTALLABLE_HERE = {
-    "torchvision": (
-        "0.28.0",
-        "torch==2.13.0",
-        "the release paired with torch 2.13.0 (its wheel's Requires-Dist: torch==2.13.0) installs "
-        "but does not import beside the CPU build of torch: operator torchvision::nms does not exist",
-    ),
-}
-
 
 def rule_blocks(text: str) -> dict[str, str]:
     """``{rule name: its body}`` of a Snakemake file (rules inside ``if`` blocks included)."""
@@ -109,51 +97,10 @@ def test_env_pins_are_exact_and_equal_the_tested_versions(env_file):
         assert conda["pip"] == installed_version("pip")
     project = pyproject_pins()
     for name, version in pip.items():
-        if name in NOT_INSTALLABLE_HERE:
-            check_not_installable_pin(env_file.name, name, version, pip, project)
-            continue
         assert version == installed_version(name), (
             f"{env_file.name}: {name}=={version} but the tests run {installed_version(name)}"
         )
         assert project.get(name) == version, f"{env_file.name}: {name}=={version} differs from pyproject.toml"
-
-
-def check_not_installable_pin(env_name: str, name: str, version: str, pip: dict, project: dict) -> None:
-    """A pin of :data:`NOT_INSTALLABLE_HERE`: the listed version, beside the pin it pairs with."""
-    listed, paired, _reason = NOT_INSTALLABLE_HERE[name]
-    assert version == listed, f"{env_name}: {name}=={version} but NOT_INSTALLABLE_HERE lists {listed}"
-    paired_name, paired_version = paired.split("==")
-    assert pip.get(paired_name) == paired_version, (
-        f"{env_name}: {name}=={version} is the release paired with {paired}, but the env pins "
-        f"{paired_name}=={pip.get(paired_name)}"
-    )
-    assert project.get(paired_name) == paired_version, f"pyproject.toml does not pin {paired}"
-    assert name not in project, f"pyproject.toml pins {name}, which cannot be installed here"
-
-
-def test_not_installable_pins_are_pinned_somewhere_and_still_not_importable():
-    """Every entry of NOT_INSTALLABLE_HERE is used by an env, and is still not importable here
-    (once it imports, it must be pinned and tested like every other package)."""
-    import importlib
-
-    pinned = {name for env_file in ENV_FILES for name in env_pins(env_file)[1]}
-    for name in NOT_INSTALLABLE_HERE:
-        assert name in pinned, f"NOT_INSTALLABLE_HERE lists {name}, which no env pins"
-        try:
-            importlib.import_module(name)
-        except (ImportError, RuntimeError):
-            continue
-        pytest.fail(
-            f"{name} imports here now: remove it from NOT_INSTALLABLE_HERE and pin the installed version"
-        )
-
-
-def test_not_installable_pin_must_match_its_pairing(tmp_path):
-    evaluation = REPO / "envs" / "evaluation.yaml"
-    unpaired = tmp_path / "unpaired.yaml"
-    unpaired.write_text(evaluation.read_text().replace("torchvision==0.28.0", "torchvision==0.29.0"))
-    with pytest.raises(AssertionError, match="NOT_INSTALLABLE_HERE lists 0.28.0"):
-        test_env_pins_are_exact_and_equal_the_tested_versions(unpaired)
 
 
 def test_pyproject_pins_equal_the_tested_versions():
@@ -161,6 +108,24 @@ def test_pyproject_pins_equal_the_tested_versions():
         assert installed_version(name) == version, (
             f"pyproject.toml pins {name}=={version}, tests run {installed_version(name)}"
         )
+
+
+def test_torchvision_imports_beside_the_pinned_torch():
+    """The pinned torchvision is a release made for the pinned torch: its wheel's requirement on
+    torch admits the pin, and its compiled operators register with that torch (the missing
+    ``torchvision::nms`` made the release before it unimportable beside torch's CPU build)."""
+    import torch
+    import torchvision  # importing registers its operators with torch
+    from packaging.requirements import Requirement
+
+    pins = pyproject_pins()
+    requirements = [Requirement(text) for text in metadata.requires("torchvision")]
+    torch_requirement = next(r for r in requirements if r.name == "torch")
+    assert torch_requirement.specifier.contains(pins["torch"]), (
+        f"torchvision=={pins['torchvision']} requires {torch_requirement}, not torch=={pins['torch']}"
+    )
+    assert torchvision.__version__.split("+")[0] == pins["torchvision"]
+    assert torch.ops.torchvision.nms is not None
 
 
 def test_pin_check_catches_a_drifted_pin(tmp_path):

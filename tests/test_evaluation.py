@@ -1,13 +1,13 @@
-"""The field's eight metrics per protocol on images and PNGs; summaries beside published rows."""
+"""The field's eight metrics per protocol on images and PNGs, end to end through the real networks
+(random weights, tests/field_networks.py) on the toy world's reconstructions; summaries beside
+published rows."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
+from field_networks import hide_torchvision
 from PIL import Image
-from tiny_networks import tiny_alexnet, tiny_clip_vision, tiny_pooled
 
 from brainldm.core.tables import read_rows
 from brainldm.evaluation import evaluate as ev
@@ -15,21 +15,6 @@ from brainldm.evaluation.networks import ExtractorUnavailable, build_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EIGHT = list(ev.FIELD_METRICS)
-
-
-def tiny_networks(protocol: ev.Protocol) -> dict:
-    """The five field networks as tiny stand-ins, at the protocol's input sizes."""
-    models = {
-        "alexnet": tiny_alexnet(),
-        "inception": tiny_pooled(1),
-        "effnet": tiny_pooled(2),
-        "swav": tiny_pooled(3),
-        "clip": tiny_clip_vision(protocol.input_sizes["clip"]),
-    }
-    return {
-        name: build_network(name, input_size=protocol.input_sizes[name], device="cpu", model=model)
-        for name, model in models.items()
-    }
 
 
 def structured_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -58,39 +43,6 @@ def test_protocols_hold_the_documented_sizes_and_weights():
     ]
 
 
-@pytest.mark.parametrize("protocol", ["mindeye", "brain_diffuser"])
-def test_identical_reconstructions_score_perfectly_on_all_eight(protocol):
-    chosen = ev.PROTOCOLS[protocol]
-    specs, networks, extractors = ev.build_scorers(
-        EIGHT + ["two-way:pixels"], chosen, networks=tiny_networks(chosen), pixel_size=16
-    )
-    originals = structured_images(6)
-    features = ev.image_features(list(originals), networks, extractors, chosen, batch_size=4)
-    scores = ev.score_reconstructions(
-        originals, list(originals), specs, chosen, networks, extractors, features, batch_size=4
-    )
-    assert list(scores) == EIGHT + ["two-way:pixels"]
-    for name in ("PixCorr", "SSIM"):
-        assert scores[name] == pytest.approx(1.0, abs=1e-9)
-    for name in ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP", "two-way:pixels"):
-        assert scores[name] == 1.0
-    for name in ("EffNet-B", "SwAV"):
-        assert scores[name] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_each_protocol_feeds_the_networks_its_sizes():
-    for name, chosen in ev.PROTOCOLS.items():
-        networks = tiny_networks(chosen)
-        seen = {}
-        for key in ("alexnet", "inception", "effnet"):
-            module = networks[key].model.features
-            module.register_forward_pre_hook(
-                lambda _m, inputs, key=key: seen.__setitem__(key, inputs[0].shape[-1])
-            )
-        ev.image_features(list(structured_images(2)), networks, {}, chosen)
-        assert seen == {key: chosen.input_sizes[key] for key in seen}, name
-
-
 def test_pixel_metrics_follow_the_protocol_resizes():
     from brainldm.evaluation.metrics import pixcorr
     from brainldm.evaluation.networks import resize_square, to_float_images
@@ -115,9 +67,11 @@ def test_pixel_metrics_follow_the_protocol_resizes():
         )
 
 
-def test_shuffled_reconstructions_identify_near_chance():
+def test_shuffled_reconstructions_identify_near_chance(offline_field_networks):
+    """80 images (a tighter check of chance than the end-to-end test's toy set allows) through
+    the real AlexNet and the pixel space."""
     chosen = ev.PROTOCOLS["mindeye"]
-    networks = {"alexnet": tiny_networks(chosen)["alexnet"]}
+    networks = {"alexnet": build_network("alexnet", input_size=256, device="cpu")}
     specs, networks, extractors = ev.build_scorers(
         ["AlexNet(2)", "two-way:pixels"], chosen, networks=networks, pixel_size=16
     )
@@ -216,7 +170,7 @@ def test_bad_metric_names_and_missing_networks_are_reported_at_once(monkeypatch,
         ev.evaluate_reconstructions(
             np.zeros((2, 4, 4, 3), np.uint8), [1, 2], {}, [], {}, ["PixCorr"], protocol="x"
         )
-    monkeypatch.setitem(sys.modules, "torchvision", None)
+    hide_torchvision(monkeypatch)  # as where it is not installed
     with pytest.raises(ExtractorUnavailable) as info:
         ev.build_scorers(
             ["PixCorr", "AlexNet(2)", "AlexNet(5)", "EffNet-B", "SwAV"],
@@ -287,3 +241,155 @@ def test_summary_and_comparison_with_published_rows(tmp_path, n_images, note):
     (tmp_path / "bad.tsv").write_text("method\tmetric\nzc\tPixCorr\n")
     with pytest.raises(ValueError, match="bad.tsv: columns"):
         ev.summarize_metrics([tmp_path / "bad.tsv"], [1], tmp_path / "m.tsv", tmp_path / "c.tsv")
+
+
+# --------------------------------------------------------------------------------------------
+# end to end: the eight metrics through the real networks on the toy world's reconstructions
+# --------------------------------------------------------------------------------------------
+#: Test images of toy subject 1 scored end to end (of its 30): enough for chance to be told from
+#: identification, few enough for the real networks on one CPU thread.
+E2E_IMAGES = 12
+NETWORK_METRICS = [name for name, spec in ev.FIELD_METRICS.items() if spec.source is not None]
+
+
+@pytest.fixture(scope="module")
+def toy_test_set(toy_run, toy_config):
+    """Subject 1's first :data:`E2E_IMAGES` test images (uint8), nsdIds and reconstruction files,
+    as rule evaluate_reconstructions reads them from the session's toy run."""
+    from brainldm.evaluation.identification import read_subject_reconstructions
+    from brainldm.nsd.layout import stimuli_key
+
+    subject = toy_run / "results" / "toy" / "subj01"
+    originals, ids, files, methods, _ = read_subject_reconstructions(
+        sorted((subject / "reconstruction").glob("shard*")),
+        subject / "decoding" / "z_nsd_ids.npy",
+        toy_run / "resources" / "toy" / "nsd" / stimuli_key(),
+        toy_config["reconstruction"],
+    )
+    assert "zc" in methods
+    return originals[:E2E_IMAGES], [int(n) for n in ids[:E2E_IMAGES]], files
+
+
+@pytest.fixture(scope="module")
+def reference_networks(offline_field_networks, skinny_clip_dir) -> dict:
+    """The five networks built without the production loaders (field_networks.reference_model),
+    EfficientNet-B1 in both weight versions."""
+    from field_networks import reference_model
+    from transformers import CLIPVisionModelWithProjection
+
+    models = {
+        name: reference_model(name, offline_field_networks) for name in ("alexnet", "inception", "swav")
+    }
+    for version in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
+        models[f"effnet:{version}"] = reference_model("effnet", offline_field_networks, version)
+    models["clip"] = CLIPVisionModelWithProjection.from_pretrained(skinny_clip_dir).eval()
+    return models
+
+
+def reference_reads(protocol: str, models: dict, images: np.ndarray) -> dict:
+    """``{network metric: (n, d) features}`` of uint8 ``images`` by torchvision's own route at the
+    field's documented sizes and layers (field_networks.reference_features)."""
+    from field_networks import FIELD_EFFNET, FIELD_READS, FIELD_SIZES, reference_features
+
+    base_size, sizes = FIELD_SIZES[protocol]
+    models = {**models, "effnet": models[f"effnet:{FIELD_EFFNET[protocol]}"]}
+    features = {
+        name: reference_features(name, models[name], images, base_size, sizes[name])
+        for name in dict.fromkeys(network for network, _ in FIELD_READS.values())
+    }
+    return {metric: features[name][layer] for metric, (name, layer) in FIELD_READS.items()}
+
+
+def metrics_of_reads(originals: dict, reconstructions: dict) -> dict:
+    """The network metrics of reconstruction features (row i reconstructing original i)."""
+    from brainldm.evaluation.metrics import correlation_distance, two_way_identification
+
+    return {
+        metric: (
+            float(correlation_distance(originals[metric], reconstructions[metric]).mean())
+            if ev.FIELD_METRICS[metric].kind == "distance"
+            else two_way_identification(originals[metric], reconstructions[metric])[0]
+        )
+        for metric in originals
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["mindeye", "brain_diffuser"])
+def test_eight_metrics_end_to_end_through_the_real_networks(
+    protocol, toy_test_set, offline_field_networks, skinny_clip_dir, reference_networks, tmp_path
+):
+    """``evaluate_reconstructions`` loads every network by its production route (staged random
+    weights, offline) and scores three sets of the toy's test images: the ``zc`` reconstructions,
+    the originals themselves, and the ``zc`` reconstructions shifted by one image (a derangement).
+
+    - every value is finite and in its range;
+    - identical images: PixCorr and SSIM 1, two-way identification 100 %, distances 0;
+    - the network metrics of all three sets equal those of features computed independently
+      (torchvision's transforms and feature extractor at the documented sizes and layers): the
+      distances to 0.1 % (with random weights they can be small: SwAV's are below 0.01), a
+      two-way score to one comparison of the n (n - 1), for a near tie that float rounding can
+      flip;
+    - the shifted set identifies at chance: within 0.2 of 0.5 (for a derangement of 12 the
+      expectation is (n - 2) / (2 (n - 1)) = 0.455, as each reconstruction's own original,
+      another row, beats it; a mean of 12 such scores has a standard deviation near 0.08).
+    """
+    from brainldm.evaluation.identification import load_png
+
+    originals, ids, toy_files = toy_test_set
+    n = len(ids)
+    files = {key: path for key, path in toy_files.items() if key[1] == "zc" and key[2] == 0}
+    for row, nsd_id in enumerate(ids):
+        identical = tmp_path / f"identical_{nsd_id}.png"
+        Image.fromarray(originals[row]).save(identical)
+        files[(nsd_id, "identical", 0)] = identical
+        files[(nsd_id, "shifted", 0)] = files[(ids[(row + 1) % n], "zc", 0)]
+    methods = ["zc", "identical", "shifted"]
+    rows = ev.evaluate_reconstructions(
+        originals,
+        ids,
+        files,
+        methods,
+        dict.fromkeys(methods, 1),
+        EIGHT,
+        protocol=protocol,
+        device="cpu",
+        clip_model=str(skinny_clip_dir),
+    )
+    values = {(r["method"], r["metric"]): r["value"] for r in rows}
+    assert len(values) == 3 * 8 and all(np.isfinite(v) for v in values.values())
+    for (method, metric), value in values.items():
+        kind = ev.FIELD_METRICS[metric].kind
+        low, high = {"pixcorr": (-1, 1), "ssim": (-1, 1), "two_way": (0, 1), "distance": (0, 2)}[kind]
+        assert low - 1e-9 <= value <= high + 1e-9, (method, metric, value)
+    for metric in ("PixCorr", "SSIM"):
+        assert values[("identical", metric)] == pytest.approx(1.0, abs=1e-9)
+    for metric in ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):
+        assert values[("identical", metric)] == 1.0
+    for metric in ("EffNet-B", "SwAV"):
+        assert values[("identical", metric)] == pytest.approx(0.0, abs=1e-6)
+
+    original_reads = reference_reads(protocol, reference_networks, originals)
+    zc_reads = reference_reads(
+        protocol, reference_networks, np.stack([load_png(files[(nsd_id, "zc", 0)]) for nsd_id in ids])
+    )
+    sets = {
+        "zc": zc_reads,
+        "identical": original_reads,
+        "shifted": {metric: np.roll(value, -1, axis=0) for metric, value in zc_reads.items()},
+    }
+    one_comparison = 1 / (n * (n - 1))
+    for method, reads in sets.items():
+        expected = metrics_of_reads(original_reads, reads)
+        assert list(expected) == NETWORK_METRICS
+        for metric, value in expected.items():
+            if ev.FIELD_METRICS[metric].kind == "distance":  # small with random weights: relative
+                assert values[(method, metric)] == pytest.approx(value, rel=1e-3, abs=1e-7), (method, metric)
+            else:
+                assert values[(method, metric)] == pytest.approx(value, abs=one_comparison + 1e-12), (
+                    method,
+                    metric,
+                )
+    for metric in ("AlexNet(2)", "AlexNet(5)", "Inception", "CLIP"):
+        assert abs(values[("shifted", metric)] - 0.5) < 0.2, (metric, values[("shifted", metric)])
+    print(protocol, {key: round(value, 4) for key, value in values.items()})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_networks import tiny_alexnet
+from field_networks import hide_torchvision
 
 from brainldm.core.tables import format_rows, read_rows
 from brainldm.evaluation import identification as ident
@@ -157,7 +157,7 @@ def test_pixel_extractor_and_registry():
 
 
 def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on this machine: not installed
+    hide_torchvision(monkeypatch)  # as where it is not installed
     for name, filename in [
         ("alexnet", "alexnet-owt-7be5be79.pth"),
         ("inception", "inception_v3_google-0cc3c7bd.pth"),
@@ -170,14 +170,16 @@ def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
         ident.check_extractors(["pixels", "alexnet", "inception"])
 
 
-def test_alexnet_extractor_reads_the_three_paper_layers():
+def test_alexnet_extractor_reads_the_three_paper_layers(offline_field_networks):
+    """The real AlexNet (random weights, loaded by the registry's route) at the paper's 299 px."""
     images = [np.random.default_rng(i).integers(0, 255, (50, 60, 3), dtype=np.uint8) for i in range(3)]
-    extractor = ident.AlexNetExtractor(device="cpu", model=tiny_alexnet())
+    extractor = ident.get_extractor("alexnet", device="cpu")
     feats = extractor(images, batch_size=2)
-    # 299 px: conv1 -> 74, pool -> 36, pool -> 17 (features.5), pool -> 8 (features.12)
-    assert feats["alexnet.features.5"].shape == (3, 6 * 17 * 17)
-    assert feats["alexnet.features.12"].shape == (3, 5 * 8 * 8)
-    assert feats["alexnet.classifier.5"].shape == (3, 7)
+    # 299 px: conv1 (11, stride 4, pad 2) -> 74, pool -> 36, conv2 and pool -> 17 (features.5),
+    # conv3-5 and pool -> 8 (features.12); fc7 has 4096 units
+    assert feats["alexnet.features.5"].shape == (3, 192 * 17 * 17)
+    assert feats["alexnet.features.12"].shape == (3, 256 * 8 * 8)
+    assert feats["alexnet.classifier.5"].shape == (3, 4096)
     assert feats["alexnet.classifier.5"].min() >= 0  # a ReLU output
     # Batching must not mix images: image 0 alone gives its batched row. Float32 convolutions
     # sum hundreds of products in a batch-size-dependent order, so the two differ by a few ulps
@@ -190,36 +192,30 @@ def test_alexnet_extractor_reads_the_three_paper_layers():
     assert np.abs(batched[1] - batched[0]).max() > 1e-2 * scale
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=56,
-        patch_size=14,
-        projection_dim=16,
-    )
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    CLIPVisionModelWithProjection(config).save_pretrained(folder)
-    return folder
+def test_inception_extractor_reads_the_pooled_features(offline_field_networks):
+    """The real Inception v3 at the paper's 299 px: 2048 pooled features, batch-independent."""
+    images = [np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8) for i in range(2)]
+    extractor = ident.get_extractor("inception", device="cpu")
+    assert extractor.model.transform_input  # the input scaling of its Google weights
+    feats = extractor(images, batch_size=2)["inception"]
+    assert feats.shape == (2, 2048) and feats.min() >= 0  # the average of ReLU outputs
+    alone = extractor(images[1:])["inception"][0]
+    np.testing.assert_allclose(alone, feats[1], rtol=0, atol=1e-5 * np.abs(feats).max())
+    assert np.abs(feats[1] - feats[0]).max() > 1e-3 * np.abs(feats).max()
 
 
-def test_clip_extractor_end_to_end_with_a_tiny_model(tiny_clip_dir):
+def test_clip_extractor_end_to_end_at_the_paper_size(skinny_clip_dir):
+    """ViT-L/14's published widths and patch size (2 of its layers) fed 299 px: the position
+    embeddings of its 16 x 16 patch grid are interpolated to 21 x 21."""
     import torch
     from transformers import CLIPVisionModelWithProjection
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
-    extractor = ident.get_extractor("clip", clip_model=str(tiny_clip_dir), device="cpu")
+    extractor = ident.get_extractor("clip", clip_model=str(skinny_clip_dir), device="cpu")
     feats = extractor(images, batch_size=3)["clip"]
-    assert feats.shape == (4, 16)
-    model = CLIPVisionModelWithProjection.from_pretrained(tiny_clip_dir).eval()
+    assert feats.shape == (4, 768)
+    model = CLIPVisionModelWithProjection.from_pretrained(skinny_clip_dir).eval()
     with torch.no_grad():
         direct = model(
             pixel_values=torch.from_numpy(paper_preprocess(images)), interpolate_pos_encoding=True

@@ -99,8 +99,8 @@ def load_torchvision_model(builder: str, version: str = "IMAGENET1K_V1", user: s
             f"no torchvision weights {version!r} known for {builder!r}; expected one of "
             f"{sorted(TORCHVISION_WEIGHTS)}"
         )
-    # Imported by name, at run time: only these networks need torchvision, and it cannot be
-    # imported beside the CPU torch build of the development machines (see envs/evaluation.yaml).
+    # Imported at run time: only these networks need torchvision; every other metric runs
+    # without it, and its absence is reported with the staging instructions.
     try:
         models = importlib.import_module("torchvision.models")
     except (ImportError, RuntimeError) as error:
