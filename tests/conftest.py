@@ -206,3 +206,13 @@ def skinny_clip_dir(tmp_path_factory) -> Path:
     from field_networks import save_clip
 
     return save_clip(tmp_path_factory.mktemp("clip_skinny"), vision_layers=2, text_layers=1)
+
+
+@pytest.fixture
+def toy_extractors(monkeypatch):
+    """The toy world's identification features registered for one test (the registry restored)."""
+    from brainldm.evaluation import extractors
+    from brainldm.toy.extractors import register_toy_extractors
+
+    monkeypatch.setattr(extractors, "EXTRACTORS", dict(extractors.EXTRACTORS))
+    register_toy_extractors()

@@ -13,7 +13,7 @@ import pytest
 
 from brainldm import decoding
 from brainldm.decoding import fit_decoder, per_image_correlation
-from brainldm.features.store import load_feature_rows
+from brainldm.features.rows import load_feature_rows
 from brainldm.fmri.load import standardize
 from brainldm.linear import ops as ridge_ops
 from brainldm.linear.ops import kfold_splits

@@ -12,13 +12,11 @@ import pytest
 from field_networks import hide_torchvision
 
 from brainldm.core.tables import format_rows, read_rows
+from brainldm.evaluation import extractors as ident_extractors
 from brainldm.evaluation import identification as ident
-from brainldm.evaluation.identification import (
-    ExtractorUnavailable,
-    paper_identification,
-    paper_preprocess,
-    two_way_identification,
-)
+from brainldm.evaluation.extractors import paper_preprocess
+from brainldm.evaluation.identification import paper_identification, two_way_identification
+from brainldm.evaluation.networks import ExtractorUnavailable
 from brainldm.linear.stats import pearson_matrix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,24 +134,29 @@ def test_paper_preprocess_resizes_shorter_side_crops_centre_and_normalises():
     image[:, 20:60] = 255  # white centre, black sides (cropped away)
     batch = paper_preprocess([image])
     assert batch.shape == (1, 3, 299, 299) and batch.dtype == np.float32
-    white = (1.0 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD
+    white = (1.0 - ident_extractors.IMAGENET_MEAN) / ident_extractors.IMAGENET_STD
     np.testing.assert_allclose(batch[0, :, 10:-10, 10:-10].mean(axis=(1, 2)), white, rtol=1e-3)
     grey = np.full((30, 30, 3), 128, dtype=np.uint8)
     np.testing.assert_allclose(
         paper_preprocess([grey])[0, :, 5, 5],
-        (128 / 255 - ident.IMAGENET_MEAN) / ident.IMAGENET_STD,
+        (128 / 255 - ident_extractors.IMAGENET_MEAN) / ident_extractors.IMAGENET_STD,
         rtol=1e-5,
     )
 
 
 def test_pixel_extractor_and_registry():
     images = [np.full((64, 64, 3), v, dtype=np.uint8) for v in (0, 255)]
-    feats = ident.get_extractor("pixels", pixel_size=8)(images, batch_size=1)
+    feats = ident_extractors.get_extractor("pixels", pixel_size=8)(images, batch_size=1)
     assert feats["pixels"].shape == (2, 8 * 8 * 3)
     assert feats["pixels"][0].max() == 0 and feats["pixels"][1].min() == 1.0
-    assert set(ident.EXTRACTORS) == {"pixels", "clip", "alexnet", "inception", "toy_semantic"}
+    assert set(ident_extractors.EXTRACTORS) == {
+        "pixels",
+        "clip",
+        "alexnet",
+        "inception",
+    }  # the toy adds its own
     with pytest.raises(ValueError, match="unknown"):
-        ident.get_extractor("vgg")
+        ident_extractors.get_extractor("vgg")
 
 
 def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
@@ -163,17 +166,17 @@ def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
         ("inception", "inception_v3_google-0cc3c7bd.pth"),
     ]:
         with pytest.raises(ExtractorUnavailable) as info:
-            ident.get_extractor(name)
+            ident_extractors.get_extractor(name)
         message = str(info.value)
         assert "torchvision" in message and "TORCH_HOME" in message and filename in message
     with pytest.raises(ExtractorUnavailable, match="alexnet.*\n.*inception"):
-        ident.check_extractors(["pixels", "alexnet", "inception"])
+        ident_extractors.check_extractors(["pixels", "alexnet", "inception"])
 
 
 def test_alexnet_extractor_reads_the_three_paper_layers(offline_field_networks):
     """The real AlexNet (random weights, loaded by the registry's route) at the paper's 299 px."""
     images = [np.random.default_rng(i).integers(0, 255, (50, 60, 3), dtype=np.uint8) for i in range(3)]
-    extractor = ident.get_extractor("alexnet", device="cpu")
+    extractor = ident_extractors.get_extractor("alexnet", device="cpu")
     feats = extractor(images, batch_size=2)
     # 299 px: conv1 (11, stride 4, pad 2) -> 74, pool -> 36, conv2 and pool -> 17 (features.5),
     # conv3-5 and pool -> 8 (features.12); fc7 has 4096 units
@@ -195,7 +198,7 @@ def test_alexnet_extractor_reads_the_three_paper_layers(offline_field_networks):
 def test_inception_extractor_reads_the_pooled_features(offline_field_networks):
     """The real Inception v3 at the paper's 299 px: 2048 pooled features, batch-independent."""
     images = [np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8) for i in range(2)]
-    extractor = ident.get_extractor("inception", device="cpu")
+    extractor = ident_extractors.get_extractor("inception", device="cpu")
     assert extractor.model.transform_input  # the input scaling of its Google weights
     feats = extractor(images, batch_size=2)["inception"]
     assert feats.shape == (2, 2048) and feats.min() >= 0  # the average of ReLU outputs
@@ -212,7 +215,7 @@ def test_clip_extractor_end_to_end_at_the_paper_size(skinny_clip_dir):
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
-    extractor = ident.get_extractor("clip", clip_model=str(skinny_clip_dir), device="cpu")
+    extractor = ident_extractors.get_extractor("clip", clip_model=str(skinny_clip_dir), device="cpu")
     feats = extractor(images, batch_size=3)["clip"]
     assert feats.shape == (4, 768)
     model = CLIPVisionModelWithProjection.from_pretrained(skinny_clip_dir).eval()
@@ -227,9 +230,7 @@ def test_clip_extractor_end_to_end_at_the_paper_size(skinny_clip_dir):
 
 
 def test_clip_missing_offline_gives_a_clear_message(tmp_path):
-    code = (
-        "from brainldm.evaluation.identification import get_extractor\nget_extractor('clip', device='cpu')\n"
-    )
+    code = "from brainldm.evaluation.extractors import get_extractor\nget_extractor('clip', device='cpu')\n"
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",

@@ -353,7 +353,7 @@ def run_chain(world_nsd_root, toy_features, out, toy_config):
 
 
 def test_toy_chain_shows_the_papers_result_and_snr0_is_at_chance(
-    tmp_path, toy_world, toy_features, toy_config
+    tmp_path, toy_world, toy_features, toy_config, toy_extractors
 ):
     """With the planted signal (toy seed 0, subject 1): z is identified in pixels and keeps the
     object's position; c (generated from the decoded caption embedding) is identified in the

@@ -16,14 +16,8 @@ from conftest import merged_config
 from toy_runs import REPO, job_counts, snakemake
 
 from brainldm.core import names
-from brainldm.core.config import (
-    RESULT_NEUTRAL_KEYS,
-    job_settings,
-    load_schema,
-    result_config,
-    result_settings,
-    validate_config,
-)
+from brainldm.core.config import load_schema, validate_config
+from brainldm.core.settings import RESULT_NEUTRAL_KEYS, job_settings, result_config, result_settings
 
 TOY = validate_config(merged_config(REPO / "config" / "toy.yaml"))
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainldm.evaluation.identification import get_extractor, paper_identification
+from brainldm.evaluation.extractors import get_extractor
+from brainldm.evaluation.identification import paper_identification
 from brainldm.toy.attributes import ATTRIBUTE_VALUES
+from brainldm.toy.extractors import register_toy_extractors
 from brainldm.toy.semantic import (
     attribute_matches,
     load_semantic_net,
@@ -44,7 +46,13 @@ def test_classifier_reads_held_out_stimuli_and_blurred_ones(world):
             assert accuracy > 0.8, (name, accuracy)
 
 
-def test_toy_semantic_features_identify_the_stimuli_in_the_registry(world):
+def test_toy_semantic_features_identify_the_stimuli_in_the_registry(world, monkeypatch):
+    from brainldm.evaluation import extractors
+
+    monkeypatch.setattr(extractors, "EXTRACTORS", dict(extractors.EXTRACTORS))
+    with pytest.raises(ValueError, match="unknown"):
+        get_extractor("toy_semantic")  # production code does not know the toy world
+    register_toy_extractors()
     extractor = get_extractor("toy_semantic")
     images = list(world.images[world.shared_nsd_ids])
     features = extractor(images, batch_size=7)["toy_semantic"]

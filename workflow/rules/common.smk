@@ -10,14 +10,12 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from brainldm.core import names
 from brainldm.core.config import (
-    ENCODING_NAME_KEYS,
     ConfigError,
     check_local_copies,
     is_toy,
-    result_config,
-    result_settings,
     validate_config,
 )
+from brainldm.core.settings import ENCODING_NAME_KEYS, result_config, result_settings
 from brainldm.core.recovery import clear_stale_lock, record_lock_owner
 from brainldm.nsd import download as nsd_download
 from brainldm.nsd import layout as nsd_layout

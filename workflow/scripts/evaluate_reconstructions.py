@@ -3,15 +3,19 @@
 import torch
 
 from brainldm.core.atomic import write_text
-from brainldm.core.config import job_settings
+from brainldm.core.dataset import is_toy
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.core.tables import format_rows
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
 from brainldm.evaluation.identification import read_subject_reconstructions
 from brainldm.nsd.layout import stimulus_image_size
+from brainldm.toy.extractors import register_toy_extractors
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])
+    if is_toy(snakemake.config):
+        register_toy_extractors()
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
     evaluation = job_settings(snakemake.config, "evaluation", params.evaluation)

@@ -2,8 +2,8 @@
 
 import torch
 
-from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.features.extract import FeatureSettings, captions_by_nsd_id, extract_feature_shard
 from brainldm.features.sd_model import load_stable_diffusion
 from brainldm.features.store import needed_nsd_ids, shard_nsd_ids

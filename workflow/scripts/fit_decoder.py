@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.decoding import decode_feature
 from brainldm.linear.ops import blas_threads
 

@@ -3,8 +3,8 @@ one job per model or one for all of them (encoding.jobs)."""
 
 from pathlib import Path
 
-from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.encoding.fit import EncodingSettings, encode_models
 from brainldm.linear.ops import blas_threads
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from brainldm.core.config import job_settings
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.features.sd_model import load_stable_diffusion
 from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
 

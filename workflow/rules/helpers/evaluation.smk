@@ -1,6 +1,13 @@
 # Paths, input functions and settings of workflow/rules/evaluation.smk (helpers: no rules here).
 from brainldm.evaluation.evaluate import registry_extractor_names
 
+if (
+    TOY
+):  # the toy world's own identification features (production code does not know them)
+    from brainldm.toy.extractors import register_toy_extractors
+
+    register_toy_extractors()
+
 try:  # two-way:<extractor> metrics must name a registry extractor: stop before any job if not
     registry_extractor_names(config["evaluation"]["metrics"])
 except ValueError as error:

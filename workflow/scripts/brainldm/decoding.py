@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.atomic import save_npy, write_text
-from brainldm.features.store import feature_shape, load_feature_rows
+from brainldm.features.rows import feature_shape, load_feature_rows
 from brainldm.fmri.load import load_roi_betas, standardize
 from brainldm.linear.ops import resolve_backend
 from brainldm.linear.ridge import PAPER_ALPHAS, PAPER_N_FOLDS, himalaya_ridge_cv_predict, ridge_cv_predict

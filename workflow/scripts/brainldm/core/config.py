@@ -10,59 +10,17 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-import yaml
+from brainldm.core.dataset import is_toy
+
+if TYPE_CHECKING:  # jsonschema and pyyaml are imported where a config is validated
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
 
 #: Number of NSD scan sessions released per subject (subjects 1..8).
 NSD_SESSIONS_PER_SUBJECT = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
-
-
-#: Knobs that change how a job computes, never what it writes (threads, batch sizes, the array
-#: backend, whose results agree within the tests' tolerance). Rules do not pass them as
-#: ``params``, which are rerun triggers: a thread count must not make finished fits outdated.
-#: Scripts read them from the config (:func:`job_settings`).
-RESULT_NEUTRAL_KEYS = {
-    "fmri": ("threads",),
-    "features": ("batch_size",),
-    "decoding": ("backend", "n_targets_batch", "threads"),
-    "reconstruction": ("batch_size",),
-    "evaluation": ("batch_size",),
-    "encoding": ("backend", "n_targets_batch", "threads", "batch_size"),
-}
-#: The keys of ``encoding`` that name its spaces and models (:mod:`brainldm.core.names`).
-ENCODING_NAME_KEYS = ("zc_strengths", "unet_strength", "unet_blocks", "unet_steps")
-
-
-def result_settings(config: dict, section: str, keys: tuple[str, ...] | None = None) -> dict:
-    """What of ``config[section]`` a job's outputs depend on: its ``keys`` when given (every one a
-    result-changing key), else the whole section but its :data:`RESULT_NEUTRAL_KEYS`."""
-    neutral = RESULT_NEUTRAL_KEYS.get(section, ())
-    if keys is None:
-        keys = tuple(key for key in config[section] if key not in neutral)
-    overlap = sorted(set(keys) & set(neutral))
-    if overlap:
-        raise ValueError(f"{section}.{overlap[0]} is result-neutral; it must not be a rerun trigger")
-    return {key: config[section][key] for key in keys}
-
-
-def job_settings(config: dict, section: str, params: dict) -> dict:
-    """What a rule script runs with: its result-changing ``params`` plus the section's
-    result-neutral knobs, read from the config."""
-    return {**params, **{key: config[section][key] for key in RESULT_NEUTRAL_KEYS.get(section, ())}}
-
-
-def result_config(config: dict) -> dict:
-    """The whole configuration without its result-neutral knobs (the report's configuration page)."""
-    return {
-        section: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL_KEYS.get(section, ())}
-        if isinstance(values, dict)
-        else values
-        for section, values in config.items()
-    }
 
 
 class ConfigError(ValueError):
@@ -174,6 +132,8 @@ def _coerce(value: Any, schema: dict) -> Any:
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     """Read the configuration schema (YAML)."""
     with open(path) as handle:
+        import yaml
+
         return yaml.safe_load(handle)
 
 
@@ -195,6 +155,8 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     """
     schema = load_schema() if schema is None else schema
     config = _coerce(copy.deepcopy(dict(config)), schema)
+    import jsonschema
+
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -212,12 +174,6 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
 #: The only folders the toy world's rule writes to (relative to the workflow's folder): the
 #: project's own, so that a root a user names is read, never written.
 TOY_ROOTS = {"nsd": "resources/toy/nsd", "coco": "resources/toy/coco"}
-
-
-def is_toy(config: dict) -> bool:
-    """Whether ``config`` runs on the embedded toy world rather than on NSD."""
-    root = config["nsd"]["root"]
-    return root is not None and Path(root).parts[:2] == ("resources", "toy")
 
 
 def check_roots_fit_dataset(config: dict) -> None:

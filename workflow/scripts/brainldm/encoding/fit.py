@@ -32,8 +32,8 @@ import numpy as np
 from brainldm.core.atomic import atomic_path, write_text
 from brainldm.core.names import BASE_SPACES, model_names, unet_names
 from brainldm.encoding import scoring
+from brainldm.features.rows import load_feature_rows
 from brainldm.features.spaces import load_encoding_space
-from brainldm.features.store import load_feature_rows
 from brainldm.fmri.load import load_roi_betas, standardize
 from brainldm.linear.banded import banded_ridge_cv_predict, himalaya_banded_predict, linear_kernels
 from brainldm.linear.ops import resolve_backend

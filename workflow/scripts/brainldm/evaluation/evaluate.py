@@ -5,7 +5,7 @@ Metrics (names as reported; :data:`FIELD_METRICS`): ``PixCorr`` and ``SSIM`` on 
 other test images (ties fail), ``EffNet-B`` and ``SwAV`` as mean correlation distance
 (arithmetic in :mod:`brainldm.evaluation.metrics`, networks in :mod:`brainldm.evaluation.networks`).
 Besides these, ``two-way:<extractor>`` scores two-way identification in any feature space of the
-identification registry (:data:`brainldm.evaluation.identification.EXTRACTORS`, e.g. ``two-way:pixels``),
+identification registry (:data:`brainldm.evaluation.extractors.EXTRACTORS`, e.g. ``two-way:pixels``),
 each fed the stored images with that extractor's own preprocessing.
 
 Protocols (:data:`PROTOCOLS`): ``mindeye`` (MindEye/MindEye2's code, the default) resizes every
@@ -26,11 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.tables import format_rows, read_subject_tables
-from brainldm.evaluation.identification import (
-    EXTRACTORS,
-    get_extractor,
-    load_png,
-)
+from brainldm.evaluation.extractors import EXTRACTORS, get_extractor, load_png
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
 from brainldm.evaluation.networks import (
     CLIP_MODEL_ID,

@@ -505,6 +505,6 @@ def read_betas_session(path: str | Path) -> np.ndarray:
 
 def stimulus_image_size(config: dict) -> int:
     """Side in pixels of the dataset's stimulus images: NSD's 425, or the toy's ``toy.image_size``."""
-    from brainldm.core.config import is_toy
+    from brainldm.core.dataset import is_toy
 
     return config["toy"]["image_size"] if is_toy(config) else NSD_STIMULUS_SIZE
