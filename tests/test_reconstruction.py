@@ -402,3 +402,123 @@ def test_paper_img2img_schedule_starts_at_781_with_40_steps(components):
     timesteps, n_steps = r.img2img.get_timesteps(50, 0.8, "cpu")
     assert n_steps == 40 and int(timesteps[0]) == 781 and int(timesteps[-1]) == 1
     assert [int(t) for t in r.img2img.scheduler.timesteps[:2]] == [981, 961]
+
+
+# --------------------------------------------------------------------------- speed options
+
+
+def file_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_background_png_writer_writes_the_same_bytes_as_writing_in_turn(components, tmp_path):
+    z, c, ids = decoded()
+    outputs = {}
+    for background in (False, True):
+        r = Reconstructor(components, settings(background_writer=background))
+        out = tmp_path / f"background{background}"
+        rec.reconstruct(r, z, c, ids, out, progress=False)
+        outputs[background] = file_bytes(out)
+        assert r.cpu_seconds["png"] > 0 and r.cpu_seconds["resize"] > 0 and r.cpu_seconds["host_copy"] > 0
+    assert len(outputs[True]) == 3 * (1 + 2 + 2) + 1  # the PNGs and the manifest
+    assert outputs[True] == outputs[False]
+
+
+def test_png_writer_raises_a_failed_write_at_close(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    writer = rec.PngWriter(background=True, max_pending=8)
+    writer.write(tmp_path / "ok" / "a.png", image)
+    writer.write(tmp_path / "file" / "b.png", image)
+    with pytest.raises(OSError):
+        writer.close()
+    assert (tmp_path / "ok" / "a.png").is_file()
+
+
+def test_gpu_options_run_on_cpu_and_change_images_by_rounding_only(components, tmp_path):
+    """The GPU's branch (channels-last U-Net and VAE, TF32 flags, batched calls) on the CPU: the
+    same images as the CPU's per-image path within one 8-bit level."""
+    import torch
+
+    z, c, ids = decoded()
+    reference = Reconstructor(components, settings(), gpu_options=False)
+    rec.reconstruct(reference, z, c, ids, tmp_path / "reference", progress=False)
+    fast = Reconstructor(components, settings(batch_size=4), per_image=False, gpu_options=True)
+    conv = components.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    rec.reconstruct(fast, z, c, ids, tmp_path / "fast", progress=False)
+    a, b = read_all(tmp_path / "reference"), read_all(tmp_path / "fast")
+    assert a.keys() == b.keys()
+    for key in a:
+        diff = np.abs(a[key].astype(int) - b[key].astype(int))
+        assert diff.max() <= 1, f"{key}: images differ by up to {diff.max()} levels"
+    # the next Reconstructor with channels_last off puts the modules back in NCHW
+    Reconstructor(components, settings(channels_last=False), gpu_options=True)
+    assert components.unet.conv_in.weight.is_contiguous()
+    Reconstructor(components, settings(), gpu_options=False)  # the module's defaults for other tests
+
+
+def test_classic_attention_changes_images_by_rounding_only(components, tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    z, c, ids = decoded(n=1)
+    images = {}
+    for fused in (True, False):
+        r = Reconstructor(components, settings(fused_attention=fused))
+        kinds = {type(p) for p in components.unet.attn_processors.values()}
+        assert kinds == {AttnProcessor2_0 if fused else AttnProcessor}
+        rec.reconstruct(r, z, c, ids, tmp_path / str(fused), progress=False)
+        images[fused] = read_all(tmp_path / str(fused))
+    for key in images[True]:
+        assert np.abs(images[True][key].astype(int) - images[False][key].astype(int)).max() <= 1
+    Reconstructor(components, settings())  # fused attention back for other tests
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_weights_on_cpu_stay_close_to_float32(tiny_model_dir, components, dtype):
+    """The GPU's default dtype (float16) and bfloat16 on the CPU, where torch supports them:
+    the same pipelines, images close to float32's (measured with torch 2.13: float16 differs by
+    1 level at most, bfloat16 by 0.6 on average and 5 at most)."""
+    import torch
+
+    from brainldm.features.sd_model import load_stable_diffusion
+
+    half = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype=dtype)
+    z, c, _ = decoded(n=2)
+    jobs = [(5, 0), (17, 0)]
+    try:
+        low = Reconstructor(half, settings(), per_image=False)
+        out_low = (low.decode_z(z), low.generate_c(c, jobs))
+    except (RuntimeError, NotImplementedError) as error:  # an op without a CPU kernel in this dtype
+        pytest.skip(f"{dtype} on this CPU: {error}")
+    assert low.uncond.dtype == getattr(torch, dtype)
+    full = Reconstructor(components, settings(), per_image=False)
+    for a, b in zip(out_low, (full.decode_z(z), full.generate_c(c, jobs))):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.mean() < 1.5 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_auto_batch_size_per_card_memory():
+    gib = 2**30
+    assert [rec.auto_batch_size(g * gib) for g in (79.2, 39.4, 23.6, 15.7)] == [32, 16, 8, 4]
+    assert rec.auto_batch_size(79.2 * gib, dtype_bytes=4) == 16
+    r = Reconstructor.__new__(Reconstructor)
+    r.device = __import__("torch").device("cpu")
+    assert r._resolve_batch_size("auto") == 4 and r._resolve_batch_size(6) == 6
+    for bad in (0, "8", True):
+        with pytest.raises(ValueError, match=r"reconstruction\.batch_size"):
+            r._resolve_batch_size(bad)
+
+
+def test_speed_keys_are_described_as_speed_only_and_left_out_of_params(paper_config):
+    from brainldm.core.config import load_schema
+
+    section = paper_config["reconstruction"]
+    schema = load_schema()["properties"]["reconstruction"]["properties"]
+    for key in rec.SPEED_KEYS:
+        assert key in section and "speed only" in schema[key]["description"], key
+        assert key in ReconstructionSettings.__dataclass_fields__
+    kept = rec.result_settings(section)
+    assert not set(rec.SPEED_KEYS) & set(kept)
+    assert set(kept) | set(rec.SPEED_KEYS) == set(section)
+    assert section["batch_size"] == "auto" and section["compile_unet"] is False

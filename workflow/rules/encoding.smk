@@ -29,7 +29,7 @@ rule extract_encoding_features:
     params:
         model=config["model"],
         encoding=ENCODING,
-        sampler=config["reconstruction"],
+        sampler=reconstruction_result_settings(config["reconstruction"]),
     script:
         "../scripts/extract_encoding_features.py"
 

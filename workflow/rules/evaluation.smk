@@ -21,7 +21,7 @@ rule identify_reconstructions:
         mem_mb=16000,
         runtime=240,
     params:
-        settings=config["reconstruction"],
+        settings=reconstruction_result_settings(config["reconstruction"]),
         features=config["evaluation"]["identification_features"],
         clip_model=config["evaluation"]["clip_model"],
         device=config["model"]["device"],
@@ -64,7 +64,7 @@ rule evaluate_reconstructions:
         mem_mb=16000,
         runtime=240,
     params:
-        settings=config["reconstruction"],
+        settings=reconstruction_result_settings(config["reconstruction"]),
         evaluation=config["evaluation"],
         device=config["model"]["device"],
     script:
@@ -111,7 +111,7 @@ if TOY:
             mem_mb=2000,
             runtime=10,
         params:
-            settings=config["reconstruction"],
+            settings=reconstruction_result_settings(config["reconstruction"]),
         script:
             "../scripts/match_toy_attributes.py"
 

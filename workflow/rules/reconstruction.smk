@@ -1,7 +1,11 @@
 # Reconstruction: per subject and shard, every test image with the decoded z and c: z (VAE
 # decode), c (generation) and zc (the paper's img2img), n_samples each; then a figure per subject.
 # Each sample's noise is seeded by (seed, nsdId, sample), so shards and batch size never change
-# an image.
+# an image. The speed options (brainldm.reconstruction.SPEED_KEYS) never change an image beyond a
+# GPU's rounding: the script reads them from the config and the params leave them out, so that
+# changing one reruns nothing.
+
+from brainldm.reconstruction import result_settings as reconstruction_result_settings
 
 
 rule reconstruct_images:
@@ -26,7 +30,7 @@ rule reconstruct_images:
         runtime=720,
     params:
         model=config["model"],
-        settings=config["reconstruction"],
+        settings=reconstruction_result_settings(config["reconstruction"]),
         n_shards=RECON_SHARDS,
     script:
         "../scripts/reconstruct_images.py"

@@ -13,9 +13,12 @@ if "snakemake" in globals():
     torch.set_num_threads(snakemake.threads)
     model = snakemake.params.model
     components = load_stable_diffusion(model["id"], model["revision"], model["device"], model["dtype"])
+    # params.settings holds the keys that change images (the rerun trigger); the speed options
+    # come from the config itself
+    settings = ReconstructionSettings.from_config(snakemake.config["reconstruction"])
     manifest = reconstruct_shard(
         components,
-        ReconstructionSettings.from_config(snakemake.params.settings),
+        settings,
         decoding_dir=Path(snakemake.input.z).parent,
         out_dir=snakemake.output.shard,
         shard=int(snakemake.wildcards.shard),

@@ -17,12 +17,21 @@ on any device.
 
 Files: ``<out_dir>/<method>/nsd<nsdId:05d>_s<sample>.png`` (``z`` has one sample, ``s0``) and a
 ``manifest.tsv`` (nsdId, method, sample, file) per output folder.
+
+Speed (:data:`SPEED_KEYS`, none of which changes an image beyond a GPU's own rounding): batches of
+``batch_size`` samples on a GPU (``auto``: chosen from the card's memory,
+:func:`auto_batch_size`), and on a GPU only, channels-last memory layout, TF32 matmuls and an
+opt-in ``torch.compile`` of the U-Net; PyTorch's fused attention (SDPA) on every device; PNGs
+encoded and written on a background thread while the next batch runs (byte-identical files).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,10 +44,38 @@ LOGGER = logging.getLogger("brainldm.reconstruction")
 
 METHODS = ("z", "c", "zc")
 
+#: Keys of the ``reconstruction`` config section that change speed only, never an image beyond a
+#: GPU's batch-to-batch rounding: rules read them from the config, not from ``params`` (which
+#: are rerun triggers). ``n_shards`` and ``figure_images`` change which jobs and figure exist.
+SPEED_KEYS = ("batch_size", "channels_last", "fused_attention", "tf32", "compile_unet", "background_writer")
+
+#: ``batch_size: auto`` on a GPU: samples per pipeline call for a card of at least this many GiB
+#: (16-bit weights; float32 halves it). Guidance doubles the U-Net's batch; the VAE decode of a
+#: batch at 512 px is the peak. Estimated from the activations' sizes; the device check
+#: (tests/benchmarks/device_check.sh) prints the measured peak memory per batch size.
+BATCH_SIZE_BY_GPU_GIB = ((70, 32), (36, 16), (20, 8), (0, 4))
+
+
+def auto_batch_size(total_memory_bytes: int, dtype_bytes: int = 2) -> int:
+    """Samples per pipeline call for a GPU of ``total_memory_bytes`` (:data:`BATCH_SIZE_BY_GPU_GIB`)."""
+    gib = total_memory_bytes / 2**30
+    batch = next(size for floor, size in BATCH_SIZE_BY_GPU_GIB if gib >= floor)
+    return max(1, batch * 2 // max(2, dtype_bytes))
+
+
+def result_settings(section: dict) -> dict:
+    """The ``reconstruction`` config section without :data:`SPEED_KEYS`: what a rule passes as
+    ``params``, so that changing a speed option reruns nothing."""
+    return {key: value for key, value in section.items() if key not in SPEED_KEYS}
+
 
 @dataclass(frozen=True)
 class ReconstructionSettings:
-    """The paper's img2img settings (config section ``reconstruction``)."""
+    """The paper's img2img settings and the speed options (config section ``reconstruction``).
+
+    ``batch_size`` is an int or ``"auto"`` (:func:`auto_batch_size` on a GPU; 4 on CPU, where
+    the default per-image calls ignore it).
+    """
 
     methods: tuple[str, ...] = METHODS
     n_samples: int = 5
@@ -48,7 +85,12 @@ class ReconstructionSettings:
     ddim_eta: float = 0.0
     guidance_scale: float = 5.0
     seed: int = 42
-    batch_size: int = 4
+    batch_size: int | str = "auto"
+    channels_last: bool = True
+    fused_attention: bool = True
+    tf32: bool = True
+    compile_unet: bool = False
+    background_writer: bool = True
 
     @classmethod
     def from_config(cls, section: dict) -> "ReconstructionSettings":
@@ -100,11 +142,30 @@ class Reconstructor:
     per_image : bool, optional
         One image (all of its samples of a method) per pipeline call; default on CPU
         (bit-identical images whatever the batch size and shard), off on GPU (batches of
-        ``settings.batch_size`` samples; the per-sample generators keep each sample's noise the
+        ``batch_size`` samples; the per-sample generators keep each sample's noise the
         same, batched kernels may round differently).
+    gpu_options : bool, optional
+        Apply the GPU speed options of ``settings`` (channels-last, TF32, ``compile_unet``);
+        default on a GPU only, so that CPU runs keep today's bit-exact path. Tests turn them on
+        on the CPU to run the GPU's code.
+
+    Attributes
+    ----------
+    batch_size : int
+        ``settings.batch_size`` resolved (``auto`` -> :func:`auto_batch_size`).
+    cpu_seconds : collections.Counter
+        Seconds the calling thread spent on CPU-only work while the device idled, by stage:
+        ``resize`` (PIL Lanczos of ``Xz``), ``host_copy`` (VAE output to uint8 on the host),
+        ``png`` (encoding and writing, or waiting for the background writer).
     """
 
-    def __init__(self, components, settings: ReconstructionSettings, per_image: bool | None = None):
+    def __init__(
+        self,
+        components,
+        settings: ReconstructionSettings,
+        per_image: bool | None = None,
+        gpu_options: bool | None = None,
+    ):
         import torch
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
@@ -112,6 +173,11 @@ class Reconstructor:
         self.settings = settings
         self.device = torch.device(getattr(components, "device", "cpu"))
         self.dtype = getattr(components, "dtype", torch.float32)
+        self.batch_size = self._resolve_batch_size(settings.batch_size)
+        self.cpu_seconds: Counter = Counter()
+        self._set_attention(components, settings.fused_attention)
+        if self.device.type == "cuda" if gpu_options is None else gpu_options:
+            self._apply_gpu_options(components, settings)
         parts = dict(
             vae=components.vae,
             text_encoder=components.text_encoder,
@@ -136,8 +202,45 @@ class Reconstructor:
         """(row, sample) jobs split into pipeline calls: per image, or ``settings.batch_size`` at a time."""
         if self.per_image:
             return [list(batch) for _, batch in itertools.groupby(jobs, key=lambda job: job[0])]
-        size = self.settings.batch_size
+        size = self.batch_size
         return [list(jobs[start : start + size]) for start in range(0, len(jobs), size)]
+
+    def _resolve_batch_size(self, batch_size: int | str) -> int:
+        if batch_size != "auto":
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise ValueError(
+                    f"reconstruction.batch_size {batch_size!r} is invalid; expected 'auto' or an integer >= 1"
+                )
+            return batch_size
+        if self.device.type != "cuda":
+            return 4
+        total = self.torch.cuda.get_device_properties(self.device).total_memory
+        return auto_batch_size(total, self.torch.finfo(self.dtype).bits // 8)
+
+    @staticmethod
+    def _set_attention(components, fused: bool) -> None:
+        """PyTorch's fused attention (``scaled_dot_product_attention``), or the explicit
+        softmax(QK^T)V of diffusers' classic processor, in the U-Net and the VAE."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        for module in (components.unet, components.vae):
+            module.set_attn_processor(AttnProcessor2_0() if fused else AttnProcessor())
+
+    def _apply_gpu_options(self, components, settings: ReconstructionSettings) -> None:
+        """Channels-last layout of the U-Net and VAE, TF32 matmuls, ``torch.compile`` of the U-Net."""
+        torch = self.torch
+        # channels-last: convolutions run in NHWC on tensor cores; the modules accept NCHW inputs
+        # unchanged. Set either way, so a Reconstructor never inherits an earlier one's layout.
+        layout = torch.channels_last if settings.channels_last else torch.contiguous_format
+        components.unet.to(memory_format=layout)
+        components.vae.to(memory_format=layout)
+        # TF32 touches float32 matmuls and convolutions only (fp16/bf16 weights use neither):
+        # a 10-bit mantissa, the rounding of the 16-bit weights themselves
+        torch.backends.cuda.matmul.allow_tf32 = bool(settings.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(settings.tf32)
+        if settings.compile_unet:
+            # in place (nn.Module.compile): diffusers' pipelines keep seeing a UNet2DConditionModel
+            components.unet.compile()
 
     def _empty_prompt_embedding(self):
         """CLIP text encoder's last hidden state of ``""`` padded to the maximum length: (1, L, d)."""
@@ -171,7 +274,12 @@ class Reconstructor:
         latents = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.device, self.dtype)
         with torch.no_grad():
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return _to_uint8(decoded)
+        if self.device.type == "cuda":  # so that the timer below counts the copy, not the decode
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        images = _to_uint8(decoded)
+        self.cpu_seconds["host_copy"] += time.perf_counter() - start
+        return images
 
     def generate_c(self, c: np.ndarray, jobs: Sequence[tuple[int, int]]) -> np.ndarray:
         """``c`` method: DDIM generation conditioned on ``c`` rows (one row per job).
@@ -220,9 +328,11 @@ class Reconstructor:
 
         s = self.settings
         self._check_c(c)
+        start = time.perf_counter()
         init = [
             Image.fromarray(np.asarray(x)).resize((s.image_size, s.image_size), Image.LANCZOS) for x in xz
         ]
+        self.cpu_seconds["resize"] += time.perf_counter() - start
         embeds = self.torch.as_tensor(np.asarray(c, dtype=np.float32)).to(self.device, self.dtype)
         out = self.img2img(
             prompt_embeds=embeds,
@@ -257,6 +367,44 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
+class PngWriter:
+    """Writes PNGs (:func:`save_png`) in order, on one background thread when ``background``.
+
+    The files are the same bytes either way; in the background the next batch runs on the
+    device while the previous one is encoded. At most ``max_pending`` images wait in memory;
+    :meth:`close` waits for every file and raises the first error of any of them.
+    """
+
+    def __init__(self, background: bool, max_pending: int = 64):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") if background else None
+        self._pending: deque = deque()
+        self._max_pending = max_pending
+
+    def write(self, path: str | Path, image: np.ndarray) -> None:
+        """Write (or queue) ``image`` (H, W, 3) uint8 at ``path``; the caller must not change it after."""
+        if self._executor is None:
+            save_png(path, image)
+            return
+        self._pending.append(self._executor.submit(save_png, path, image))
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for every queued file; re-raise the first error."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "PngWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def reconstruct(
     reconstructor: Reconstructor,
     z: np.ndarray,
@@ -279,19 +427,37 @@ def reconstruct(
     -------
     manifest : list of (nsdId, method, sample, relative file)
     """
-    from tqdm import tqdm
-
     s = reconstructor.settings
     nsd_ids = [int(n) for n in nsd_ids]
     if not (len(z) == len(c) == len(nsd_ids)):
         raise ValueError(f"z ({len(z)}), c ({len(c)}) and nsd_ids ({len(nsd_ids)}) differ in length")
     out_dir = Path(out_dir)
     manifest: list[tuple[int, str, int, str]] = []
+    timings = reconstructor.cpu_seconds
+    writer = PngWriter(s.background_writer)
 
     def record(nid, method, sample, image):
         path = image_path(out_dir, method, nid, sample)
-        save_png(path, image)
+        start = time.perf_counter()
+        writer.write(path, image)
+        timings["png"] += time.perf_counter() - start
         manifest.append((nid, method, sample, str(path.relative_to(out_dir))))
+
+    try:
+        _run_methods(reconstructor, z, c, nsd_ids, record, progress)
+    finally:
+        start = time.perf_counter()
+        writer.close()
+        timings["png"] += time.perf_counter() - start
+    write_manifest(out_dir / "manifest.tsv", manifest)
+    return manifest
+
+
+def _run_methods(reconstructor: Reconstructor, z, c, nsd_ids: list[int], record, progress: bool) -> None:
+    """Every configured method on every image, each output handed to ``record(nid, method, k, image)``."""
+    from tqdm import tqdm
+
+    s = reconstructor.settings
 
     need_xz = "z" in s.methods or "zc" in s.methods
     xz: dict[int, np.ndarray] = {}
@@ -325,8 +491,6 @@ def reconstruct(
                 record(nid, method, k, image)
                 bar.update(1)
     bar.close()
-    write_manifest(out_dir / "manifest.tsv", manifest)
-    return manifest
 
 
 def write_manifest(path: str | Path, manifest: Sequence[tuple[int, str, int, str]]) -> None:
