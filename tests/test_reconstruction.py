@@ -522,3 +522,29 @@ def test_speed_keys_are_described_as_speed_only_and_left_out_of_params(paper_con
     assert not set(rec.SPEED_KEYS) & set(kept)
     assert set(kept) | set(rec.SPEED_KEYS) == set(section)
     assert section["batch_size"] == "auto" and section["compile_unet"] is False
+
+
+def test_compile_unet_runs_the_compiled_unet_and_keeps_the_images(tiny_model_dir, components, monkeypatch):
+    """``compile_unet`` on the CPU through TorchDynamo with its ``eager`` backend: the U-Net's
+    graph is captured and run inside diffusers' pipelines (inductor's code generation takes
+    minutes on a CPU; the GPU check runs it for real)."""
+    import functools
+
+    import torch
+
+    from brainldm.features.sd_model import load_stable_diffusion
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    own = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="float32")
+    _, c, _ = decoded(n=1)
+    jobs = [(5, 0)]
+    compiled = Reconstructor(
+        own, settings(compile_unet=True, ddim_steps=2), per_image=False, gpu_options=True
+    )
+    assert own.unet._compiled_call_impl is not None
+    calls = []
+    own.unet.register_forward_hook(lambda *args: calls.append(1))
+    images = compiled.generate_c(c, jobs)
+    assert len(calls) == 2  # the pipeline went through the compiled module, once per step
+    plain = Reconstructor(components, settings(ddim_steps=2), per_image=False).generate_c(c, jobs)
+    assert np.abs(images.astype(int) - plain.astype(int)).max() <= 1
