@@ -121,6 +121,19 @@ def test_toy_rerun_has_nothing_to_do(toy_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_reconstruction_speed_options_rerun_only_the_configuration_report(toy_run):
+    """Every speed option changed (``brainldm.reconstruction.SPEED_KEYS``): no reconstruction,
+    evaluation or encoding job reruns; only the report's configuration page, which shows them."""
+    changed = (
+        "reconstruction={batch_size: 2, channels_last: false, fused_attention: false, tf32: false, "
+        "compile_unet: true, background_writer: false}"
+    )
+    result = snakemake(toy_run, "--configfile", "config/toy.yaml", "--config", changed, "-n")
+    output = result.stdout + result.stderr
+    planned = set(re.findall(r"^(\w+)\s+\d+$", output, flags=re.M)) - {"total"}
+    assert planned == {"all", "report_configuration"}, output[-3000:]
+
+
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path):
     directory = copy_workflow(tmp_path)
     result = snakemake(

@@ -23,6 +23,8 @@ Usage::
 
     python tests/benchmarks/bench_reconstruction.py --device cuda --batch-sizes 1 8 16 32
     python tests/benchmarks/bench_reconstruction.py --size tiny          # CPU, seconds
+    python tests/benchmarks/bench_reconstruction.py --device cpu --image-size 64 --steps 2 --samples 1 \
+        --batch-sizes 2                 # SD v1.4's networks on a CPU at 64 px: a check, minutes
 
 ``--size sd``: 512 px, 50 DDIM steps (``zc`` 40); ``small`` and ``tiny``: narrow networks, small
 images and few steps, so that a CPU runs every branch in seconds (their projections describe
@@ -169,6 +171,12 @@ def main(argv=None) -> None:
     parser.add_argument("--size", default="sd", choices=["sd", "small", "tiny"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the size's)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="px of c and zc (default: the size's; a CPU check of SD's networks)",
+    )
     parser.add_argument("--samples", type=int, default=PAPER_SAMPLES, help="samples of c and zc per image")
     parser.add_argument(
         "--images",
@@ -198,6 +206,8 @@ def main(argv=None) -> None:
     dtype = resolve_dtype(args.dtype, device)
     configs, run = configs_for(args.size)
     steps = args.steps or run["ddim_steps"]
+    if args.image_size:
+        run = {**run, "image_size": args.image_size}
     hidden = configs["text_encoder"]["hidden_size"]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_reconstruction_") as tmp:
