@@ -1,7 +1,7 @@
 """The prepared GPU check: its script parses, names only options its benchmarks have, and its
 toy-run comparison tells tables within tolerance from tables out of it.
 
-The script's own ``--dry`` run (every step at tiny sizes on the CPU) takes about 4 minutes on 2
+The script's own ``--dry`` run (every step at tiny sizes on the CPU) takes 2-4 minutes on 2
 cores, too long for the suite: run ``bash tests/benchmarks/device_check.sh --dry`` by hand.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: every GPU path of brainldm measured and checked, in about 8 minutes
-# on one H100. Run from the repository root. Logs go to $OUT/device_check/ when OUT is set (else a
+# One call on a GPU machine: every GPU path of brainldm measured and checked, in at most about 8.5
+# minutes on one H100 (the steps' limits; a device-tool timeout of 600 s leaves room). Run from the repository root. Logs go to $OUT/device_check/ when OUT is set (else a
 # temporary folder); every step has its own time limit and prints its figures as it goes, so a
 # run cut short still reports the steps it finished.
 #
@@ -22,7 +22,7 @@
 # Wheels whose distribution the image already has are skipped; the others are installed with
 # `pip install --no-index --no-deps --target` into a temporary folder put first on PYTHONPATH.
 #
-#   bash tests/benchmarks/device_check.sh --dry    # every step at tiny sizes on the CPU (~4 min on 2 cores)
+#   bash tests/benchmarks/device_check.sh --dry    # every step at tiny sizes on the CPU (2-4 min on 2 cores)
 #
 # Steps (limits in seconds; the toy graph runs in the background from the start, with 12 of the
 # 16 cores, beside the benchmarks, which it perturbs a little):
@@ -30,11 +30,12 @@
 #   1. the toy graph with model.device cuda (decoding and encoding on torch_cuda) against the same
 #      graph on the CPU (numpy backends): summary tables compared within the tolerances of
 #      tests/benchmarks/compare_toy_runs.py                                                     [450]
-#   2. bench_reconstruction.py at SD v1.4 sizes, fp16, batch sizes 1, 8, 32                     [130]
-#   3. bench_features.py --sd-configs --device cuda                                              [40]
-#   4. bench_decoding.py at NSD scale: ours and himalaya, both on torch_cuda, all targets       [120]
-#   5. bench_encoding.py at scale 1, 20 candidates: ours and himalaya, both on torch_cuda      [120]
-#   6. bench_reconstruction.py variants at batch 8 (writer thread, attention, layout, compile)   [90]
+#   2. bench_reconstruction.py at SD v1.4 sizes, fp16, batch sizes 1, 8, 32                     [150]
+#   3. bench_features.py --sd-configs --device cuda                                              [35]
+#   4. bench_decoding.py at NSD scale: ours and himalaya, both on torch_cuda, all targets       [100]
+#   5. bench_encoding.py at scale 1, 20 candidates: ours and himalaya, both on torch_cuda      [130]
+#   6. bench_reconstruction.py variants at batch 8 (writer thread, attention, layout)            [60]
+#   7. the same with torch.compile of the U-Net       [what is left of DEVICE_CHECK_BUDGET=480 s]
 set -u
 
 DRY=0
@@ -49,10 +50,16 @@ fi
 LOGS="${OUT:-$(mktemp -d -t device_check_XXXX)}/device_check"
 WORK=$(mktemp -d -t device_check_work_XXXX)
 mkdir -p "$LOGS"
+# the toy runs and installed wheels go with the work folder; DEVICE_CHECK_KEEP=1 keeps it
+if [ "${DEVICE_CHECK_KEEP:-0}" != 1 ]; then
+    trap 'rm -rf "$WORK"' EXIT
+fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 export PYTHONPATH="$REPO/workflow/scripts${PYTHONPATH:+:$PYTHONPATH}"
 BENCH="$REPO/tests/benchmarks"
 T0=$(date +%s)
+# seconds the steps may take together (the torch.compile step gets what the others leave)
+BUDGET=${DEVICE_CHECK_BUDGET:-480}
 echo "device check: logs in $LOGS, work in $WORK, mode $([ $DRY = 1 ] && echo 'dry (CPU, tiny sizes)' || echo GPU)"
 
 # step NAME LIMIT COMMAND...: run COMMAND under `timeout`, its output shown and kept in LOGS/NAME.log
@@ -169,17 +176,26 @@ if [ $DRY = 1 ]; then
     step encoding 180 python3 "$BENCH/bench_encoding.py" --scale 0.02 --n-iter 2 --backend torch \
         --himalaya-backend torch
     step reconstruction_variants 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny \
-        --batch-sizes 3 --samples 2 --gpu-options --variants sync-writer classic-attention no-channels-last \
-        compile --compile-backend eager
+        --batch-sizes 3 --samples 2 --gpu-options --variants sync-writer classic-attention no-channels-last
+    step reconstruction_compile 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny \
+        --batch-sizes 3 --samples 2 --gpu-options --variants compile --compile-backend eager
 else
-    step reconstruction 130 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --batch-sizes 1 8 32
-    step features 40 python3 "$BENCH/bench_features.py" --sd-configs --device cuda --images 48 --batch-size 16 \
+    step reconstruction 150 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --batch-sizes 1 8 32
+    step features 35 python3 "$BENCH/bench_features.py" --sd-configs --device cuda --images 48 --batch-size 16 \
         --threads 4 --workdir "$WORK/features"
-    step decoding 120 python3 "$BENCH/bench_decoding.py" --scale 1 --backend torch_cuda \
+    step decoding 100 python3 "$BENCH/bench_decoding.py" --scale 1 --backend torch_cuda \
         --himalaya-backend torch_cuda --baseline-targets 59136
-    step encoding 120 python3 "$BENCH/bench_encoding.py" --scale 1 --n-iter 20 --backend torch_cuda --threads 16
-    step reconstruction_variants 90 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd \
-        --batch-sizes 8 --images 2 --variants sync-writer classic-attention no-channels-last compile
+    step encoding 130 python3 "$BENCH/bench_encoding.py" --scale 1 --n-iter 20 --backend torch_cuda --threads 16
+    step reconstruction_variants 60 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd \
+        --batch-sizes 8 --images 2 --variants sync-writer classic-attention no-channels-last
+    # torch.compile last, with what is left of the budget (compiling SD's U-Net takes about a minute)
+    left=$((BUDGET - ($(date +%s) - T0)))
+    if [ "$left" -ge 30 ]; then
+        step reconstruction_compile "$left" python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd \
+            --batch-sizes 8 --images 2 --variants compile
+    else
+        echo "=== [reconstruction_compile] skipped: ${left}s left of the ${BUDGET}s budget"
+    fi
 fi
 
 # --------------------------------------------------------------------------- 1. toy graph: compare
