@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
 from brainldm import reconstruction as rec  # noqa: E402
-from brainldm.features.sd_model import build_components_from_configs, sd_v1_4_configs  # noqa: E402
+from brainldm.features.sd_model import SDComponents, build_components_from_configs, sd_v1_4_configs  # noqa: E402
 
 #: The paper's per-subject workload (see the module docstring).
 N_TEST_IMAGES, N_SUBJECTS, PAPER_SAMPLES, PAPER_STEPS, PAPER_STRENGTH = 982, 4, 5, 50, 0.8
@@ -108,16 +108,6 @@ def tokenizer_in(folder: Path):
     vocab, merges = toy_vocabulary([["a photo"]])
     write_tokenizer_files(folder, vocab, merges, max_length=77)
     return CLIPTokenizer.from_pretrained(folder)
-
-
-class Components:
-    """What :class:`Reconstructor` reads: the SD modules on one device in one dtype."""
-
-    def __init__(self, built: dict, tokenizer, device: torch.device, dtype: torch.dtype):
-        self.vae, self.text_encoder, self.unet = (
-            built[k].to(device, dtype) for k in ("vae", "text_encoder", "unet")
-        )
-        self.scheduler, self.tokenizer, self.device, self.dtype = built["scheduler"], tokenizer, device, dtype
 
 
 def synchronize(device: torch.device) -> None:
@@ -218,7 +208,13 @@ def main(argv=None) -> None:
         with device:
             built = build_components_from_configs(configs, components=("vae", "text_encoder", "unet"))
         built.update(build_components_from_configs(configs, components=("scheduler",)))
-        components = Components(built, tokenizer_in(tmp / "tokenizer"), device, dtype)
+        components = SDComponents(
+            **{name: built[name].to(device, dtype) for name in ("vae", "text_encoder", "unet")},
+            scheduler=built["scheduler"],
+            tokenizer=tokenizer_in(tmp / "tokenizer"),
+            device=device,
+            dtype=dtype,
+        )
         name = (
             torch.cuda.get_device_name(device)
             if device.type == "cuda"

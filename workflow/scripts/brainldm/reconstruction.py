@@ -199,7 +199,7 @@ class Reconstructor:
         self.per_image = self.device.type == "cpu" if per_image is None else bool(per_image)
 
     def batches(self, jobs: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """(row, sample) jobs split into pipeline calls: per image, or ``settings.batch_size`` at a time."""
+        """(row, sample) jobs split into pipeline calls: per image, or ``batch_size`` at a time."""
         if self.per_image:
             return [list(batch) for _, batch in itertools.groupby(jobs, key=lambda job: job[0])]
         size = self.batch_size
@@ -397,12 +397,6 @@ class PngWriter:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "PngWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def reconstruct(
