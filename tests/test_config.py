@@ -334,3 +334,13 @@ def test_run_subjects_selects_among_the_analysed_subjects():
         ConfigError, match=r"'run_subjects\[1\]': value 3 is not an analysed subject.*\[1, 2\]"
     ):
         validate_config(merged_config(REPO / "config" / "toy.yaml", run_subjects=[1, 3]))
+
+
+def test_integer_or_auto_keys_take_command_line_strings():
+    """``--config reconstruction={batch_size: 8}`` gives the string '8': an integer where the
+    schema allows an integer or the string 'auto'."""
+    for given, expected in (("8", 8), (" 4 ", 4), (8, 8), ("auto", "auto")):
+        config = validate_config(merged_config(reconstruction={"batch_size": given}))
+        assert config["reconstruction"]["batch_size"] == expected
+    with pytest.raises(ConfigError, match=r"'reconstruction.batch_size': value 'eight' is invalid"):
+        validate_config(merged_config(reconstruction={"batch_size": "eight"}))

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from brainldm import reconstruction as rec
-from brainldm.reconstruction import ReconstructionSettings, Reconstructor, sample_seed
+from brainldm.reconstruction import outputs as rec_outputs
+from brainldm.reconstruction import sampler as rec
+from brainldm.reconstruction import shards as rec_shards
+from brainldm.reconstruction.sampler import ReconstructionSettings, Reconstructor, sample_seed
 
 IMAGE = 32  # px; the tiny VAE downsamples x4 -> latents (4, 8, 8)
 HIDDEN = 16  # text embedding size -> c is (77, 16)
@@ -132,7 +134,7 @@ def decoded(n=3, seed=0):
 
 
 def read_all(out_dir):
-    manifest = rec.read_manifests([out_dir / "manifest.tsv"])
+    manifest = rec_outputs.read_manifests([out_dir / "manifest.tsv"])
     return {
         key: np.asarray(__import__("PIL.Image").Image.open(path).convert("RGB"))
         for key, path in manifest.items()
@@ -163,10 +165,10 @@ def test_same_images_whatever_shards_and_batch_size(components, tmp_path):
     def run_parts(n_shards, batch_size, per_image, name):
         images = {}
         for shard in range(n_shards):
-            rows = rec.shard_rows(len(ids), shard, n_shards)
+            rows = rec_shards.shard_rows(len(ids), shard, n_shards)
             out = tmp_path / f"{name}{shard}"
             r = Reconstructor(components, settings(batch_size=batch_size), per_image=per_image)
-            rec.reconstruct(r, z[rows], c[rows], ids[rows], out, progress=False)
+            rec_shards.reconstruct(r, z[rows], c[rows], ids[rows], out, progress=False)
             images.update(read_all(out))
         return images
 
@@ -222,14 +224,14 @@ def test_shard_files_figure_and_manifests(components, tmp_path):
     np.save(dec / "c_nsd_ids.npy", ids)
     s = settings(methods=("z", "zc"), n_samples=1)
     for shard in range(2):
-        rec.reconstruct_shard(components, s, dec, tmp_path / f"part{shard}", shard, 2, progress=False)
-    files = rec.read_manifests([tmp_path / f"part{k}" / "manifest.tsv" for k in range(2)])
+        rec_shards.reconstruct_shard(components, s, dec, tmp_path / f"part{shard}", shard, 2, progress=False)
+    files = rec_outputs.read_manifests([tmp_path / f"part{k}" / "manifest.tsv" for k in range(2)])
     assert sorted(files) == sorted((int(n), m, 0) for n in ids for m in ("z", "zc"))
     assert files[(17, "zc", 0)] == tmp_path / "part1" / "zc" / "nsd00017_s0.png"
     originals = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
-    rows = rec.figure_rows(3, 2)
+    rows = rec_outputs.figure_rows(3, 2)
     assert rows.tolist() == [0, 2]
-    rec.plot_reconstructions(
+    rec_outputs.plot_reconstructions(
         originals[rows], ids[rows], files, ["z", "zc"], tmp_path / "fig.png", title="subj01"
     )
     from PIL import Image
@@ -238,7 +240,7 @@ def test_shard_files_figure_and_manifests(components, tmp_path):
         assert fig.size[0] > 200 and fig.size[1] > 100
     np.save(dec / "c_nsd_ids.npy", ids[::-1])
     with pytest.raises(ValueError, match="different test images"):
-        rec.reconstruct_shard(components, s, dec, tmp_path / "bad", 0, 2, progress=False)
+        rec_shards.reconstruct_shard(components, s, dec, tmp_path / "bad", 0, 2, progress=False)
 
 
 def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_path, monkeypatch):
@@ -249,7 +251,7 @@ def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_
     for name, array in (("z_pred", z), ("c_pred", c), ("z_nsd_ids", ids), ("c_nsd_ids", ids)):
         np.save(dec / f"{name}.npy", array)
     written = []
-    save_png = rec.save_png
+    save_png = rec_outputs.save_png
 
     def failing_save_png(path, image):
         if len(written) == 2:
@@ -257,10 +259,10 @@ def test_a_shard_that_fails_midway_leaves_nothing_at_its_folder(components, tmp_
         save_png(path, image)
         written.append(path)
 
-    monkeypatch.setattr(rec, "save_png", failing_save_png)
+    monkeypatch.setattr(rec_outputs, "save_png", failing_save_png)
     out = tmp_path / "shard0of1"
     with pytest.raises(RuntimeError, match="killed"):
-        rec.reconstruct_shard(
+        rec_shards.reconstruct_shard(
             components, settings(methods=("z",), n_samples=1), dec, out, 0, 1, progress=False
         )
     assert len(written) == 2 and all(".tmp-" in str(path) for path in written)
@@ -331,8 +333,8 @@ def run_chain(world_nsd_root, toy_features, out, toy_config):
             fmri, toy_features["dir"], feature, [roi], dec, backend="numpy", progress=False
         )
     s = ReconstructionSettings.from_config(toy_config["reconstruction"])
-    rec.reconstruct_shard(toy_features["components"], s, dec, out / "rec", 0, 1, progress=False)
-    files = rec.read_manifests([out / "rec" / "manifest.tsv"])
+    rec_shards.reconstruct_shard(toy_features["components"], s, dec, out / "rec", 0, 1, progress=False)
+    files = rec_outputs.read_manifests([out / "rec" / "manifest.tsv"])
     ids = np.load(dec / "z_nsd_ids.npy")
     originals = nsd.read_stimuli(
         world_nsd_root / nsd.stimuli_key(), ids, image_size=toy_config["toy"]["image_size"]
@@ -404,3 +406,151 @@ def test_paper_img2img_schedule_starts_at_781_with_40_steps(components):
     timesteps, n_steps = r.img2img.get_timesteps(50, 0.8, "cpu")
     assert n_steps == 40 and int(timesteps[0]) == 781 and int(timesteps[-1]) == 1
     assert [int(t) for t in r.img2img.scheduler.timesteps[:2]] == [981, 961]
+
+
+# --------------------------------------------------------------------------- speed options
+
+
+def file_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_background_png_writer_writes_the_same_bytes_as_writing_in_turn(components, tmp_path):
+    z, c, ids = decoded()
+    outputs = {}
+    for background in (False, True):
+        r = Reconstructor(components, settings(background_writer=background))
+        out = tmp_path / f"background{background}"
+        rec_shards.reconstruct(r, z, c, ids, out, progress=False)
+        outputs[background] = file_bytes(out)
+        assert r.cpu_seconds["png"] > 0 and r.cpu_seconds["resize"] > 0 and r.cpu_seconds["host_copy"] > 0
+    assert len(outputs[True]) == 3 * (1 + 2 + 2) + 1  # the PNGs and the manifest
+    assert outputs[True] == outputs[False]
+
+
+def test_png_writer_raises_a_failed_write_at_close(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    writer = rec_outputs.PngWriter(background=True, max_pending=8)
+    writer.write(tmp_path / "ok" / "a.png", image)
+    writer.write(tmp_path / "file" / "b.png", image)
+    with pytest.raises(OSError):
+        writer.close()
+    assert (tmp_path / "ok" / "a.png").is_file()
+
+
+def test_gpu_options_run_on_cpu_and_change_images_by_rounding_only(components, tmp_path):
+    """The GPU's branch (channels-last U-Net and VAE, TF32 flags, batched calls) on the CPU: the
+    same images as the CPU's per-image path within one 8-bit level."""
+    import torch
+
+    z, c, ids = decoded()
+    reference = Reconstructor(components, settings(), gpu_options=False)
+    rec_shards.reconstruct(reference, z, c, ids, tmp_path / "reference", progress=False)
+    fast = Reconstructor(components, settings(batch_size=4), per_image=False, gpu_options=True)
+    conv = components.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    rec_shards.reconstruct(fast, z, c, ids, tmp_path / "fast", progress=False)
+    a, b = read_all(tmp_path / "reference"), read_all(tmp_path / "fast")
+    assert a.keys() == b.keys()
+    for key in a:
+        diff = np.abs(a[key].astype(int) - b[key].astype(int))
+        assert diff.max() <= 1, f"{key}: images differ by up to {diff.max()} levels"
+    # the next Reconstructor with channels_last off puts the modules back in NCHW
+    Reconstructor(components, settings(channels_last=False), gpu_options=True)
+    assert components.unet.conv_in.weight.is_contiguous()
+    Reconstructor(components, settings(), gpu_options=False)  # the module's defaults for other tests
+
+
+def test_classic_attention_changes_images_by_rounding_only(components, tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    z, c, ids = decoded(n=1)
+    images = {}
+    for fused in (True, False):
+        r = Reconstructor(components, settings(fused_attention=fused))
+        kinds = {type(p) for p in components.unet.attn_processors.values()}
+        assert kinds == {AttnProcessor2_0 if fused else AttnProcessor}
+        rec_shards.reconstruct(r, z, c, ids, tmp_path / str(fused), progress=False)
+        images[fused] = read_all(tmp_path / str(fused))
+    for key in images[True]:
+        assert np.abs(images[True][key].astype(int) - images[False][key].astype(int)).max() <= 1
+    Reconstructor(components, settings())  # fused attention back for other tests
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_weights_on_cpu_stay_close_to_float32(tiny_model_dir, components, dtype):
+    """The GPU's default dtype (float16) and bfloat16 on the CPU, where torch supports them:
+    the same pipelines, images close to float32's (measured with torch 2.13: float16 differs by
+    1 level at most, bfloat16 by 0.6 on average and 5 at most)."""
+    import torch
+
+    from brainldm.features.sd_model import load_stable_diffusion
+
+    half = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype=dtype)
+    z, c, _ = decoded(n=2)
+    jobs = [(5, 0), (17, 0)]
+    try:
+        low = Reconstructor(half, settings(), per_image=False)
+        out_low = (low.decode_z(z), low.generate_c(c, jobs))
+    except (RuntimeError, NotImplementedError) as error:  # an op without a CPU kernel in this dtype
+        pytest.skip(f"{dtype} on this CPU: {error}")
+    assert low.uncond.dtype == getattr(torch, dtype)
+    full = Reconstructor(components, settings(), per_image=False)
+    for a, b in zip(out_low, (full.decode_z(z), full.generate_c(c, jobs))):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.mean() < 1.5 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_auto_batch_size_per_card_memory():
+    gib = 2**30
+    assert [rec.auto_batch_size(g * gib) for g in (79.2, 39.4, 23.6, 15.7)] == [32, 16, 8, 4]
+    assert rec.auto_batch_size(79.2 * gib, dtype_bytes=4) == 16
+    r = Reconstructor.__new__(Reconstructor)
+    r.device = __import__("torch").device("cpu")
+    assert r._resolve_batch_size("auto") == 4 and r._resolve_batch_size(6) == 6
+    for bad in (0, "8", True):
+        with pytest.raises(ValueError, match=r"reconstruction\.batch_size"):
+            r._resolve_batch_size(bad)
+
+
+def test_speed_keys_are_described_as_speed_only_and_left_out_of_params(paper_config):
+    from brainldm.core.config import load_schema
+
+    section = paper_config["reconstruction"]
+    schema = load_schema()["properties"]["reconstruction"]["properties"]
+    for key in rec.SPEED_KEYS:
+        assert key in section and "speed only" in schema[key]["description"], key
+        assert key in ReconstructionSettings.__dataclass_fields__
+    from brainldm.core.settings import result_settings
+
+    kept = result_settings({"reconstruction": section}, "reconstruction")
+    assert not set(rec.SPEED_KEYS) & set(kept)
+    assert set(kept) | set(rec.SPEED_KEYS) == set(section)
+    assert section["batch_size"] == "auto" and section["compile_unet"] is False
+
+
+def test_compile_unet_runs_the_compiled_unet_and_keeps_the_images(tiny_model_dir, components, monkeypatch):
+    """``compile_unet`` on the CPU through TorchDynamo with its ``eager`` backend: the U-Net's
+    graph is captured and run inside diffusers' pipelines (inductor's code generation takes
+    minutes on a CPU; the GPU check runs it for real)."""
+    import functools
+
+    import torch
+
+    from brainldm.features.sd_model import load_stable_diffusion
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    own = load_stable_diffusion(str(tiny_model_dir), device="cpu", dtype="float32")
+    _, c, _ = decoded(n=1)
+    jobs = [(5, 0)]
+    compiled = Reconstructor(
+        own, settings(compile_unet=True, ddim_steps=2), per_image=False, gpu_options=True
+    )
+    assert own.unet._compiled_call_impl is not None
+    calls = []
+    own.unet.register_forward_hook(lambda *args: calls.append(1))
+    images = compiled.generate_c(c, jobs)
+    assert len(calls) == 2  # the pipeline went through the compiled module, once per step
+    plain = Reconstructor(components, settings(ddim_steps=2), per_image=False).generate_c(c, jobs)
+    assert np.abs(images.astype(int) - plain.astype(int)).max() <= 1

@@ -28,6 +28,10 @@ def changed_value(section: str, key: str):
     spec = load_schema()["properties"][section]["properties"][key]
     if "enum" in spec:
         return next(value for value in spec["enum"] if value != current)
+    if isinstance(current, bool):
+        return not current
+    if current == "auto":  # an integer-or-"auto" key
+        return 2
     return current + 1
 
 

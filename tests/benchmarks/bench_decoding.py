@@ -1,4 +1,4 @@
-"""Benchmark: the paper's decoders at NSD's shapes, ours vs himalaya's plain RidgeCV (numpy).
+"""Benchmark: the paper's decoders at NSD's shapes, ours vs himalaya's plain RidgeCV.
 
 Random data with NSD's design: 24,980 training trials of 8,859 images (each seen ~3 times, in
 random order), 982 test images; ``z``: 6,400 targets from 5,000 voxels, ``c``: 59,136 targets
@@ -8,10 +8,10 @@ paper's settings (alphas 1e-6 ... 1, 5-fold unshuffled KFold, alpha per target, 
 
 Each fit runs in its own process, which reports its wall time and peak resident memory.
 
-The baseline (``himalaya.ridge.RidgeCV``, solver svd, numpy backend) is too slow to run on all
-targets of ``c`` on a small machine, so it runs on ``--baseline-targets`` of them and its time
-is extrapolated to all targets: himalaya's cost is a fixed part (six SVDs and the resolution
-matrices) plus a part linear in the targets (per fold, ``(n_alphas, n_val, n_train) @
+The baseline (``himalaya.ridge.RidgeCV``, solver svd, numpy backend unless ``--himalaya-backend``)
+is too slow to run on all targets of ``c`` on a small machine, so it runs on ``--baseline-targets``
+of them and its time is extrapolated to all targets: himalaya's cost is a fixed part (six SVDs and
+the resolution matrices) plus a part linear in the targets (per fold, ``(n_alphas, n_val, n_train) @
 (n_train, t)`` and the loss; at refit, ``(n_alphas, n_voxels, n_trials) @ (n_trials, t)``). That
 linear part is timed on exactly these kernels at these shapes and scaled to the missing targets.
 Predictions are compared on the targets both ran (a target's fit does not depend on the others).
@@ -21,6 +21,8 @@ Usage::
     python tests/benchmarks/bench_decoding.py                # quick: NSD shapes scaled by 0.25
     python tests/benchmarks/bench_decoding.py --scale 1      # NSD's shapes (about 1.5 h on 2 cores)
     python tests/benchmarks/bench_decoding.py --scale 1 --feature z --baseline-targets 6400
+    python tests/benchmarks/bench_decoding.py --scale 1 --backend torch_cuda --himalaya-backend torch_cuda \
+        --baseline-targets 59136                            # on a GPU: both on torch_cuda, all targets
 
 Prints one line per feature: our time and peak memory on all targets, the baseline's measured
 and extrapolated time and peak memory, the speed-up, and the largest relative difference of the
@@ -97,6 +99,10 @@ def _cpu_seconds() -> float:
 def child_ours(s, n_targets, batch, backend, out, queue):
     from brainldm.linear.ridge import ridge_cv_predict
 
+    if backend == "torch_cuda":  # the CUDA context before the clock, as himalaya's gets it
+        import torch
+
+        torch.zeros(1, device="cuda")
     X, X_test, F, rows = make_data(s, n_targets)
     data_mb = _peak_mb()
     t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -117,12 +123,14 @@ def child_ours(s, n_targets, batch, backend, out, queue):
     )
 
 
-def child_himalaya(s, n_targets, out, queue):
+def child_himalaya(s, n_targets, out, backend, queue):
     from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
     from sklearn.model_selection import KFold
 
-    set_backend("numpy")
+    backend_obj = set_backend(backend, on_error="raise")
+    if backend == "torch_cuda":  # the CUDA context before the clock, as ours gets it
+        backend_obj.zeros(1)
     X, X_test, F, rows = make_data(s, n_targets)
     Y = F[rows]
     del F
@@ -135,7 +143,7 @@ def child_himalaya(s, n_targets, out, queue):
         solver="svd",
     )
     model.fit(X, Y)
-    pred = np.asarray(model.predict(X_test))
+    pred = np.asarray(backend_obj.to_numpy(model.predict(X_test)))
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     np.save(out, pred)
     queue.put(
@@ -217,7 +225,12 @@ def main(argv=None):
         help="targets the himalaya baseline fits (its time is extrapolated to all)",
     )
     parser.add_argument("--batch", type=int, default=8192, help="our n_targets_batch")
-    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--backend", default="numpy", help="ours: numpy, torch or torch_cuda")
+    parser.add_argument(
+        "--himalaya-backend",
+        default="numpy",
+        help="the baseline's himalaya backend (numpy, torch, torch_cuda)",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
         "--ours-seconds",
@@ -230,7 +243,7 @@ def main(argv=None):
 
     print(
         f"# cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, scale {args.scale}, "
-        f"backend {args.backend}",
+        f"backend {args.backend}, himalaya backend {args.himalaya_backend}",
         flush=True,
     )
     features = ["z", "c"] if args.feature == "both" else [args.feature]
@@ -266,7 +279,7 @@ def main(argv=None):
             )
             if args.skip_baseline:
                 continue
-            base = run(child_himalaya, s, base_t, f"{tmp}/himalaya_{feature}.npy")
+            base = run(child_himalaya, s, base_t, f"{tmp}/himalaya_{feature}.npy", args.himalaya_backend)
             seconds, cpu = base["seconds"], base["cpu"]
             note = "measured"
             if base_t < n_targets:

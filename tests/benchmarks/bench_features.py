@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 
-from brainldm import nsd  # noqa: E402
 from brainldm.features import extract as F  # noqa: E402
+from brainldm.nsd import layout as nsd  # noqa: E402
 
 
 def timed(fn, repeat=1):

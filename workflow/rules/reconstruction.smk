@@ -1,7 +1,9 @@
 # Reconstruction: per subject and shard, every test image with the decoded z and c: z (VAE
 # decode), c (generation) and zc (the paper's img2img), n_samples each; then a figure per subject.
 # Each sample's noise is seeded by (seed, nsdId, sample), so shards and batch size never change
-# an image.
+# an image. The speed options (brainldm.reconstruction.sampler.SPEED_KEYS) never change an image beyond a
+# GPU's rounding: the params leave them out (brainldm.core.settings) and the script reads them
+# from the config, so that changing one reruns nothing.
 
 
 rule reconstruct_images:

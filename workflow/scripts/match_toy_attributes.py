@@ -10,7 +10,8 @@ from brainldm.core.atomic import write_text
 from brainldm.core.logs import setup_logging
 from brainldm.core.tables import format_rows
 from brainldm.nsd.layout import read_stimuli, stimulus_image_size
-from brainldm.reconstruction import ReconstructionSettings, read_manifests
+from brainldm.reconstruction.outputs import read_manifests
+from brainldm.reconstruction.sampler import ReconstructionSettings
 from brainldm.toy.semantic import MATCH_COLUMNS, load_semantic_net, match_reconstructions
 
 if "snakemake" in globals():

@@ -6,7 +6,7 @@ import numpy as np
 
 from brainldm.core.logs import setup_logging
 from brainldm.nsd.layout import read_stimuli, stimulus_image_size
-from brainldm.reconstruction import figure_rows, plot_reconstructions, read_manifests
+from brainldm.reconstruction.outputs import figure_rows, plot_reconstructions, read_manifests
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

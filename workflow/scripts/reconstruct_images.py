@@ -7,7 +7,8 @@ import torch
 from brainldm.core.logs import setup_logging
 from brainldm.core.settings import job_settings
 from brainldm.features.sd_model import load_stable_diffusion
-from brainldm.reconstruction import ReconstructionSettings, reconstruct_shard
+from brainldm.reconstruction.sampler import ReconstructionSettings
+from brainldm.reconstruction.shards import reconstruct_shard
 
 if "snakemake" in globals():
     log = setup_logging(snakemake.log[0])

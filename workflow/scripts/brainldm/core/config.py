@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,10 @@ def _coerce(value: Any, schema: dict) -> Any:
         }
     if isinstance(value, str) and "null" in kinds and value.strip().lower() in ("null", "none", ""):
         return None
-    if isinstance(value, str) and "string" not in kinds:
+    # a string where a string is allowed stays one, unless the schema's pattern rejects it (an
+    # integer-or-"auto" key such as reconstruction.batch_size given 8 on the command line)
+    pattern = schema.get("pattern")
+    if isinstance(value, str) and ("string" not in kinds or (pattern and not re.search(pattern, value))):
         text = value.strip()
         if "boolean" in kinds and text.lower() in ("true", "false"):
             return text.lower() == "true"

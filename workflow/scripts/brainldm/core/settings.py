@@ -16,7 +16,14 @@ RESULT_NEUTRAL_KEYS = {
     "fmri": ("threads",),
     "features": ("batch_size",),
     "decoding": ("backend", "n_targets_batch", "threads"),
-    "reconstruction": ("batch_size",),
+    "reconstruction": (
+        "batch_size",
+        "channels_last",
+        "fused_attention",
+        "tf32",
+        "compile_unet",
+        "background_writer",
+    ),
     "evaluation": ("batch_size",),
     "encoding": ("backend", "n_targets_batch", "threads", "batch_size"),
 }

@@ -318,7 +318,7 @@ def evaluate_reconstructions(
     ----------
     originals : (n_images, H, W, 3) uint8, rows in ``nsd_ids`` order
     nsd_ids : (n_images,) int
-    files : {(nsdId, method, sample): PNG path} (``brainldm.reconstruction.read_manifests``)
+    files : {(nsdId, method, sample): PNG path} (``brainldm.reconstruction.outputs.read_manifests``)
     methods, samples_per_method : methods scored and their samples per image
     metric_names : names of :data:`FIELD_METRICS` and ``two-way:<extractor>`` entries
     protocol : a key of :data:`PROTOCOLS`

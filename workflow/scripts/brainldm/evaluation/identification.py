@@ -128,7 +128,8 @@ def read_subject_reconstructions(
     samples_per_method : {method: samples per image}
     """
     from brainldm.nsd.layout import read_stimuli
-    from brainldm.reconstruction import ReconstructionSettings, read_manifests
+    from brainldm.reconstruction.outputs import read_manifests
+    from brainldm.reconstruction.sampler import ReconstructionSettings
 
     files = read_manifests([Path(shard) / "manifest.tsv" for shard in shard_dirs])
     nsd_ids = np.load(test_ids_path)
@@ -165,7 +166,7 @@ def identify_reconstructions(
         The original test images, rows in ``nsd_ids`` order.
     nsd_ids : (n_images,) int
     files : {(nsdId, method, sample): PNG path}
-        The reconstructions (``brainldm.reconstruction.read_manifests``).
+        The reconstructions (``brainldm.reconstruction.outputs.read_manifests``).
     methods : reconstruction methods to score
     samples_per_method : number of samples per image of each method
     extractor_names : names from :data:`EXTRACTORS`

@@ -268,7 +268,7 @@ def match_reconstructions(
     truth : planted attributes of the test images, rows in ``nsd_ids`` order
     originals : (n_images, H, W, 3) uint8, the seen images (method ``original``: the classifier's
         own accuracy, the ceiling of every method)
-    files : {(nsdId, method, sample): PNG path} (``brainldm.reconstruction.read_manifests``)
+    files : {(nsdId, method, sample): PNG path} (``brainldm.reconstruction.outputs.read_manifests``)
     """
     nsd_ids = [int(n) for n in nsd_ids]
     predicted = {"original": [[p] for p in predict_attributes(net, list(originals))]}
