@@ -168,30 +168,32 @@ fi
 
 # --------------------------------------------------------------------------- 2-6. benchmarks
 if [ $DRY = 1 ]; then
-    step reconstruction 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny \
+    # one torch thread: tiny networks beside other work on 2 cores run 100x slower on two
+    step reconstruction 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny --threads 1 \
         --batch-sizes 1 3 --samples 2 --gpu-options
     step features 120 python3 "$BENCH/bench_features.py" --images 8 --batch-size 4 --workdir "$WORK/features"
     step decoding 180 python3 "$BENCH/bench_decoding.py" --scale 0.02 --targets-c 600 --baseline-targets 600 \
         --backend torch --himalaya-backend torch
     step encoding 180 python3 "$BENCH/bench_encoding.py" --scale 0.02 --n-iter 2 --backend torch \
         --himalaya-backend torch
-    step reconstruction_variants 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny \
+    step reconstruction_variants 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny --threads 1 \
         --batch-sizes 3 --samples 2 --gpu-options --variants sync-writer classic-attention no-channels-last
-    step reconstruction_compile 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny \
+    step reconstruction_compile 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny --threads 1 \
         --batch-sizes 3 --samples 2 --gpu-options --variants compile --compile-backend eager
 else
-    step reconstruction 150 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --batch-sizes 1 8 32
+    step reconstruction 150 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --batch-sizes 1 8 32 \
+        --threads 4
     step features 35 python3 "$BENCH/bench_features.py" --sd-configs --device cuda --images 48 --batch-size 16 \
         --threads 4 --workdir "$WORK/features"
     step decoding 100 python3 "$BENCH/bench_decoding.py" --scale 1 --backend torch_cuda \
         --himalaya-backend torch_cuda --baseline-targets 59136
     step encoding 130 python3 "$BENCH/bench_encoding.py" --scale 1 --n-iter 20 --backend torch_cuda --threads 16
-    step reconstruction_variants 60 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd \
+    step reconstruction_variants 60 python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --threads 4 \
         --batch-sizes 8 --images 2 --variants sync-writer classic-attention no-channels-last
     # torch.compile last, with what is left of the budget (compiling SD's U-Net takes about a minute)
     left=$((BUDGET - ($(date +%s) - T0)))
     if [ "$left" -ge 30 ]; then
-        step reconstruction_compile "$left" python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd \
+        step reconstruction_compile "$left" python3 "$BENCH/bench_reconstruction.py" --device cuda --size sd --threads 4 \
             --batch-sizes 8 --images 2 --variants compile
     else
         echo "=== [reconstruction_compile] skipped: ${left}s left of the ${BUDGET}s budget"
