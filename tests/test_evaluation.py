@@ -265,6 +265,7 @@ def toy_test_set(toy_run, toy_config):
         subject / "decoding" / "z_nsd_ids.npy",
         toy_run / "resources" / "toy" / "nsd" / stimuli_key(),
         toy_config["reconstruction"],
+        image_size=toy_config["toy"]["image_size"],
     )
     assert "zc" in methods
     return originals[:E2E_IMAGES], [int(n) for n in ids[:E2E_IMAGES]], files
