@@ -44,7 +44,7 @@ def timed(fn, repeat=1):
     return best, result
 
 
-def release_like_z(vae, stimuli, ids, size, seed):
+def release_like_z(vae, stimuli, ids, size, seed, stimulus_size):
     """One image at a time, one seed stream, with a wasted decode per image."""
     from PIL import Image
 
@@ -53,7 +53,7 @@ def release_like_z(vae, stimuli, ids, size, seed):
     out = []
     with torch.no_grad():
         for n in ids:
-            image = nsd.read_stimuli(stimuli, [n])[0]  # opens the file for every image
+            image = nsd.read_stimuli(stimuli, [n], image_size=stimulus_size)[0]  # opens the file per image
             image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
             x = (
                 torch.from_numpy(np.array(image))
@@ -81,13 +81,19 @@ def release_like_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids):
     return np.stack(out)
 
 
-def pipeline_z(vae, stimuli, ids, size, seed, batch_size, per_sample):
+def pipeline_z(vae, stimuli, ids, size, seed, batch_size, per_sample, stimulus_size):
     out = []
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
         out.append(
             F.encode_z(
-                vae, nsd.read_stimuli(stimuli, batch), batch, size, "sample", seed, per_sample=per_sample
+                vae,
+                nsd.read_stimuli(stimuli, batch, image_size=stimulus_size),
+                batch,
+                size,
+                "sample",
+                seed,
+                per_sample=per_sample,
             )
         )
     return np.concatenate(out)
@@ -161,17 +167,21 @@ def main() -> None:
     vae.eval()
     text_encoder.eval()
     # warm up
-    pipeline_z(vae, stimuli, ids[:2], size, 42, 2, True)
+    pipeline_z(vae, stimuli, ids[:2], size, 42, 2, True, params.image_size)
     pipeline_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids[:2], 2, True)
     rows = []
     with torch.no_grad():
-        t, z_loop = timed(lambda: release_like_z(vae, stimuli, ids, size, 42))
+        t, z_loop = timed(lambda: release_like_z(vae, stimuli, ids, size, 42, params.image_size))
         rows.append(("z", "one image at a time (release-like, with decode)", t))
         per_sample = device.type == "cpu"
-        t, z_pipe = timed(lambda: pipeline_z(vae, stimuli, ids, size, 42, args.batch_size, per_sample))
+        t, z_pipe = timed(
+            lambda: pipeline_z(vae, stimuli, ids, size, 42, args.batch_size, per_sample, params.image_size)
+        )
         rows.append(("z", f"pipeline ({'per-sample, bit-exact' if per_sample else 'batched'})", t))
         if per_sample:
-            t, _ = timed(lambda: pipeline_z(vae, stimuli, ids, size, 42, args.batch_size, False))
+            t, _ = timed(
+                lambda: pipeline_z(vae, stimuli, ids, size, 42, args.batch_size, False, params.image_size)
+            )
             rows.append(("z", "pipeline batched (GPU path)", t))
         t, c_loop = timed(lambda: release_like_c(text_encoder, tokenizer, stim_info_path, caption_paths, ids))
         rows.append(("c", "one image at a time (release-like, JSON re-parsed)", t))
