@@ -144,7 +144,7 @@ def test_every_pattern_of_the_schema_says_in_words_what_it_allows():
                 yield from patterns(child, f"{where}[{index}]")
 
     found = list(patterns(load_schema(), "schema"))
-    assert len(found) == 5
+    assert len(found) == 6
     for where, node in found:
         assert isinstance(node.get("allowed"), str) and node["allowed"], where
 
