@@ -55,8 +55,8 @@ def encoding_model_pattern():
 
 
 def encoder_mem_mb():
-    """Memory of an encoding job, from the measured and estimated peaks at NSD's scale (README,
-    Encoding, "Time and memory at NSD scale"): nsdgeneral on image averages peaks at 9.0 GB
+    """Memory of an encoding job, from the measured and estimated peaks at NSD's scale
+    (docs/benchmarks.md, Encoding): nsdgeneral on image averages peaks at 9.0 GB
     (15.3 GB with solver himalaya, too close to 16 GB); single trials need an estimated ~40 GB,
     and the whole brain (brainmask) adds per-voxel arrays, an estimated ~5-7 GB on image averages
     and ~12 GB on trials.
