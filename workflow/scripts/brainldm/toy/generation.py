@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from brainldm.features.sd_model import sd_v1_4_configs
+from brainldm.toy.model import toy_pipeline
 
 
 def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -43,20 +43,10 @@ def generation_matches(
     -------
     {attribute: fraction of images whose generated image shows the captions' value}
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from brainldm.toy.semantic import predict_attributes
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = toy_pipeline(vae, text_encoder, tokenizer, unet)
     pipe.set_progress_bar_config(disable=True)
     empty = text_encoder(tokenize(tokenizer, [""]))[0]
     images = []

@@ -468,6 +468,22 @@ def load_state(weights_dir: str | os.PathLike, role: str) -> dict[str, torch.Ten
     return {k: v.float() for k, v in load_file(Path(weights_dir) / WEIGHT_FILES[role]).items()}
 
 
+def toy_pipeline(vae, text_encoder, tokenizer, unet):
+    """The toy components as a ``StableDiffusionPipeline`` with SD v1.4's DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLike = SHIPPED_WEIGHTS) -> dict:
     """Write the toy Stable Diffusion (diffusers format) from a trained weights folder.
 
@@ -485,7 +501,7 @@ def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLik
         The record written to ``brainldm_toy_model.json``: the manifest (training command,
         settings and results, sha256 of each file) and the library versions used here.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     weights_dir = Path(weights_dir)
@@ -514,16 +530,7 @@ def assemble_toy_model(out_dir: str | os.PathLike, weights_dir: str | os.PathLik
             shutil.rmtree(tmp)
         write_tokenizer_files(tmp / "tokenizer_src", vocab, merges, max_length)
         tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer_src")
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=DDIMScheduler(**sd_v1_4_configs()["scheduler"]),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = toy_pipeline(vae, text_encoder, tokenizer, unet)
         pipe.save_pretrained(tmp, safe_serialization=True)
         # transformers 5 saves tokenizer.json only; keep the CLIP-format files beside it too.
         write_tokenizer_files(tmp / "tokenizer", vocab, merges, max_length)
