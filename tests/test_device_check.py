@@ -31,6 +31,7 @@ def test_script_parses_and_uses_only_options_its_benchmarks_have():
     assert set(used) == {
         "bench_reconstruction.py",
         "bench_features.py",
+        "bench_evaluation.py",
         "bench_decoding.py",
         "bench_encoding.py",
         "compare_toy_runs.py",

@@ -335,7 +335,7 @@ def test_eight_metrics_end_to_end_through_the_real_networks(
       expectation is (n - 2) / (2 (n - 1)) = 0.455, as each reconstruction's own original,
       another row, beats it; a mean of 12 such scores has a standard deviation near 0.08).
     """
-    from brainldm.evaluation.extractors import load_png
+    from brainldm.evaluation.batches import load_png
 
     originals, ids, toy_files = toy_test_set
     n = len(ids)

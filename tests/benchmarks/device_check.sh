@@ -32,6 +32,7 @@
 #      tests/benchmarks/compare_toy_runs.py                                                     [450]
 #   2. bench_reconstruction.py at SD v1.4 sizes, fp16, batch sizes 1, 8, 32                     [150]
 #   3. bench_features.py --sd-configs --device cuda                                              [35]
+#   3b. bench_evaluation.py: identification and metric networks, float32/float16, readers 0/4   [45]
 #   4. bench_decoding.py at NSD scale: ours and himalaya, both on torch_cuda, all targets       [100]
 #   5. bench_encoding.py at scale 1, 20 candidates: ours and himalaya, both on torch_cuda      [130]
 #   6. bench_reconstruction.py variants at batch 8 (writer thread, attention, layout)            [60]
@@ -166,12 +167,13 @@ else
     echo "toy graph started in the background (pid $TOY_PID); its log: $LOGS/toy_graph.log"
 fi
 
-# --------------------------------------------------------------------------- 2-6. benchmarks
+# --------------------------------------------------------------------------- 2-7. benchmarks
 if [ $DRY = 1 ]; then
     # one torch thread: tiny networks beside other work on 2 cores run 100x slower on two
     step reconstruction 120 python3 "$BENCH/bench_reconstruction.py" --device cpu --size tiny --threads 1 \
         --batch-sizes 1 3 --samples 2 --gpu-options
     step features 120 python3 "$BENCH/bench_features.py" --images 8 --batch-size 4 --workdir "$WORK/features"
+    step evaluation 120 python3 "$BENCH/bench_evaluation.py" --tiny --threads 1 --gpu-options --reader-threads 0 2
     step decoding 180 python3 "$BENCH/bench_decoding.py" --scale 0.02 --targets-c 600 --baseline-targets 600 \
         --backend torch --himalaya-backend torch
     step encoding 180 python3 "$BENCH/bench_encoding.py" --scale 0.02 --n-iter 2 --backend torch \
@@ -185,6 +187,8 @@ else
         --threads 4
     step features 35 python3 "$BENCH/bench_features.py" --sd-configs --device cuda --images 48 --batch-size 16 \
         --threads 4 --workdir "$WORK/features"
+    step evaluation 45 python3 "$BENCH/bench_evaluation.py" --device cuda --images 192 --batch-sizes 32 \
+        --dtypes float32 float16 --reader-threads 0 4 --threads 4
     step decoding 100 python3 "$BENCH/bench_decoding.py" --scale 1 --backend torch_cuda \
         --himalaya-backend torch_cuda --baseline-targets 59136
     step encoding 130 python3 "$BENCH/bench_encoding.py" --scale 1 --n-iter 20 --backend torch_cuda --threads 16

@@ -22,8 +22,7 @@ rule identify_reconstructions:
         runtime=240,
     params:
         settings=result_settings(config, "reconstruction", RECONSTRUCTION_READ_KEYS),
-        features=config["evaluation"]["identification_features"],
-        clip_model=config["evaluation"]["clip_model"],
+        evaluation=result_settings(config, "evaluation", IDENTIFICATION_KEYS),
         device=config["model"]["device"],
     script:
         "../scripts/identify_reconstructions.py"

@@ -7,6 +7,7 @@ from brainldm.core.dataset import is_toy
 from brainldm.core.logs import setup_logging
 from brainldm.core.settings import job_settings
 from brainldm.core.tables import format_rows
+from brainldm.evaluation.batches import job_options
 from brainldm.evaluation.evaluate import METRIC_COLUMNS, evaluate_reconstructions
 from brainldm.evaluation.identification import read_subject_reconstructions
 from brainldm.nsd.layout import stimulus_image_size
@@ -30,9 +31,7 @@ if "snakemake" in globals():
         evaluation["metrics"],
         protocol=evaluation["protocol"],
         samples=evaluation["samples"],
-        batch_size=evaluation["batch_size"],
-        device=None if params.device == "auto" else params.device,
-        clip_model=evaluation["clip_model"],
+        **job_options(evaluation, params.device, snakemake.threads),
         swav_hub_dir=evaluation["swav_hub_dir"],
     )
     write_text(snakemake.output.table, format_rows(rows, METRIC_COLUMNS))

@@ -5,7 +5,9 @@ import torch
 from brainldm.core.atomic import write_text
 from brainldm.core.dataset import is_toy
 from brainldm.core.logs import setup_logging
+from brainldm.core.settings import job_settings
 from brainldm.core.tables import format_rows
+from brainldm.evaluation.batches import job_options
 from brainldm.evaluation.identification import (
     IDENTIFICATION_COLUMNS,
     identify_reconstructions,
@@ -20,6 +22,7 @@ if "snakemake" in globals():
         register_toy_extractors()
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
+    evaluation = job_settings(snakemake.config, "evaluation", params.evaluation)
     rows = identify_reconstructions(
         *read_subject_reconstructions(
             snakemake.input.shards,
@@ -28,8 +31,7 @@ if "snakemake" in globals():
             params.settings,
             image_size=stimulus_image_size(snakemake.config),
         ),
-        params.features,
-        clip_model=params.clip_model,
-        device=None if params.device == "auto" else params.device,
+        evaluation["identification_features"],
+        **job_options(evaluation, params.device, snakemake.threads),
     )
     write_text(snakemake.output.table, format_rows(rows, IDENTIFICATION_COLUMNS))

@@ -13,6 +13,9 @@ try:  # two-way:<extractor> metrics must name a registry extractor: stop before 
 except ValueError as error:
     raise WorkflowError(str(error)) from None
 
+# What identify_reconstructions' tables depend on (the metrics' keys change only the metrics).
+IDENTIFICATION_KEYS = ("identification_features", "clip_model", "network_dtype")
+
 
 def evaluation_dir(subject="{subject}"):
     return f"results/{DATASET}/subj{subject}/evaluation"

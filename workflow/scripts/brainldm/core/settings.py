@@ -24,7 +24,7 @@ RESULT_NEUTRAL_KEYS = {
         "compile_unet",
         "background_writer",
     ),
-    "evaluation": ("batch_size",),
+    "evaluation": ("batch_size", "channels_last"),
     "encoding": ("backend", "n_targets_batch", "threads", "batch_size"),
 }
 #: The keys of ``encoding`` that name its spaces and models (:mod:`brainldm.core.names`).

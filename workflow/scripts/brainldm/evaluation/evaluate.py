@@ -26,14 +26,17 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.tables import format_rows, read_subject_tables
-from brainldm.evaluation.extractors import EXTRACTORS, get_extractor, load_png
+from brainldm.evaluation.batches import prepared_batches
+from brainldm.evaluation.extractors import EXTRACTORS, get_extractor, prepare_inputs
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
 from brainldm.evaluation.networks import (
     CLIP_MODEL_ID,
+    PLACEMENT_KEYS,
     ExtractorUnavailable,
     build_network,
     resize_square,
     to_float_images,
+    to_uint8_images,
 )
 
 LOGGER = logging.getLogger("brainldm.evaluation.evaluate")
@@ -134,7 +137,6 @@ def build_scorers(
     protocol: Protocol,
     *,
     networks: dict | None = None,
-    device: str | None = None,
     clip_model: str = CLIP_MODEL_ID,
     swav_hub_dir: str | None = None,
     **extractor_options,
@@ -142,8 +144,10 @@ def build_scorers(
     """The metric specs, field networks and registry extractors that ``metric_names`` need.
 
     ``networks`` gives ready networks by name (tests); the others are built with
-    :func:`brainldm.evaluation.networks.build_network`. Every missing package or weight is reported
-    together in one :class:`ExtractorUnavailable`.
+    :func:`brainldm.evaluation.networks.build_network`, placed by the options of
+    :data:`~brainldm.evaluation.networks.PLACEMENT_KEYS` among ``extractor_options`` (``device``,
+    ``network_dtype``, ``channels_last``), which the registry extractors get too. Every missing
+    package or weight is reported together in one :class:`ExtractorUnavailable`.
 
     Returns
     -------
@@ -154,6 +158,7 @@ def build_scorers(
     """
     extractor_names = registry_extractor_names(metric_names)
     given = dict(networks or {})
+    placement = {key: extractor_options[key] for key in PLACEMENT_KEYS if key in extractor_options}
     built, extractors, problems = {}, {}, []
     for name in dict.fromkeys(FIELD_METRICS[m].source for m in metric_names if m in FIELD_METRICS):
         if name is None:
@@ -165,17 +170,17 @@ def build_scorers(
                 else build_network(
                     name,
                     input_size=protocol.input_sizes[name],
-                    device=device,
                     effnet_weights=protocol.effnet_weights,
                     clip_model=clip_model,
                     swav_hub_dir=swav_hub_dir,
+                    **placement,
                 )
             )
         except ExtractorUnavailable as error:
             problems.append(str(error))
     for name in dict.fromkeys(extractor_names):
         try:
-            extractors[name] = get_extractor(name, device=device, clip_model=clip_model, **extractor_options)
+            extractors[name] = get_extractor(name, clip_model=clip_model, **extractor_options)
         except ExtractorUnavailable as error:
             problems.append(str(error))
     if problems:
@@ -193,45 +198,103 @@ def build_scorers(
     return specs, built, extractors
 
 
-def _batches(images: Sequence, batch_size: int):
-    """(start, list of (H, W, 3) uint8) per batch; PNG paths are read batch by batch."""
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        yield start, [load_png(im) if isinstance(im, (str, Path)) else np.asarray(im) for im in chunk]
-
-
-def _batch_features(
-    batch: list, networks: dict, extractors: dict, protocol: Protocol
-) -> dict[str, np.ndarray]:
-    """``{spec key: (b, d) float32}`` of one batch in every network and extractor."""
-    out = {}
-    if networks:
-        base = resize_square(to_float_images(batch), protocol.base_size)
-        for name, network in networks.items():
-            for layer, value in network(base).items():
-                out[f"{name}:{layer}"] = value
-    for name, extractor in extractors.items():
-        for feature, value in extractor.extract(batch).items():
-            out[f"{name}:{feature}"] = np.asarray(value, dtype=np.float32).reshape(len(batch), -1)
-    return out
-
-
-def image_features(
-    images: Sequence, networks: dict, extractors: dict, protocol: Protocol, batch_size: int = 32
-) -> dict[str, np.ndarray]:
-    """``{spec key: (n, d) float32}`` of ``images`` ((H, W, 3) uint8 arrays or PNG paths)."""
-    parts: dict[str, list] = {}
-    for _, batch in _batches(images, batch_size):
-        for key, value in _batch_features(batch, networks, extractors, protocol).items():
-            parts.setdefault(key, []).append(value)
-    return {key: np.concatenate(chunks) for key, chunks in parts.items()}
-
-
 def _pixel_images(batch: list, protocol: Protocol) -> np.ndarray:
     images = to_float_images(batch)
     if protocol.pixels_from_base:
         images = resize_square(images, protocol.base_size)
     return resize_square(images, protocol.pixel_size).numpy()
+
+
+def _network_device(networks: dict):
+    return next(iter(networks.values())).device if networks else None
+
+
+def scored_features(
+    images: Sequence,
+    networks: dict,
+    extractors: dict,
+    protocol: Protocol,
+    batch_size: int = 32,
+    *,
+    reader_threads: int = 0,
+    originals: np.ndarray | None = None,
+    pixel_kinds: Sequence[str] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Features of ``images`` in every network and extractor, and their per-image pixel metrics.
+
+    Each batch is read and prepared once (on ``reader_threads`` threads ahead of the networks
+    when > 0): its images as a uint8 tensor, its registry extractors' inputs, and its PixCorr and
+    SSIM against ``originals``. The networks resize their inputs on their own device.
+
+    Parameters
+    ----------
+    images : n (H, W, 3) uint8 arrays or PNG paths
+    networks, extractors : from :func:`build_scorers`
+    originals : (n, H', W', 3) uint8, row ``i`` the original of ``images[i]``; needed for
+        ``pixel_kinds``
+    pixel_kinds : any of ``pixcorr``, ``ssim``
+
+    Returns
+    -------
+    features : {spec key: (n, d) float32}
+    pixel_metrics : {kind: (n,) float64}
+    """
+    kinds = tuple(dict.fromkeys(extractor.input_kind for extractor in extractors.values()))
+
+    def prepare(start: int, batch: list) -> dict:
+        prepared = {
+            "images": to_uint8_images(batch) if networks else None,
+            "inputs": prepare_inputs(batch, kinds),
+        }
+        if pixel_kinds:
+            rec = _pixel_images(batch, protocol)
+            orig = _pixel_images(list(originals[start : start + len(batch)]), protocol)
+            prepared["pixcorr"] = pixcorr(orig, rec) if "pixcorr" in pixel_kinds else None
+            prepared["ssim"] = ssim_gray(orig, rec) if "ssim" in pixel_kinds else None
+        return prepared
+
+    from tqdm import tqdm
+
+    device = _network_device(networks)
+    features: dict[str, list] = {}
+    pixel_metrics: dict[str, list] = {kind: [] for kind in pixel_kinds}
+    for _, prepared in tqdm(
+        prepared_batches(images, batch_size, prepare, reader_threads),
+        total=-(-len(images) // batch_size),
+        desc="metrics",
+        unit="batch",
+        mininterval=10,
+    ):
+        if networks:
+            base = resize_square(prepared["images"].to(device).float() / 255.0, protocol.base_size)
+            for name, network in networks.items():
+                for layer, value in network(base).items():
+                    features.setdefault(f"{name}:{layer}", []).append(value)
+        for name, extractor in extractors.items():
+            for feature, value in extractor.extract(prepared["inputs"][extractor.input_kind]).items():
+                features.setdefault(f"{name}:{feature}", []).append(
+                    np.asarray(value, dtype=np.float32).reshape(len(value), -1)
+                )
+        for kind in pixel_kinds:
+            pixel_metrics[kind].append(prepared[kind])
+    return (
+        {key: np.concatenate(chunks) for key, chunks in features.items()},
+        {kind: np.concatenate(values) for kind, values in pixel_metrics.items()},
+    )
+
+
+def image_features(
+    images: Sequence,
+    networks: dict,
+    extractors: dict,
+    protocol: Protocol,
+    batch_size: int = 32,
+    reader_threads: int = 0,
+) -> dict[str, np.ndarray]:
+    """``{spec key: (n, d) float32}`` of ``images`` ((H, W, 3) uint8 arrays or PNG paths)."""
+    return scored_features(images, networks, extractors, protocol, batch_size, reader_threads=reader_threads)[
+        0
+    ]
 
 
 def score_reconstructions(
@@ -243,6 +306,7 @@ def score_reconstructions(
     extractors: dict,
     original_features: dict,
     batch_size: int = 32,
+    reader_threads: int = 0,
 ) -> dict[str, float]:
     """Every metric of one reconstruction per image.
 
@@ -252,40 +316,30 @@ def score_reconstructions(
     reconstructions : n (H', W', 3) uint8 arrays or PNG paths, row ``i`` reconstructing image ``i``
     specs, networks, extractors : from :func:`build_scorers`
     original_features : :func:`image_features` of ``originals`` (computed once per subject)
+    reader_threads : threads reading and preparing batches ahead of the networks (0: none)
 
     Returns
     -------
     {metric name: value}: means over images (PixCorr, SSIM, correlation distances) or two-way
     identification accuracy in [0, 1].
     """
-    from tqdm import tqdm
-
     if len(reconstructions) != len(originals):
         raise ValueError(f"{len(reconstructions)} reconstructions for {len(originals)} originals")
-    kinds = {spec.kind for spec in specs}
-    per_image: dict[str, list] = {"pixcorr": [], "ssim": []}
-    parts: dict[str, list] = {}
-    for start, batch in tqdm(
-        _batches(reconstructions, batch_size),
-        total=-(-len(originals) // batch_size),
-        desc="metrics",
-        unit="batch",
-        mininterval=10,
-    ):
-        if kinds & {"pixcorr", "ssim"}:
-            rec = _pixel_images(batch, protocol)
-            orig = _pixel_images(list(originals[start : start + len(batch)]), protocol)
-            if "pixcorr" in kinds:
-                per_image["pixcorr"].append(pixcorr(orig, rec))
-            if "ssim" in kinds:
-                per_image["ssim"].append(ssim_gray(orig, rec))
-        for key, value in _batch_features(batch, networks, extractors, protocol).items():
-            parts.setdefault(key, []).append(value)
-    features = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    pixel_kinds = tuple(kind for kind in ("pixcorr", "ssim") if any(spec.kind == kind for spec in specs))
+    features, per_image = scored_features(
+        reconstructions,
+        networks,
+        extractors,
+        protocol,
+        batch_size,
+        reader_threads=reader_threads,
+        originals=originals,
+        pixel_kinds=pixel_kinds,
+    )
     values = {}
     for spec in specs:
         if spec.kind in per_image:
-            values[spec.name] = float(np.concatenate(per_image[spec.kind]).mean())
+            values[spec.name] = float(per_image[spec.kind].mean())
         elif spec.kind == "two_way":
             values[spec.name] = two_way_identification(original_features[spec.key], features[spec.key])[0]
         else:
@@ -309,6 +363,7 @@ def evaluate_reconstructions(
     protocol: str = "mindeye",
     samples: str = "first",
     batch_size: int = 32,
+    reader_threads: int = 0,
     networks: dict | None = None,
     **options,
 ) -> list[dict]:
@@ -324,8 +379,11 @@ def evaluate_reconstructions(
     protocol : a key of :data:`PROTOCOLS`
     samples : ``first`` scores sample 0 of each image; ``mean`` scores each sample index
         separately (sample ``s`` of every image) and averages the metric over the samples
+    batch_size : images per forward pass
+    reader_threads : threads reading and preparing images ahead of the networks (0: none)
     networks : ready field networks by name (tests); others are loaded
-    options : ``device``, ``clip_model``, ``swav_hub_dir``, registry extractor options
+    options : ``device``, ``network_dtype``, ``channels_last``, ``clip_model``,
+        ``swav_hub_dir``, registry extractor options
 
     Returns
     -------
@@ -361,7 +419,7 @@ def evaluate_reconstructions(
         len(nsd_ids),
         ", ".join(spec.name for spec in specs),
     )
-    original_features = image_features(list(originals), built, extractors, chosen, batch_size)
+    original_features = image_features(list(originals), built, extractors, chosen, batch_size, reader_threads)
     rows = []
     for method in methods:
         sample_indices = range(samples_per_method[method]) if samples == "mean" else range(1)
@@ -375,6 +433,7 @@ def evaluate_reconstructions(
                 extractors,
                 original_features,
                 batch_size,
+                reader_threads,
             )
             for s in sample_indices
         ]

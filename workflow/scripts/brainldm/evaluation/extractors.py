@@ -12,17 +12,18 @@ code in :mod:`brainldm.evaluation.networks`, shared with the field's eight metri
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from brainldm.evaluation.batches import prepared_batches
 from brainldm.evaluation.networks import (
     CLIP_MODEL_ID,
     ExtractorUnavailable,
-    device_of,
+    NetworkPlacement,
     load_clip_vision,
     load_torchvision_model,
+    placement_from,
 )
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -74,14 +75,18 @@ def paper_preprocess(images: Sequence, size: int = PAPER_CROP) -> np.ndarray:
     return out
 
 
-def load_png(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 of a PNG; a clear error when it is missing."""
-    from PIL import Image
+#: What an extractor's ``extract`` is fed (its ``input_kind``), made from a batch of (H, W, 3)
+#: uint8 images: the images themselves, or the paper's preprocessing (made once per batch for
+#: every extractor that takes it).
+INPUT_PREPARERS: dict[str, Callable[[list], object]] = {
+    "images": lambda images: images,
+    "paper": paper_preprocess,
+}
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} is missing (an output of rule reconstruct_images)")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+
+def prepare_inputs(images: list, kinds: Sequence[str]) -> dict[str, object]:
+    """``{kind: input}`` of one batch for each of ``kinds`` (keys of :data:`INPUT_PREPARERS`)."""
+    return {kind: INPUT_PREPARERS[kind](images) for kind in kinds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,25 +95,52 @@ def load_png(path: str | Path) -> np.ndarray:
 class FeatureExtractor:
     """Maps images to named feature matrices.
 
-    Call with a sequence of (H, W, 3) uint8 images; returns ``{feature name: (n, d) float32}``.
+    ``extract`` takes one batch's input of kind ``input_kind`` (:data:`INPUT_PREPARERS`) and
+    returns ``{feature name: (n, d) float32}``; calling the extractor runs it over any number of
+    images (:func:`extract_features`).
     """
 
     names: tuple[str, ...] = ()
+    input_kind: str = "images"
 
-    def __call__(self, images: Sequence, batch_size: int = 16) -> dict[str, np.ndarray]:
+    def __call__(
+        self, images: Sequence, batch_size: int = 16, reader_threads: int = 0
+    ) -> dict[str, np.ndarray]:
         """``images``: (H, W, 3) uint8 arrays, PIL images, or PNG paths (read batch by batch)."""
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
-        for start in range(0, len(images), batch_size):
-            batch = [
-                load_png(im) if isinstance(im, (str, Path)) else im
-                for im in images[start : start + batch_size]
-            ]
-            for name, value in self.extract(batch).items():
-                parts[name].append(np.asarray(value, dtype=np.float32).reshape(len(value), -1))
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        return extract_features(images, [self], batch_size, reader_threads)
 
-    def extract(self, images: Sequence) -> dict[str, np.ndarray]:
+    def extract(self, inputs) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+def extract_features(
+    images: Sequence, extractors: Sequence[FeatureExtractor], batch_size: int = 16, reader_threads: int = 0
+) -> dict[str, np.ndarray]:
+    """Every feature of every extractor, reading each image and preparing each kind of input
+    once per batch for all of them.
+
+    Parameters
+    ----------
+    images : (H, W, 3) uint8 arrays, PIL images, or PNG paths
+    extractors : their feature names must differ
+    batch_size : images per batch
+    reader_threads : threads that read and prepare batches ahead of the networks
+        (:func:`brainldm.evaluation.batches.prepared_batches`)
+
+    Returns
+    -------
+    {feature name: (n_images, d) float32}
+    """
+    kinds = tuple(dict.fromkeys(extractor.input_kind for extractor in extractors))
+    parts: dict[str, list[np.ndarray]] = {name: [] for extractor in extractors for name in extractor.names}
+    batches = prepared_batches(
+        images, batch_size, lambda _start, batch: prepare_inputs(batch, kinds), reader_threads
+    )
+    for _, inputs in batches:
+        for extractor in extractors:
+            for name, value in extractor.extract(inputs[extractor.input_kind]).items():
+                parts[name].append(np.asarray(value, dtype=np.float32).reshape(len(value), -1))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 class PixelExtractor(FeatureExtractor):
@@ -133,7 +165,27 @@ class PixelExtractor(FeatureExtractor):
         }
 
 
-class ClipExtractor(FeatureExtractor):
+class PaperNetworkExtractor(FeatureExtractor):
+    """A torch network fed the paper's preprocessing, placed by :class:`NetworkPlacement`."""
+
+    input_kind = "paper"
+
+    def __init__(self, model, placement: NetworkPlacement):
+        import torch
+
+        self.torch = torch
+        self.model, self.device, self.dtype, self.memory_format = placement.place(model)
+
+    def network_input(self, batch: np.ndarray):
+        """The (n, 3, 299, 299) float32 paper batch on the network's device, dtype and layout."""
+        return (
+            self.torch.from_numpy(batch)
+            .to(self.device)
+            .to(dtype=self.dtype, memory_format=self.memory_format)
+        )
+
+
+class ClipExtractor(PaperNetworkExtractor):
     """CLIP image embedding (``image_embeds``, 768 for ViT-L/14) of
     ``transformers.CLIPVisionModelWithProjection``.
 
@@ -143,17 +195,15 @@ class ClipExtractor(FeatureExtractor):
 
     names = ("clip",)
 
-    def __init__(self, model_id: str = CLIP_MODEL_ID, device: str | None = None):
-        import torch
+    def __init__(self, model_id: str = CLIP_MODEL_ID, placement: NetworkPlacement | None = None, model=None):
+        super().__init__(
+            model if model is not None else load_clip_vision(model_id, user="feature extractor 'clip'"),
+            placement or NetworkPlacement(),
+        )
 
-        self.torch = torch
-        self.device = device_of(device)
-        self.model = load_clip_vision(model_id, user="feature extractor 'clip'").to(self.device)
-
-    def extract(self, images):
-        batch = self.torch.from_numpy(paper_preprocess(images)).to(self.device)
+    def extract(self, batch):
         with self.torch.no_grad():
-            out = self.model(pixel_values=batch, interpolate_pos_encoding=True)
+            out = self.model(pixel_values=self.network_input(batch), interpolate_pos_encoding=True)
         return {"clip": out.image_embeds.float().cpu().numpy()}
 
 
@@ -167,22 +217,19 @@ def _load_torchvision_model(name: str):
     )
 
 
-class AlexNetExtractor(FeatureExtractor):
+class AlexNetExtractor(PaperNetworkExtractor):
     """AlexNet (IMAGENET1K_V1) outputs of ``features.5``, ``features.12`` (max-pools) and
     ``classifier.5`` (ReLU after fc7)."""
 
     names = ("alexnet.features.5", "alexnet.features.12", "alexnet.classifier.5")
 
-    def __init__(self, device: str | None = None, model=None):
-        import torch
-
-        self.torch = torch
-        self.device = device_of(device)
-        self.model = (
-            (model if model is not None else _load_torchvision_model("alexnet")).eval().to(self.device)
+    def __init__(self, placement: NetworkPlacement | None = None, model=None):
+        super().__init__(
+            model if model is not None else _load_torchvision_model("alexnet"),
+            placement or NetworkPlacement(),
         )
 
-    def extract(self, images):
+    def extract(self, batch):
         model = self.model
         captured = {}
         layers = {
@@ -196,33 +243,30 @@ class AlexNetExtractor(FeatureExtractor):
         ]
         try:
             with self.torch.no_grad():
-                model(self.torch.from_numpy(paper_preprocess(images)).to(self.device))
+                model(self.network_input(batch))
         finally:
             for hook in hooks:
                 hook.remove()
         return {key: value.flatten(1).float().cpu().numpy() for key, value in captured.items()}
 
 
-class InceptionExtractor(FeatureExtractor):
+class InceptionExtractor(PaperNetworkExtractor):
     """Inception-v3 (IMAGENET1K_V1) pooled features (``avgpool``, 2048)."""
 
     names = ("inception",)
 
-    def __init__(self, device: str | None = None, model=None):
-        import torch
-
-        self.torch = torch
-        self.device = device_of(device)
-        self.model = (
-            (model if model is not None else _load_torchvision_model("inception")).eval().to(self.device)
+    def __init__(self, placement: NetworkPlacement | None = None, model=None):
+        super().__init__(
+            model if model is not None else _load_torchvision_model("inception"),
+            placement or NetworkPlacement(),
         )
 
-    def extract(self, images):
+    def extract(self, batch):
         captured = {}
         hook = self.model.avgpool.register_forward_hook(lambda _m, _i, out: captured.__setitem__("x", out))
         try:
             with self.torch.no_grad():
-                self.model(self.torch.from_numpy(paper_preprocess(images)).to(self.device))
+                self.model(self.network_input(batch))
         finally:
             hook.remove()
         return {"inception": captured["x"].flatten(1).float().cpu().numpy()}
@@ -231,9 +275,9 @@ class InceptionExtractor(FeatureExtractor):
 #: Registry: configured name -> factory(**options) -> FeatureExtractor.
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "pixels": lambda **kw: PixelExtractor(size=kw.get("pixel_size", 64)),
-    "clip": lambda **kw: ClipExtractor(model_id=kw.get("clip_model", CLIP_MODEL_ID), device=kw.get("device")),
-    "alexnet": lambda **kw: AlexNetExtractor(device=kw.get("device")),
-    "inception": lambda **kw: InceptionExtractor(device=kw.get("device")),
+    "clip": lambda **kw: ClipExtractor(kw.get("clip_model", CLIP_MODEL_ID), placement_from(kw)),
+    "alexnet": lambda **kw: AlexNetExtractor(placement_from(kw)),
+    "inception": lambda **kw: InceptionExtractor(placement_from(kw)),
 }
 
 
@@ -244,8 +288,10 @@ def register_extractors(factories: dict[str, Callable[..., FeatureExtractor]]) -
 
 
 def get_extractor(name: str, **options) -> FeatureExtractor:
-    """Build the extractor ``name`` (see :data:`EXTRACTORS`); options: ``device``,
-    ``clip_model``, ``pixel_size``, and those of registered extractors."""
+    """Build the extractor ``name`` (see :data:`EXTRACTORS`); options: those of
+    :func:`brainldm.evaluation.networks.placement_from` (``device``, ``network_dtype``,
+    ``channels_last``, ``gpu_options``), ``clip_model``, ``pixel_size``, and those of registered
+    extractors."""
     if name not in EXTRACTORS:
         raise ValueError(f"feature extractor {name!r} is unknown; expected one of {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**options)

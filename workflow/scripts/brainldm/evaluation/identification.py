@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.tables import summarize_tables
-from brainldm.evaluation.extractors import get_extractor
+from brainldm.evaluation.extractors import extract_features, get_extractor
 from brainldm.linear.stats import pearson_matrix
 
 LOGGER = logging.getLogger("brainldm.evaluation.identification")
@@ -156,9 +156,13 @@ def identify_reconstructions(
     extractor_names: Sequence[str],
     *,
     batch_size: int = 16,
+    reader_threads: int = 0,
     **options,
 ) -> list[dict]:
     """Paper and two-way identification of one subject's reconstructions.
+
+    Every extractor is loaded once; each image set (the originals, then each method's samples) is
+    read once and fed to all of them batch by batch.
 
     Parameters
     ----------
@@ -171,11 +175,14 @@ def identify_reconstructions(
     samples_per_method : number of samples per image of each method
     extractor_names : names from :data:`EXTRACTORS`
     batch_size : images per forward pass
-    options : passed to :func:`get_extractor` (``device``, ``clip_model``, ``pixel_size``)
+    reader_threads : threads reading and preparing images ahead of the networks (0: none)
+    options : passed to :func:`get_extractor` (``device``, ``network_dtype``, ``channels_last``,
+        ``clip_model``, ``pixel_size``)
 
     Returns
     -------
-    rows : list of dict with keys :data:`IDENTIFICATION_COLUMNS`
+    rows : list of dict with keys :data:`IDENTIFICATION_COLUMNS`, by extractor, then method,
+        then feature
     """
     nsd_ids = [int(n) for n in nsd_ids]
     missing = [
@@ -190,36 +197,40 @@ def identify_reconstructions(
             f"{len(missing)} reconstructions are missing (first: nsdId {missing[0][0]}, method "
             f"{missing[0][1]}, sample {missing[0][2]}); they are outputs of rule reconstruct_images"
         )
-    results = []
-    for extractor_name in extractor_names:
-        extractor = get_extractor(extractor_name, **options)
-        original_features = extractor(list(originals), batch_size=batch_size)
-        for method in methods:
-            k = samples_per_method[method]
-            paths = [files[(nid, method, s)] for nid in nsd_ids for s in range(k)]
-            sample_features = extractor(paths, batch_size=batch_size)  # PNGs read batch by batch
-            for feature, orig in original_features.items():
-                feats = sample_features[feature].reshape(len(nsd_ids), k, -1)
-                accuracy, _ = paper_identification(orig, feats)
-                two_way, _ = two_way_identification(orig, feats[:, 0])
-                results.append(
-                    {
-                        "method": method,
-                        "feature": feature,
-                        "accuracy": accuracy,
-                        "n_images": len(nsd_ids),
-                        "two_way_accuracy": two_way,
-                    }
-                )
-                LOGGER.info(
-                    "%s / %s: paper %.4f, two-way %.4f (%d images)",
-                    method,
-                    feature,
-                    accuracy,
-                    two_way,
-                    len(nsd_ids),
-                )
-    return results
+    extractors = {name: get_extractor(name, **options) for name in extractor_names}
+    original_features = extract_features(
+        list(originals), list(extractors.values()), batch_size, reader_threads
+    )
+    scores = {}
+    for method in methods:
+        k = samples_per_method[method]
+        paths = [files[(nid, method, s)] for nid in nsd_ids for s in range(k)]
+        sample_features = extract_features(paths, list(extractors.values()), batch_size, reader_threads)
+        for feature, orig in original_features.items():
+            feats = sample_features[feature].reshape(len(nsd_ids), k, -1)
+            scores[method, feature] = (
+                paper_identification(orig, feats)[0],
+                two_way_identification(orig, feats[:, 0])[0],
+            )
+            LOGGER.info(
+                "%s / %s: paper %.4f, two-way %.4f (%d images)",
+                method,
+                feature,
+                *scores[method, feature],
+                len(nsd_ids),
+            )
+    return [
+        {
+            "method": method,
+            "feature": feature,
+            "accuracy": scores[method, feature][0],
+            "n_images": len(nsd_ids),
+            "two_way_accuracy": scores[method, feature][1],
+        }
+        for extractor in extractors.values()
+        for method in methods
+        for feature in extractor.names
+    ]
 
 
 SUMMARY_COLUMNS = ("subject",) + IDENTIFICATION_COLUMNS

@@ -23,6 +23,7 @@ Weights come from the torch hub cache (``$TORCH_HOME/hub``) and the Hugging Face
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -187,8 +188,54 @@ def device_of(device: str | None):
     return torch.device(device)
 
 
-def to_float_images(images: Sequence) -> "torch.Tensor":
-    """(n, H, W, 3) uint8 images (arrays or a sequence of them) -> (n, 3, H, W) float32 in [0, 1]."""
+#: ``evaluation.network_dtype`` -> torch dtype name of the evaluation networks' weights and inputs.
+NETWORK_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class NetworkPlacement:
+    """Where and how an evaluation network runs.
+
+    Attributes
+    ----------
+    device : torch device name, ``None``/``"auto"`` for CUDA when available
+    dtype : ``float32`` (the field's metrics) or ``float16`` (config ``evaluation.network_dtype``;
+        changes the features beyond rounding, so it is a named departure)
+    channels_last : NHWC layout of convolutional networks (config ``evaluation.channels_last``);
+        only the kernels' summation order changes, so it is result-neutral
+    gpu_options : apply ``channels_last``; default on a GPU only, so that CPU runs keep their
+        bit-exact path (tests turn it on on the CPU to run the GPU's code)
+    """
+
+    device: str | None = None
+    dtype: str = "float32"
+    channels_last: bool = True
+    gpu_options: bool | None = None
+
+    def __post_init__(self):
+        if self.dtype not in NETWORK_DTYPES:
+            raise ValueError(
+                f"evaluation network dtype {self.dtype!r} is unknown; expected one of {NETWORK_DTYPES}"
+            )
+
+    def place(self, model):
+        """``model`` in eval mode on the device, in the dtype and memory layout; returns
+        ``(model, torch.device, torch.dtype, memory_format)``. Inputs go through :meth:`inputs`."""
+        import torch
+
+        device = device_of(self.device)
+        dtype = getattr(torch, self.dtype)
+        on_gpu = device.type == "cuda" if self.gpu_options is None else self.gpu_options
+        layout = torch.channels_last if on_gpu and self.channels_last else torch.contiguous_format
+        model = model.eval().to(device=device, dtype=dtype)
+        if layout is torch.channels_last:
+            model = model.to(memory_format=layout)
+        return model, device, dtype, layout
+
+
+def to_uint8_images(images: Sequence) -> "torch.Tensor":
+    """(n, H, W, 3) uint8 images (arrays or a sequence of them) -> (n, 3, H, W) uint8 tensor (on
+    the CPU; a GPU is sent these, a quarter of the float bytes)."""
     import torch
 
     array = (
@@ -196,7 +243,12 @@ def to_float_images(images: Sequence) -> "torch.Tensor":
     )
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
         raise ValueError(f"images must be (n, H, W, 3) uint8, got {array.dtype} {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).float() / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+
+def to_float_images(images: Sequence) -> "torch.Tensor":
+    """(n, H, W, 3) uint8 images (arrays or a sequence of them) -> (n, 3, H, W) float32 in [0, 1]."""
+    return to_uint8_images(images).float() / 255.0
 
 
 def resize_square(images: "torch.Tensor", size: int) -> "torch.Tensor":
@@ -212,6 +264,21 @@ def resize_square(images: "torch.Tensor", size: int) -> "torch.Tensor":
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+#: The options of :func:`placement_from`.
+PLACEMENT_KEYS = ("device", "network_dtype", "channels_last", "gpu_options")
+
+
+def placement_from(options: dict) -> NetworkPlacement:
+    """The :class:`NetworkPlacement` named by the :data:`PLACEMENT_KEYS` of a job's options
+    (defaults for the missing ones; other keys are ignored)."""
+    return NetworkPlacement(
+        device=options.get("device"),
+        dtype=options.get("network_dtype", "float32"),
+        channels_last=options.get("channels_last", True),
+        gpu_options=options.get("gpu_options"),
+    )
+
+
 class FeatureNetwork:
     """A network, the layers read from it, and its input preprocessing.
 
@@ -221,7 +288,7 @@ class FeatureNetwork:
     layers : module paths of the outputs read (``model.get_submodule(layer)``)
     input_size : the square size the images are resized to
     mean, std : per-channel normalisation
-    device : torch device name, ``None``/``"auto"`` for CUDA when available
+    placement : device, dtype and memory layout (default: float32, CUDA when available)
     """
 
     def __init__(
@@ -231,21 +298,24 @@ class FeatureNetwork:
         input_size: int,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        device: str | None = None,
+        placement: NetworkPlacement | None = None,
     ):
         import torch
 
         self.torch = torch
-        self.device = device_of(device)
-        self.model = model.eval().to(self.device)
+        self.model, self.device, self.dtype, self.memory_format = (placement or NetworkPlacement()).place(
+            model
+        )
         self.layers = tuple(layers)
         self.input_size = int(input_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     def preprocess(self, images: "torch.Tensor") -> "torch.Tensor":
-        """(n, 3, H, W) float in [0, 1] -> resized, normalised (n, 3, size, size) float32."""
-        return (resize_square(images.float(), self.input_size) - self.mean) / self.std
+        """(n, 3, H, W) float in [0, 1], on any device -> resized, normalised (n, 3, size, size)
+        float32 on the network's device (a GPU resizes its own inputs)."""
+        images = images.to(self.device).float()
+        return (resize_square(images, self.input_size) - self.mean) / self.std
 
     def forward(self, batch: "torch.Tensor") -> dict:
         captured = {}
@@ -265,7 +335,8 @@ class FeatureNetwork:
     def __call__(self, images: "torch.Tensor") -> dict[str, np.ndarray]:
         """``{layer: (n, d) float32}`` of (n, 3, H, W) float images in [0, 1]."""
         with self.torch.no_grad():
-            outputs = self.forward(self.preprocess(images).to(self.device))
+            batch = self.preprocess(images).to(dtype=self.dtype, memory_format=self.memory_format)
+            outputs = self.forward(batch)
         return {layer: outputs[layer].flatten(1).float().cpu().numpy() for layer in self.layers}
 
 
@@ -280,18 +351,24 @@ def build_network(
     name: str,
     *,
     input_size: int,
-    device: str | None = None,
     effnet_weights: str = "IMAGENET1K_V2",
     clip_model: str = CLIP_MODEL_ID,
     swav_hub_dir: str | None = None,
     model=None,
+    **placement_options,
 ) -> FeatureNetwork:
     """The field network ``name`` (a key of :data:`NETWORK_LAYERS`) at ``input_size`` px.
 
-    ``model`` replaces the loaded weights by a given module of the same layout (tests).
+    ``placement_options`` are those of :func:`placement_from` (``device``, ``network_dtype``,
+    ``channels_last``, ``gpu_options``). ``model`` replaces the loaded weights by a given module
+    of the same layout (tests).
     """
     if name not in NETWORK_LAYERS:
         raise ValueError(f"feature network {name!r} is unknown; expected one of {sorted(NETWORK_LAYERS)}")
+    unknown = sorted(set(placement_options) - set(PLACEMENT_KEYS))
+    if unknown:
+        raise TypeError(f"build_network got unknown options {unknown}; expected some of {PLACEMENT_KEYS}")
+    placement = placement_from(placement_options)
     if model is None:
         if name == "alexnet":
             model = load_torchvision_model("alexnet")
@@ -304,5 +381,5 @@ def build_network(
         else:
             model = load_clip_vision(clip_model)
     if name == "clip":
-        return ClipNetwork(model, NETWORK_LAYERS[name], input_size, CLIP_MEAN, CLIP_STD, device)
-    return FeatureNetwork(model, NETWORK_LAYERS[name], input_size, IMAGENET_MEAN, IMAGENET_STD, device)
+        return ClipNetwork(model, NETWORK_LAYERS[name], input_size, CLIP_MEAN, CLIP_STD, placement)
+    return FeatureNetwork(model, NETWORK_LAYERS[name], input_size, IMAGENET_MEAN, IMAGENET_STD, placement)

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from brainldm.evaluation.extractors import FeatureExtractor, load_png
+from brainldm.evaluation.batches import load_png
+from brainldm.evaluation.extractors import FeatureExtractor
 from brainldm.toy.attributes import ATTRIBUTE_VALUES
 
 INPUT_SIZE = 64
