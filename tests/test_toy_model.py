@@ -75,9 +75,8 @@ def test_folder_loads_with_sd_classes_and_sd_scheduler(built, components):
     assert weights["toy"]["seed"] == 0 and weights["settings"]["seed"] == 0
     assert weights["n_train_images"] == int((~built["holdout"]).sum()) == 180
     assert weights["vae_scaling_factor"] == pytest.approx(components.vae.config.scaling_factor)
-    assert weights["command"].startswith(
-        "python3 -m brainldm.toy_training"  # the module's name when the weights were trained
-    )
+    assert weights["command"] == read_manifest(SHIPPED_WEIGHTS)["command"]
+    assert weights["command"].startswith("python3 -m brainldm.toy.training ")
 
 
 def test_vae_reconstructs_held_out_toy_images(built, components):

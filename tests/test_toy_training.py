@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from brainldm.toy import training
 from brainldm.toy.model import SHIPPED_WEIGHTS, WEIGHT_FILES, read_manifest
-from brainldm.toy.training import TrainingSettings, train_toy_weights
+from brainldm.toy.training import PROG, TrainingSettings, command_line, train_toy_weights
 from brainldm.toy.training_data import ToyTrainingData
 from brainldm.toy.world import ToyParams
 
@@ -68,9 +69,11 @@ def test_shipped_weights_record_what_training_reached():
     trained model (not noise): the classifier reads the held-out stimuli, and text-to-image from
     held-out captions draws their colour far above chance."""
     manifest = read_manifest(SHIPPED_WEIGHTS)
-    assert manifest["command"].startswith(
-        "python3 -m brainldm.toy_training"  # the module's name when the weights were trained
+    # the shipped run's command, in the form main() writes, naming the training module by its name
+    assert manifest["command"] == command_line(
+        ["--out", "workflow/toy_model", "--ldm-steps", "2000", "--no-progress"]
     )
+    assert PROG == f"python3 -m {training.__name__}" == "python3 -m brainldm.toy.training"
     assert manifest["toy"] == {**ToyParams().__dict__, "grid": list(ToyParams().grid)}
     assert manifest["vae"]["pixcorr_holdout_images"] > 0.9
     accuracy = manifest["semantic"]["holdout_accuracy"]

@@ -65,6 +65,8 @@ from brainldm.toy.world import ToyParams, toy_stimuli
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINTS = Path("resources/toy/training_checkpoints")
+#: How this module is run; the manifest's ``command`` starts with it (:func:`command_line`).
+PROG = "python3 -m brainldm.toy.training"
 
 
 @dataclass(frozen=True)
@@ -447,11 +449,14 @@ def train_toy_weights(
     return manifest
 
 
+def command_line(argv: list[str]) -> str:
+    """The command the manifest records for a run with arguments ``argv``."""
+    return " ".join([PROG, *(shlex.quote(a) for a in argv)])
+
+
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainingSettings()
-    parser = argparse.ArgumentParser(
-        prog="python3 -m brainldm.toy.training", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", type=Path, default=SHIPPED_WEIGHTS, help="weights folder to write (default: the shipped one)"
     )
@@ -474,15 +479,13 @@ def main(argv: list[str] | None = None) -> None:
         semantic_steps=args.semantic_steps,
         threads=args.threads,
     )
-    command = "python3 -m brainldm.toy.training " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line(sys.argv[1:] if argv is None else argv)
     manifest = train_toy_weights(
         args.out,
         settings,
         ToyParams(seed=args.toy_seed),
         args.checkpoints,
-        command=command.strip(),
+        command=command,
         progress=not args.no_progress,
     )
     print(json.dumps({k: manifest[k] for k in ("vae", "semantic", "sha256")}, indent=2))
