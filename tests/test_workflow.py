@@ -140,14 +140,18 @@ def test_toy_run_writes_the_field_metrics(toy_run):
     }
     assert {r["metric"] for r in rows} == {"PixCorr", "SSIM", "two-way:pixels", "two-way:toy_semantic"}
     assert all(r["protocol"] == "mindeye" and r["n_samples"] == "1" for r in rows)
-    # two-way:pixels is the identification registry's pixel space on the first sample: the same
-    # number as identify_reconstructions' two-way accuracy there
+    # two-way:<extractor> is the identification registry's space on the first sample, fed in
+    # batches of the same evaluation.batch_size: the same number as identify_reconstructions'
+    # two-way accuracy there (to the last digit, near-ties included)
     identification = read_rows(toy_run / "results/toy/summary/identification.tsv")
-    two_way = {(r["subject"], r["method"]): r for r in identification if r["feature"] == "pixels"}
+    two_way = {(r["subject"], r["method"], f"two-way:{r['feature']}"): r for r in identification}
+    compared = 0
     for row in rows:
-        if row["metric"] == "two-way:pixels":
-            reference = two_way[(row["subject"], row["method"])]
+        if row["metric"].startswith("two-way:"):
+            reference = two_way[(row["subject"], row["method"], row["metric"])]
             assert row["value"] == reference["two_way_accuracy"] and row["n_images"] == reference["n_images"]
+            compared += 1
+    assert compared == 2 * 3 * 2  # subjects x methods x (pixels, toy_semantic)
     value = {(r["subject"], r["method"], r["metric"]): float(r["value"]) for r in rows}
     for subject in (
         "1",
