@@ -170,7 +170,12 @@ def test_torchvision_extractors_fail_with_staging_instructions(monkeypatch):
         message = str(info.value)
         assert "torchvision" in message and "TORCH_HOME" in message and filename in message
     with pytest.raises(ExtractorUnavailable, match="alexnet.*\n.*inception"):
-        ident_extractors.check_extractors(["pixels", "alexnet", "inception"])
+        ident_extractors.build_extractors(["pixels", "alexnet", "inception"])
+    # the identification reports every missing network at once, before reading any image
+    with pytest.raises(ExtractorUnavailable, match="alexnet.*\n.*inception"):
+        ident.identify_reconstructions(
+            np.zeros((2, 4, 4, 3), np.uint8), [1, 2], {}, [], {}, ["alexnet", "inception"]
+        )
 
 
 def test_alexnet_extractor_reads_the_three_paper_layers(offline_field_networks):

@@ -27,7 +27,7 @@ import numpy as np
 
 from brainldm.core.tables import format_rows, read_subject_tables
 from brainldm.evaluation.batches import prepared_batches
-from brainldm.evaluation.extractors import EXTRACTORS, get_extractor, prepare_inputs
+from brainldm.evaluation.extractors import EXTRACTORS, build_extractors, prepare_inputs
 from brainldm.evaluation.metrics import correlation_distance, pixcorr, ssim_gray, two_way_identification
 from brainldm.evaluation.networks import (
     CLIP_MODEL_ID,
@@ -178,11 +178,10 @@ def build_scorers(
             )
         except ExtractorUnavailable as error:
             problems.append(str(error))
-    for name in dict.fromkeys(extractor_names):
-        try:
-            extractors[name] = get_extractor(name, clip_model=clip_model, **extractor_options)
-        except ExtractorUnavailable as error:
-            problems.append(str(error))
+    try:
+        extractors = build_extractors(extractor_names, clip_model=clip_model, **extractor_options)
+    except ExtractorUnavailable as error:
+        problems.append(str(error))
     if problems:
         raise ExtractorUnavailable("\n".join(problems))
     specs = []

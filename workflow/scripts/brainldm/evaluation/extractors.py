@@ -297,13 +297,15 @@ def get_extractor(name: str, **options) -> FeatureExtractor:
     return EXTRACTORS[name](**options)
 
 
-def check_extractors(names: Sequence[str], **options) -> None:
-    """Build each extractor once so that missing packages or weights fail early, together."""
-    problems = []
-    for name in names:
+def build_extractors(names: Sequence[str], **options) -> dict[str, FeatureExtractor]:
+    """``{name: extractor}`` of :func:`get_extractor`, each loaded once; every missing package or
+    weight is reported together in one :class:`ExtractorUnavailable`."""
+    extractors, problems = {}, []
+    for name in dict.fromkeys(names):
         try:
-            get_extractor(name, **options)
+            extractors[name] = get_extractor(name, **options)
         except ExtractorUnavailable as error:
             problems.append(str(error))
     if problems:
         raise ExtractorUnavailable("\n".join(problems))
+    return extractors

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from brainldm.core.tables import summarize_tables
-from brainldm.evaluation.extractors import extract_features, get_extractor
+from brainldm.evaluation.extractors import build_extractors, extract_features
 from brainldm.linear.stats import pearson_matrix
 
 LOGGER = logging.getLogger("brainldm.evaluation.identification")
@@ -176,8 +176,8 @@ def identify_reconstructions(
     extractor_names : names from :data:`EXTRACTORS`
     batch_size : images per forward pass
     reader_threads : threads reading and preparing images ahead of the networks (0: none)
-    options : passed to :func:`get_extractor` (``device``, ``network_dtype``, ``channels_last``,
-        ``clip_model``, ``pixel_size``)
+    options : passed to :func:`~brainldm.evaluation.extractors.get_extractor` (``device``,
+        ``network_dtype``, ``channels_last``, ``clip_model``, ``pixel_size``)
 
     Returns
     -------
@@ -197,7 +197,7 @@ def identify_reconstructions(
             f"{len(missing)} reconstructions are missing (first: nsdId {missing[0][0]}, method "
             f"{missing[0][1]}, sample {missing[0][2]}); they are outputs of rule reconstruct_images"
         )
-    extractors = {name: get_extractor(name, **options) for name in extractor_names}
+    extractors = build_extractors(extractor_names, **options)
     original_features = extract_features(
         list(originals), list(extractors.values()), batch_size, reader_threads
     )
