@@ -220,7 +220,7 @@ class NetworkPlacement:
 
     def place(self, model):
         """``model`` in eval mode on the device, in the dtype and memory layout; returns
-        ``(model, torch.device, torch.dtype, memory_format)``. Inputs go through :meth:`inputs`."""
+        ``(model, torch.device, torch.dtype, memory_format)``, the last three for its inputs."""
         import torch
 
         device = device_of(self.device)
