@@ -32,7 +32,7 @@
 #      tests/benchmarks/compare_toy_runs.py                                                     [450]
 #   2. bench_reconstruction.py at SD v1.4 sizes, fp16, batch sizes 1, 8, 32                     [150]
 #   3. bench_features.py --sd-configs --device cuda                                              [35]
-#   3b. bench_evaluation.py: identification and metric networks, float32/float16, readers 0/4   [45]
+#   3b. bench_evaluation.py: identification and metric networks, float32/float16, readers 0/4   [60]
 #   4. bench_decoding.py at NSD scale: ours and himalaya, both on torch_cuda, all targets       [100]
 #   5. bench_encoding.py at scale 1, 20 candidates: ours and himalaya, both on torch_cuda      [130]
 #   6. bench_reconstruction.py variants at batch 8 (writer thread, attention, layout)            [60]
@@ -187,7 +187,8 @@ else
         --threads 4
     step features 35 python3 "$BENCH/bench_features.py" --sd-configs --device cuda --images 48 --batch-size 16 \
         --threads 4 --workdir "$WORK/features"
-    step evaluation 45 python3 "$BENCH/bench_evaluation.py" --device cuda --images 192 --batch-sizes 32 \
+    # 128 images: without reader threads the metrics pass alone reads for ~8 s (PixCorr and SSIM ~60 ms each)
+    step evaluation 60 python3 "$BENCH/bench_evaluation.py" --device cuda --images 128 --batch-sizes 32 \
         --dtypes float32 float16 --reader-threads 0 4 --threads 4
     step decoding 100 python3 "$BENCH/bench_decoding.py" --scale 1 --backend torch_cuda \
         --himalaya-backend torch_cuda --baseline-targets 59136
