@@ -204,10 +204,6 @@ def _pixel_images(batch: list, protocol: Protocol) -> np.ndarray:
     return resize_square(images, protocol.pixel_size).numpy()
 
 
-def _network_device(networks: dict):
-    return next(iter(networks.values())).device if networks else None
-
-
 def scored_features(
     images: Sequence,
     networks: dict,
@@ -238,6 +234,8 @@ def scored_features(
     features : {spec key: (n, d) float32}
     pixel_metrics : {kind: (n,) float64}
     """
+    from tqdm import tqdm
+
     kinds = tuple(dict.fromkeys(extractor.input_kind for extractor in extractors.values()))
 
     def prepare(start: int, batch: list) -> dict:
@@ -252,9 +250,8 @@ def scored_features(
             prepared["ssim"] = ssim_gray(orig, rec) if "ssim" in pixel_kinds else None
         return prepared
 
-    from tqdm import tqdm
-
-    device = _network_device(networks)
+    # every network of a job sits on one device (build_scorers places them alike)
+    device = next(iter(networks.values())).device if networks else None
     features: dict[str, list] = {}
     pixel_metrics: dict[str, list] = {kind: [] for kind in pixel_kinds}
     for _, prepared in tqdm(
